@@ -1,0 +1,49 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::{ModelConfig, Result, Tensor};
+
+/// An execution engine (tract, ONNX Runtime, ...). It turns a model file into a
+/// [`LoadedModel`], prepared once: parsed, typed and optimized.
+pub trait Backend: Send + Sync {
+    /// The name used in `backend: "..."` and in logs.
+    fn name(&self) -> &'static str;
+
+    /// Loads and prepares a model. The config is already validated; the backend checks
+    /// that the file's inputs and outputs agree with it.
+    fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>>;
+}
+
+/// What a backend needs to load one version of one model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec<'a> {
+    pub model_name: &'a str,
+    pub version: u64,
+    pub model_file: &'a Path,
+    pub config: &'a ModelConfig,
+}
+
+/// A prepared model. Instances share whatever the engine allows them to (weights,
+/// optimized plans); each instance owns its mutable run state.
+pub trait LoadedModel: Send + Sync {
+    fn instance(&self, options: &InstanceOptions) -> Result<Box<dyn Instance>>;
+}
+
+/// Per-instance settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceOptions {
+    /// Index of this instance within the model's instance pool.
+    pub index: usize,
+    /// Threads the engine may use inside one run (1 = run on the instance thread only).
+    pub intra_op_threads: usize,
+}
+
+/// One runnable copy of a model, driven by exactly one instance thread.
+pub trait Instance: Send {
+    /// Runs a batch. `inputs` holds one tensor per model input in the config's
+    /// order (dimension 0 is the batch when the model batches). Returns one
+    /// tensor per configured output, in the config's order.
+    ///
+    /// A failure of the engine on this batch is an `Err`, never a panic.
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+}

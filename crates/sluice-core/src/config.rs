@@ -1,0 +1,390 @@
+//! Triton's model configuration schema (`model_config.proto`), with the same field
+//! names, so a `config.json` is the JSON form of a `config.pbtxt` and `GET
+//! v2/models/{m}/config` answers in the shape Triton's clients expect.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::{DataType, Error, Result};
+
+/// A model's configuration. Fields Sluice does not act on yet are kept as raw
+/// JSON so they round-trip through `GET .../config`; unknown fields are errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub backend: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    #[serde(default)]
+    pub max_batch_size: i32,
+    #[serde(default)]
+    pub input: Vec<TensorConfig>,
+    #[serde(default)]
+    pub output: Vec<TensorConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_batching: Option<DynamicBatching>,
+    #[serde(default)]
+    pub instance_group: Vec<InstanceGroup>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub default_model_filename: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ModelParameter>,
+
+    // Parsed and kept, not acted on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimization: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_batching: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_scheduling: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc_model_filenames: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_tags: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_warmup: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_operations: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_transaction_policy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_repository_agents: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_cache: Option<Value>,
+}
+
+/// Which versions of a model to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The `num_versions` highest numbered versions.
+    Latest {
+        #[serde(default = "one")]
+        num_versions: u32,
+    },
+    /// Every version found.
+    All {},
+    /// Exactly these versions.
+    Specific {
+        #[serde(default)]
+        versions: Vec<u64>,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest { num_versions: 1 }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those `available` on disk, ascending.
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut sorted = available.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        match self {
+            VersionPolicy::Latest { num_versions } => {
+                let keep = (*num_versions as usize).min(sorted.len());
+                sorted.split_off(sorted.len() - keep)
+            }
+            VersionPolicy::All {} => sorted,
+            VersionPolicy::Specific { versions } => {
+                sorted.retain(|v| versions.contains(v));
+                sorted
+            }
+        }
+    }
+}
+
+/// An `input` or `output` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorConfig {
+    pub name: String,
+    #[serde(with = "config_datatype")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub dims: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshape: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_shape_tensor: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ragged_batch: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label_filename: String,
+}
+
+impl TensorConfig {
+    pub fn new(name: impl Into<String>, data_type: DataType, dims: Vec<i64>) -> Self {
+        TensorConfig {
+            name: name.into(),
+            data_type,
+            dims,
+            reshape: None,
+            format: None,
+            optional: false,
+            is_shape_tensor: false,
+            allow_ragged_batch: false,
+            label_filename: String::new(),
+        }
+    }
+}
+
+/// Triton's `dynamic_batching` block. Parsed now; the batcher acts on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatching {
+    #[serde(default)]
+    pub preferred_batch_size: Vec<i64>,
+    #[serde(default)]
+    pub max_queue_delay_microseconds: u64,
+    #[serde(default)]
+    pub preserve_ordering: bool,
+    #[serde(default)]
+    pub priority_levels: u64,
+    #[serde(default)]
+    pub default_priority_level: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_queue_policy: Option<QueuePolicy>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priority_queue_policy: BTreeMap<u64, QueuePolicy>,
+}
+
+/// A queue policy (`ModelQueuePolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePolicy {
+    #[serde(default = "reject")]
+    pub timeout_action: String,
+    #[serde(default)]
+    pub default_timeout_microseconds: u64,
+    #[serde(default)]
+    pub allow_timeout_override: bool,
+    #[serde(default)]
+    pub max_queue_size: u32,
+}
+
+fn reject() -> String {
+    "REJECT".to_owned()
+}
+
+/// An `instance_group` entry: how many copies of the model run, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceGroup {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default = "kind_cpu")]
+    pub kind: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_devices: Option<Value>,
+}
+
+fn kind_cpu() -> String {
+    "KIND_CPU".to_owned()
+}
+
+/// A `parameters` value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelParameter {
+    #[serde(default)]
+    pub string_value: String,
+}
+
+mod config_datatype {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &DataType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.config_name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DataType, D::Error> {
+        let name = String::deserialize(d)?;
+        DataType::from_config_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown data_type '{name}' (expected one of TYPE_BOOL, TYPE_UINT8..TYPE_UINT64, \
+                 TYPE_INT8..TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64, TYPE_BF16, TYPE_STRING)"
+            ))
+        })
+    }
+}
+
+impl ModelConfig {
+    /// Parses the JSON form (`config.json`).
+    pub fn from_json(text: &str) -> Result<ModelConfig> {
+        serde_json::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))
+    }
+
+    /// Parses an already-built JSON value (the pbtxt parser produces one).
+    pub fn from_json_value(value: Value) -> Result<ModelConfig> {
+        serde_json::from_value(value).map_err(|e| Error::invalid(format!("invalid config: {e}")))
+    }
+
+    /// Checks what serde cannot: sizes, dims, duplicate names, counts.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_batch_size < 0 {
+            return Err(Error::invalid(format!(
+                "max_batch_size must be >= 0, got {}",
+                self.max_batch_size
+            )));
+        }
+        if self.input.is_empty() {
+            return Err(Error::invalid("the model declares no inputs"));
+        }
+        if self.output.is_empty() {
+            return Err(Error::invalid("the model declares no outputs"));
+        }
+        for (kind, tensors) in [("input", &self.input), ("output", &self.output)] {
+            let mut seen = std::collections::HashSet::new();
+            for t in tensors {
+                if t.name.is_empty() {
+                    return Err(Error::invalid(format!("an {kind} has no name")));
+                }
+                if !seen.insert(&t.name) {
+                    return Err(Error::invalid(format!("{kind} '{}' is declared twice", t.name)));
+                }
+                if let Some(d) = t.dims.iter().find(|&&d| d < -1 || d == 0) {
+                    return Err(Error::invalid(format!(
+                        "{kind} '{}': dimension {d} is invalid (use a positive size or -1)",
+                        t.name
+                    )));
+                }
+                if t.reshape.is_some() {
+                    return Err(Error::unsupported(format!(
+                        "{kind} '{}': 'reshape' is not supported yet",
+                        t.name
+                    )));
+                }
+            }
+        }
+        for g in &self.instance_group {
+            if g.count == 0 {
+                return Err(Error::invalid("instance_group count must be at least 1"));
+            }
+        }
+        if let Some(db) = &self.dynamic_batching {
+            if let Some(p) = db.preferred_batch_size.iter().find(|&&p| p < 1) {
+                return Err(Error::invalid(format!("preferred_batch_size {p} must be >= 1")));
+            }
+            if self.max_batch_size == 0 {
+                return Err(Error::invalid(
+                    "dynamic_batching needs max_batch_size > 0 (the model must batch)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total instances over all instance groups (1 when none is given).
+    pub fn instance_count(&self) -> usize {
+        if self.instance_group.is_empty() {
+            1
+        } else {
+            self.instance_group.iter().map(|g| g.count as usize).sum()
+        }
+    }
+
+    /// A string parameter, if set.
+    pub fn parameter(&self, key: &str) -> Option<&str> {
+        self.parameters.get(key).map(|p| p.string_value.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_policy_selects() {
+        let avail = [3, 1, 2];
+        assert_eq!(VersionPolicy::default().select(&avail), vec![3]);
+        assert_eq!(VersionPolicy::Latest { num_versions: 2 }.select(&avail), vec![2, 3]);
+        assert_eq!(VersionPolicy::Latest { num_versions: 9 }.select(&avail), vec![1, 2, 3]);
+        assert_eq!(VersionPolicy::All {}.select(&avail), vec![1, 2, 3]);
+        assert_eq!(VersionPolicy::Specific { versions: vec![1, 7] }.select(&avail), vec![1]);
+    }
+
+    #[test]
+    fn json_config_parses_and_rejects_unknown_fields() {
+        let cfg = ModelConfig::from_json(
+            r#"{"name":"m","max_batch_size":8,
+                "input":[{"name":"x","data_type":"TYPE_FP32","dims":[-1,3]}],
+                "output":[{"name":"y","data_type":"TYPE_INT64","dims":[1]}],
+                "version_policy":{"specific":{"versions":[2]}},
+                "parameters":{"k":{"string_value":"v"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.input[0].data_type, DataType::F32);
+        assert_eq!(cfg.version_policy, VersionPolicy::Specific { versions: vec![2] });
+        assert_eq!(cfg.parameter("k"), Some("v"));
+        cfg.validate().unwrap();
+
+        let err = ModelConfig::from_json(r#"{"name":"m","max_batch_sise":8}"#).unwrap_err();
+        assert!(err.message().contains("max_batch_sise"), "{err}");
+        let err = ModelConfig::from_json(
+            r#"{"input":[{"name":"x","data_type":"TYPE_FLOAT","dims":[1]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("TYPE_FLOAT"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_bad_configs() {
+        let base = || ModelConfig {
+            input: vec![TensorConfig::new("x", DataType::F32, vec![4])],
+            output: vec![TensorConfig::new("y", DataType::F32, vec![4])],
+            ..ModelConfig::default()
+        };
+        base().validate().unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut ModelConfig)>)> = vec![
+            ("max_batch_size", Box::new(|c| c.max_batch_size = -1)),
+            ("no inputs", Box::new(|c| c.input.clear())),
+            ("declared twice", Box::new(|c| c.output.push(c.output[0].clone()))),
+            ("dimension 0", Box::new(|c| c.input[0].dims = vec![0])),
+            ("dimension -2", Box::new(|c| c.input[0].dims = vec![-2])),
+            ("needs max_batch_size", Box::new(|c| c.dynamic_batching = Some(Default::default()))),
+        ];
+        for (expect, mutate) in cases {
+            let mut cfg = base();
+            mutate(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert!(err.message().contains(expect), "{expect}: {err}");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The vocabulary of Sluice: datatypes, tensors, model configuration, inference
+//! requests and responses, the error type, and the `Backend → LoadedModel → Instance`
+//! traits that execution engines implement.
+//!
+//! Key decision: this crate does no IO and knows no wire format. Every other crate
+//! speaks in these types, so a request decoded from HTTP JSON, Triton's binary
+//! extension or gRPC becomes the same [`InferRequest`], and is checked once by
+//! [`ModelSignature::validate`] into a [`ValidRequest`] that cannot hold a wrong
+//! name, datatype or shape by the time it reaches a queue.
+
+mod backend;
+mod config;
+mod datatype;
+mod error;
+mod request;
+mod signature;
+mod tensor;
+
+pub use backend::{Backend, Instance, InstanceOptions, LoadSpec, LoadedModel};
+pub use config::{
+    DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, TensorConfig,
+    VersionPolicy,
+};
+pub use datatype::DataType;
+pub use error::{Error, ErrorKind, Result};
+pub use request::{InferRequest, InferResponse, RequestedOutput};
+pub use signature::{ModelSignature, TensorSpec, ValidRequest};
+pub use tensor::Tensor;

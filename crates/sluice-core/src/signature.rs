@@ -1,0 +1,240 @@
+use crate::{DataType, Error, InferRequest, ModelConfig, Result, Tensor};
+
+/// The inputs and outputs of a loaded model, with its batching mode: everything
+/// needed to check a request before it is queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSignature {
+    pub max_batch_size: usize,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// One input or output. `dims` excludes the batch dimension when the model batches;
+/// `-1` is a variable dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub dims: Vec<i64>,
+    pub optional: bool,
+}
+
+/// A request that has been checked against its model: inputs in the model's input
+/// order with the right datatypes and shapes, requested outputs resolved to indices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub id: Option<String>,
+    /// One tensor per model input, in the model's order.
+    pub inputs: Vec<Tensor>,
+    /// Indices into [`ModelSignature::outputs`] to return, in the order asked.
+    pub outputs: Vec<usize>,
+    /// Rows along dimension 0 when the model batches, else 1.
+    pub rows: usize,
+}
+
+impl ModelSignature {
+    pub fn from_config(config: &ModelConfig) -> ModelSignature {
+        let spec = |t: &crate::TensorConfig| TensorSpec {
+            name: t.name.clone(),
+            datatype: t.data_type,
+            dims: t.dims.clone(),
+            optional: t.optional,
+        };
+        ModelSignature {
+            max_batch_size: usize::try_from(config.max_batch_size).unwrap_or(0),
+            inputs: config.input.iter().map(spec).collect(),
+            outputs: config.output.iter().map(spec).collect(),
+        }
+    }
+
+    /// The full shape a spec has for `rows` batch rows (variable dims stay -1).
+    pub fn full_dims(&self, spec: &TensorSpec) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+        } else {
+            spec.dims.clone()
+        }
+    }
+
+    /// Checks `request` against this signature ("parse, don't validate").
+    pub fn validate(&self, request: InferRequest) -> Result<ValidRequest> {
+        let InferRequest { id, inputs, outputs } = request;
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        for tensor in inputs {
+            let Some(ix) = self.inputs.iter().position(|s| s.name == tensor.name) else {
+                let expected: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::invalid(format!(
+                    "unexpected input '{}' (the model's inputs are {expected:?})",
+                    tensor.name
+                )));
+            };
+            if slots[ix].is_some() {
+                return Err(Error::invalid(format!("input '{}' is given twice", tensor.name)));
+            }
+            self.check_tensor(&self.inputs[ix], &tensor)?;
+            slots[ix] = Some(tensor);
+        }
+        let mut rows = None;
+        let mut ordered = Vec::with_capacity(slots.len());
+        for (spec, slot) in self.inputs.iter().zip(slots) {
+            let Some(tensor) = slot else {
+                if spec.optional {
+                    return Err(Error::unsupported(format!(
+                        "optional input '{}' was not given; omitting optional inputs is not supported yet",
+                        spec.name
+                    )));
+                }
+                return Err(Error::invalid(format!("missing input '{}'", spec.name)));
+            };
+            if self.max_batch_size > 0 {
+                let r = tensor.shape[0];
+                match rows {
+                    None => rows = Some(r),
+                    Some(prev) if prev != r => {
+                        return Err(Error::invalid(format!(
+                            "inputs disagree on the batch size: {prev} rows and {r} rows in '{}'",
+                            tensor.name
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            ordered.push(tensor);
+        }
+        let mut out_ix = Vec::with_capacity(outputs.len());
+        for o in &outputs {
+            let Some(ix) = self.outputs.iter().position(|s| s.name == o.name) else {
+                let known: Vec<&str> = self.outputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::invalid(format!(
+                    "unknown output '{}' requested (the model's outputs are {known:?})",
+                    o.name
+                )));
+            };
+            if out_ix.contains(&ix) {
+                return Err(Error::invalid(format!("output '{}' is requested twice", o.name)));
+            }
+            out_ix.push(ix);
+        }
+        if out_ix.is_empty() {
+            out_ix = (0..self.outputs.len()).collect();
+        }
+        Ok(ValidRequest { id, inputs: ordered, outputs: out_ix, rows: rows.unwrap_or(1) })
+    }
+
+    fn check_tensor(&self, spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
+        if tensor.datatype != spec.datatype {
+            return Err(Error::invalid(format!(
+                "input '{}': expected datatype {}, got {}",
+                spec.name, spec.datatype, tensor.datatype
+            )));
+        }
+        let dims = if self.max_batch_size > 0 {
+            let Some(&rows) = tensor.shape.first() else {
+                return Err(Error::invalid(format!(
+                    "input '{}': shape [] has no batch dimension (expected {:?})",
+                    spec.name,
+                    self.full_dims(spec)
+                )));
+            };
+            if rows == 0 || rows > self.max_batch_size {
+                return Err(Error::invalid(format!(
+                    "input '{}': batch size {rows} is outside 1..={} (max_batch_size)",
+                    spec.name, self.max_batch_size
+                )));
+            }
+            &tensor.shape[1..]
+        } else {
+            &tensor.shape[..]
+        };
+        let matches = dims.len() == spec.dims.len()
+            && dims.iter().zip(&spec.dims).all(|(&d, &s)| s == -1 || d as i64 == s);
+        if !matches {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {:?} does not match the model's {:?}",
+                spec.name,
+                tensor.shape,
+                self.full_dims(spec)
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{RequestedOutput, TensorConfig};
+
+    fn signature(max_batch_size: i32) -> ModelSignature {
+        ModelSignature::from_config(&ModelConfig {
+            max_batch_size,
+            input: vec![
+                TensorConfig::new("a", DataType::F32, vec![2]),
+                TensorConfig::new("b", DataType::I64, vec![-1]),
+            ],
+            output: vec![
+                TensorConfig::new("y", DataType::F32, vec![1]),
+                TensorConfig::new("z", DataType::F32, vec![1]),
+            ],
+            ..ModelConfig::default()
+        })
+    }
+
+    fn tensor(name: &str, datatype: DataType, shape: &[usize]) -> Tensor {
+        let len = shape.iter().product::<usize>() * datatype.size().unwrap();
+        Tensor::new(name, datatype, shape.to_vec(), Bytes::from(vec![0u8; len])).unwrap()
+    }
+
+    fn request(inputs: Vec<Tensor>, outputs: &[&str]) -> InferRequest {
+        InferRequest {
+            id: Some("7".into()),
+            inputs,
+            outputs: outputs.iter().map(|n| RequestedOutput { name: (*n).into() }).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_requests_are_reordered() {
+        let sig = signature(4);
+        let req = request(
+            vec![tensor("b", DataType::I64, &[3, 5]), tensor("a", DataType::F32, &[3, 2])],
+            &["z"],
+        );
+        let valid = sig.validate(req).unwrap();
+        assert_eq!(valid.inputs[0].name, "a");
+        assert_eq!(valid.outputs, vec![1]);
+        assert_eq!(valid.rows, 3);
+        assert_eq!(valid.id.as_deref(), Some("7"));
+        let all = sig
+            .validate(request(
+                vec![tensor("a", DataType::F32, &[1, 2]), tensor("b", DataType::I64, &[1, 1])],
+                &[],
+            ))
+            .unwrap();
+        assert_eq!(all.outputs, vec![0, 1]);
+    }
+
+    #[test]
+    fn invalid_requests_say_why() {
+        let a = |shape: &[usize]| tensor("a", DataType::F32, shape);
+        let b = |shape: &[usize]| tensor("b", DataType::I64, shape);
+        let cases: Vec<(i32, InferRequest, &str)> = vec![
+            (4, request(vec![a(&[1, 2])], &[]), "missing input 'b'"),
+            (4, request(vec![a(&[1, 2]), b(&[1, 1]), tensor("c", DataType::F32, &[1])], &[]), "unexpected input 'c'"),
+            (4, request(vec![a(&[1, 2]), a(&[1, 2])], &[]), "given twice"),
+            (4, request(vec![tensor("a", DataType::F64, &[1, 2]), b(&[1, 1])], &[]), "expected datatype FP32, got FP64"),
+            (4, request(vec![a(&[1, 3]), b(&[1, 1])], &[]), "does not match"),
+            (4, request(vec![a(&[5, 2]), b(&[5, 1])], &[]), "batch size 5 is outside 1..=4"),
+            (4, request(vec![a(&[2, 2]), b(&[1, 1])], &[]), "disagree on the batch size"),
+            (4, request(vec![a(&[1, 2]), b(&[1, 1])], &["w"]), "unknown output 'w'"),
+            (0, request(vec![a(&[1, 2]), b(&[1])], &[]), "does not match"),
+        ];
+        for (mbs, req, expect) in cases {
+            let err = signature(mbs).validate(req).unwrap_err();
+            assert!(err.message().contains(expect), "expected '{expect}' in '{err}'");
+        }
+        assert!(signature(0).validate(request(vec![a(&[2]), b(&[7])], &[])).is_ok());
+    }
+}
