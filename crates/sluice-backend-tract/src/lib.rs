@@ -40,8 +40,12 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
-        let loaded = catch_unwind(AssertUnwindSafe(|| load(spec)))
-            .map_err(|panic| Error::internal(format!("tract panicked while loading: {}", panic_message(&panic))))??;
+        let loaded = catch_unwind(AssertUnwindSafe(|| load(spec))).map_err(|panic| {
+            Error::internal(format!(
+                "tract panicked while loading: {}",
+                panic_message(&panic)
+            ))
+        })??;
         Ok(Arc::new(loaded))
     }
 }
@@ -62,7 +66,9 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
         return Err(Error::invalid(format!(
             "model file '{}/{}' does not exist",
             spec.version,
-            path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+            path.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
         )));
     }
     let mut model = tract_onnx::onnx()
@@ -84,7 +90,10 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
             )));
         }
     }
-    if let Some(extra) = file_inputs.iter().find(|n| !config.input.iter().any(|i| &i.name == *n)) {
+    if let Some(extra) = file_inputs
+        .iter()
+        .find(|n| !config.input.iter().any(|i| &i.name == *n))
+    {
         return Err(Error::invalid(format!(
             "the ONNX file's input '{extra}' is missing from the config"
         )));
@@ -94,15 +103,22 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
         .map_err(tract_err("inputs"))?;
     let batch = model.symbols.sym("N");
     for (ix, input) in config.input.iter().enumerate() {
-        let dt = datum_type(input.data_type)
-            .ok_or_else(|| Error::unsupported(format!("input '{}': tract does not support {}", input.name, input.data_type)))?;
+        let dt = datum_type(input.data_type).ok_or_else(|| {
+            Error::unsupported(format!(
+                "input '{}': tract does not support {}",
+                input.name, input.data_type
+            ))
+        })?;
         let mut shape: TVec<TDim> = tvec![];
         if config.max_batch_size > 0 {
             shape.push(batch.clone().into());
         }
         for (d_ix, &d) in input.dims.iter().enumerate() {
             shape.push(if d < 0 {
-                model.symbols.sym(&format!("{}_{d_ix}", sanitize(&input.name))).into()
+                model
+                    .symbols
+                    .sym(&format!("{}_{d_ix}", sanitize(&input.name)))
+                    .into()
             } else {
                 TDim::Val(d)
             });
@@ -120,13 +136,20 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
             .map_err(tract_err("outputs"))?
             .iter()
             .copied()
-            .find(|o| model.outlet_label(*o) == Some(output.name.as_str()) || model.node(o.node).name == output.name);
+            .find(|o| {
+                model.outlet_label(*o) == Some(output.name.as_str())
+                    || model.node(o.node).name == output.name
+            });
         let Some(outlet) = outlet else {
             let known: Vec<String> = model
                 .output_outlets()
                 .map_err(tract_err("outputs"))?
                 .iter()
-                .map(|o| model.outlet_label(*o).map_or_else(|| model.node(o.node).name.clone(), str::to_owned))
+                .map(|o| {
+                    model
+                        .outlet_label(*o)
+                        .map_or_else(|| model.node(o.node).name.clone(), str::to_owned)
+                })
                 .collect();
             return Err(Error::invalid(format!(
                 "config output '{}' is not an output of the ONNX file (its outputs are {known:?})",
@@ -135,28 +158,50 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
         };
         outlets.push(outlet);
     }
-    model.select_output_outlets(&outlets).map_err(tract_err("outputs"))?;
+    model
+        .select_output_outlets(&outlets)
+        .map_err(tract_err("outputs"))?;
 
-    let typed = model.into_optimized().map_err(tract_err("tract cannot optimize the model"))?;
+    let typed = model
+        .into_optimized()
+        .map_err(tract_err("tract cannot optimize the model"))?;
     for (ix, output) in config.output.iter().enumerate() {
         let fact: &TypedFact = typed.output_fact(ix).map_err(tract_err("outputs"))?;
         let expected = datum_type(output.data_type).ok_or_else(|| {
-            Error::unsupported(format!("output '{}': tract does not support {}", output.name, output.data_type))
+            Error::unsupported(format!(
+                "output '{}': tract does not support {}",
+                output.name, output.data_type
+            ))
         })?;
-        if fact.datum_type.unquantized() != expected {
+        // tract computes some integer outputs (shapes, ArgMax over class ids) as
+        // symbolic dims; they are cast to the config's integer type at run time.
+        let castable = fact.datum_type == DatumType::TDim
+            && matches!(expected, DatumType::I64 | DatumType::I32);
+        if fact.datum_type.unquantized() != expected && !castable {
             return Err(Error::invalid(format!(
                 "output '{}': the config says {} but the model produces {:?}",
                 output.name, output.data_type, fact.datum_type
             )));
         }
     }
-    let plan = typed.into_runnable().map_err(tract_err("tract cannot plan the model"))?;
-    tracing::debug!(model = spec.model_name, version = spec.version, "tract plan ready");
-    Ok(TractModel { plan, config: config.clone() })
+    let plan = typed
+        .into_runnable()
+        .map_err(tract_err("tract cannot plan the model"))?;
+    tracing::debug!(
+        model = spec.model_name,
+        version = spec.version,
+        "tract plan ready"
+    );
+    Ok(TractModel {
+        plan,
+        config: config.clone(),
+    })
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 impl LoadedModel for TractModel {
@@ -164,11 +209,23 @@ impl LoadedModel for TractModel {
         let state = TypedSimpleState::new(&self.plan)
             .map_err(|e| Error::internal(format!("tract cannot create a run state: {e:#}")))?;
         let executor = if options.intra_op_threads > 1 {
-            Executor::multithread_with_name(options.intra_op_threads, &format!("tract-{}", options.index))
+            Executor::multithread_with_name(
+                options.intra_op_threads,
+                &format!("tract-{}", options.index),
+            )
         } else {
             Executor::SingleThread
         };
-        Ok(Box::new(TractInstance { state, executor, outputs: self.config.output.iter().map(|o| (o.name.clone(), o.data_type)).collect() }))
+        Ok(Box::new(TractInstance {
+            state,
+            executor,
+            outputs: self
+                .config
+                .output
+                .iter()
+                .map(|o| (o.name.clone(), o.data_type))
+                .collect(),
+        }))
     }
 }
 
@@ -180,15 +237,27 @@ struct TractInstance {
 
 impl Instance for TractInstance {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let values = inputs.iter().map(to_tract).collect::<Result<TVec<TValue>>>()?;
+        let values = inputs
+            .iter()
+            .map(to_tract)
+            .collect::<Result<TVec<TValue>>>()?;
         let executor = self.executor.clone();
         let state = &mut self.state;
-        let result = catch_unwind(AssertUnwindSafe(|| multithread_tract_scope(executor, || state.run(values))));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            multithread_tract_scope(executor, || state.run(values))
+        }));
         let outputs = match result {
             Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return Err(Error::internal(format!("tract failed to run the model: {e:#}"))),
+            Ok(Err(e)) => {
+                return Err(Error::internal(format!(
+                    "tract failed to run the model: {e:#}"
+                )))
+            }
             Err(panic) => {
-                return Err(Error::internal(format!("tract panicked while running the model: {}", panic_message(&panic))))
+                return Err(Error::internal(format!(
+                    "tract panicked while running the model: {}",
+                    panic_message(&panic)
+                )))
             }
         };
         if outputs.len() != self.outputs.len() {
@@ -198,7 +267,11 @@ impl Instance for TractInstance {
                 self.outputs.len()
             )));
         }
-        outputs.iter().zip(&self.outputs).map(|(value, (name, dt))| from_tract(name, *dt, value)).collect()
+        outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|(value, (name, dt))| from_tract(name, *dt, value))
+            .collect()
     }
 }
 
@@ -222,10 +295,16 @@ fn datum_type(dt: DataType) -> Option<DatumType> {
 
 fn to_tract(tensor: &Tensor) -> Result<TValue> {
     let dt = datum_type(tensor.datatype).ok_or_else(|| {
-        Error::unsupported(format!("input '{}': tract does not support {}", tensor.name, tensor.datatype))
+        Error::unsupported(format!(
+            "input '{}': tract does not support {}",
+            tensor.name, tensor.datatype
+        ))
     })?;
     if dt == DatumType::Bool && tensor.data.iter().any(|&b| b > 1) {
-        return Err(Error::invalid(format!("input '{}': BOOL bytes must be 0 or 1", tensor.name)));
+        return Err(Error::invalid(format!(
+            "input '{}': BOOL bytes must be 0 or 1",
+            tensor.name
+        )));
     }
     let mut t = tract_onnx::prelude::Tensor::zero_dt(dt, &tensor.shape)
         .map_err(|e| Error::internal(format!("input '{}': {e:#}", tensor.name)))?;
@@ -234,13 +313,30 @@ fn to_tract(tensor: &Tensor) -> Result<TValue> {
 }
 
 fn from_tract(name: &str, dt: DataType, value: &TValue) -> Result<Tensor> {
-    if value.datum_type().unquantized() != datum_type(dt).unwrap_or(DatumType::Blob) {
+    let expected = datum_type(dt).unwrap_or(DatumType::Blob);
+    if value.datum_type() == DatumType::TDim {
+        let cast = value
+            .cast_to_dt(expected)
+            .map_err(|e| Error::internal(format!("output '{name}': cannot cast to {dt}: {e:#}")))?;
+        return Tensor::new(
+            name,
+            dt,
+            cast.shape().to_vec(),
+            Bytes::copy_from_slice(cast.as_bytes()),
+        );
+    }
+    if value.datum_type().unquantized() != expected {
         return Err(Error::internal(format!(
             "output '{name}': tract produced {:?}, the config says {dt}",
             value.datum_type()
         )));
     }
-    Tensor::new(name, dt, value.shape().to_vec(), Bytes::copy_from_slice(value.as_bytes()))
+    Tensor::new(
+        name,
+        dt,
+        value.shape().to_vec(),
+        Bytes::copy_from_slice(value.as_bytes()),
+    )
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

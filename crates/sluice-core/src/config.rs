@@ -277,7 +277,10 @@ impl ModelConfig {
                     return Err(Error::invalid(format!("an {kind} has no name")));
                 }
                 if !seen.insert(&t.name) {
-                    return Err(Error::invalid(format!("{kind} '{}' is declared twice", t.name)));
+                    return Err(Error::invalid(format!(
+                        "{kind} '{}' is declared twice",
+                        t.name
+                    )));
                 }
                 if let Some(d) = t.dims.iter().find(|&&d| d < -1 || d == 0) {
                     return Err(Error::invalid(format!(
@@ -300,7 +303,9 @@ impl ModelConfig {
         }
         if let Some(db) = &self.dynamic_batching {
             if let Some(p) = db.preferred_batch_size.iter().find(|&&p| p < 1) {
-                return Err(Error::invalid(format!("preferred_batch_size {p} must be >= 1")));
+                return Err(Error::invalid(format!(
+                    "preferred_batch_size {p} must be >= 1"
+                )));
             }
             if self.max_batch_size == 0 {
                 return Err(Error::invalid(
@@ -334,10 +339,22 @@ mod tests {
     fn version_policy_selects() {
         let avail = [3, 1, 2];
         assert_eq!(VersionPolicy::default().select(&avail), vec![3]);
-        assert_eq!(VersionPolicy::Latest { num_versions: 2 }.select(&avail), vec![2, 3]);
-        assert_eq!(VersionPolicy::Latest { num_versions: 9 }.select(&avail), vec![1, 2, 3]);
+        assert_eq!(
+            VersionPolicy::Latest { num_versions: 2 }.select(&avail),
+            vec![2, 3]
+        );
+        assert_eq!(
+            VersionPolicy::Latest { num_versions: 9 }.select(&avail),
+            vec![1, 2, 3]
+        );
         assert_eq!(VersionPolicy::All {}.select(&avail), vec![1, 2, 3]);
-        assert_eq!(VersionPolicy::Specific { versions: vec![1, 7] }.select(&avail), vec![1]);
+        assert_eq!(
+            VersionPolicy::Specific {
+                versions: vec![1, 7]
+            }
+            .select(&avail),
+            vec![1]
+        );
     }
 
     #[test]
@@ -351,7 +368,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.input[0].data_type, DataType::F32);
-        assert_eq!(cfg.version_policy, VersionPolicy::Specific { versions: vec![2] });
+        assert_eq!(
+            cfg.version_policy,
+            VersionPolicy::Specific { versions: vec![2] }
+        );
         assert_eq!(cfg.parameter("k"), Some("v"));
         cfg.validate().unwrap();
 
@@ -372,13 +392,20 @@ mod tests {
             ..ModelConfig::default()
         };
         base().validate().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut ModelConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ModelConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("max_batch_size", Box::new(|c| c.max_batch_size = -1)),
             ("no inputs", Box::new(|c| c.input.clear())),
-            ("declared twice", Box::new(|c| c.output.push(c.output[0].clone()))),
+            (
+                "declared twice",
+                Box::new(|c| c.output.push(c.output[0].clone())),
+            ),
             ("dimension 0", Box::new(|c| c.input[0].dims = vec![0])),
             ("dimension -2", Box::new(|c| c.input[0].dims = vec![-2])),
-            ("needs max_batch_size", Box::new(|c| c.dynamic_batching = Some(Default::default()))),
+            (
+                "needs max_batch_size",
+                Box::new(|c| c.dynamic_batching = Some(Default::default())),
+            ),
         ];
         for (expect, mutate) in cases {
             let mut cfg = base();

@@ -50,7 +50,9 @@ impl ModelSignature {
     /// The full shape a spec has for `rows` batch rows (variable dims stay -1).
     pub fn full_dims(&self, spec: &TensorSpec) -> Vec<i64> {
         if self.max_batch_size > 0 {
-            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+            std::iter::once(-1)
+                .chain(spec.dims.iter().copied())
+                .collect()
         } else {
             spec.dims.clone()
         }
@@ -58,7 +60,11 @@ impl ModelSignature {
 
     /// Checks `request` against this signature ("parse, don't validate").
     pub fn validate(&self, request: InferRequest) -> Result<ValidRequest> {
-        let InferRequest { id, inputs, outputs } = request;
+        let InferRequest {
+            id,
+            inputs,
+            outputs,
+        } = request;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for tensor in inputs {
             let Some(ix) = self.inputs.iter().position(|s| s.name == tensor.name) else {
@@ -69,7 +75,10 @@ impl ModelSignature {
                 )));
             };
             if slots[ix].is_some() {
-                return Err(Error::invalid(format!("input '{}' is given twice", tensor.name)));
+                return Err(Error::invalid(format!(
+                    "input '{}' is given twice",
+                    tensor.name
+                )));
             }
             self.check_tensor(&self.inputs[ix], &tensor)?;
             slots[ix] = Some(tensor);
@@ -111,14 +120,22 @@ impl ModelSignature {
                 )));
             };
             if out_ix.contains(&ix) {
-                return Err(Error::invalid(format!("output '{}' is requested twice", o.name)));
+                return Err(Error::invalid(format!(
+                    "output '{}' is requested twice",
+                    o.name
+                )));
             }
             out_ix.push(ix);
         }
         if out_ix.is_empty() {
             out_ix = (0..self.outputs.len()).collect();
         }
-        Ok(ValidRequest { id, inputs: ordered, outputs: out_ix, rows: rows.unwrap_or(1) })
+        Ok(ValidRequest {
+            id,
+            inputs: ordered,
+            outputs: out_ix,
+            rows: rows.unwrap_or(1),
+        })
     }
 
     fn check_tensor(&self, spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
@@ -147,7 +164,10 @@ impl ModelSignature {
             &tensor.shape[..]
         };
         let matches = dims.len() == spec.dims.len()
-            && dims.iter().zip(&spec.dims).all(|(&d, &s)| s == -1 || d as i64 == s);
+            && dims
+                .iter()
+                .zip(&spec.dims)
+                .all(|(&d, &s)| s == -1 || d as i64 == s);
         if !matches {
             return Err(Error::invalid(format!(
                 "input '{}': shape {:?} does not match the model's {:?}",
@@ -191,7 +211,10 @@ mod tests {
         InferRequest {
             id: Some("7".into()),
             inputs,
-            outputs: outputs.iter().map(|n| RequestedOutput { name: (*n).into() }).collect(),
+            outputs: outputs
+                .iter()
+                .map(|n| RequestedOutput { name: (*n).into() })
+                .collect(),
         }
     }
 
@@ -199,7 +222,10 @@ mod tests {
     fn valid_requests_are_reordered() {
         let sig = signature(4);
         let req = request(
-            vec![tensor("b", DataType::I64, &[3, 5]), tensor("a", DataType::F32, &[3, 2])],
+            vec![
+                tensor("b", DataType::I64, &[3, 5]),
+                tensor("a", DataType::F32, &[3, 2]),
+            ],
             &["z"],
         );
         let valid = sig.validate(req).unwrap();
@@ -209,7 +235,10 @@ mod tests {
         assert_eq!(valid.id.as_deref(), Some("7"));
         let all = sig
             .validate(request(
-                vec![tensor("a", DataType::F32, &[1, 2]), tensor("b", DataType::I64, &[1, 1])],
+                vec![
+                    tensor("a", DataType::F32, &[1, 2]),
+                    tensor("b", DataType::I64, &[1, 1]),
+                ],
                 &[],
             ))
             .unwrap();
@@ -222,19 +251,51 @@ mod tests {
         let b = |shape: &[usize]| tensor("b", DataType::I64, shape);
         let cases: Vec<(i32, InferRequest, &str)> = vec![
             (4, request(vec![a(&[1, 2])], &[]), "missing input 'b'"),
-            (4, request(vec![a(&[1, 2]), b(&[1, 1]), tensor("c", DataType::F32, &[1])], &[]), "unexpected input 'c'"),
+            (
+                4,
+                request(
+                    vec![a(&[1, 2]), b(&[1, 1]), tensor("c", DataType::F32, &[1])],
+                    &[],
+                ),
+                "unexpected input 'c'",
+            ),
             (4, request(vec![a(&[1, 2]), a(&[1, 2])], &[]), "given twice"),
-            (4, request(vec![tensor("a", DataType::F64, &[1, 2]), b(&[1, 1])], &[]), "expected datatype FP32, got FP64"),
-            (4, request(vec![a(&[1, 3]), b(&[1, 1])], &[]), "does not match"),
-            (4, request(vec![a(&[5, 2]), b(&[5, 1])], &[]), "batch size 5 is outside 1..=4"),
-            (4, request(vec![a(&[2, 2]), b(&[1, 1])], &[]), "disagree on the batch size"),
-            (4, request(vec![a(&[1, 2]), b(&[1, 1])], &["w"]), "unknown output 'w'"),
+            (
+                4,
+                request(vec![tensor("a", DataType::F64, &[1, 2]), b(&[1, 1])], &[]),
+                "expected datatype FP32, got FP64",
+            ),
+            (
+                4,
+                request(vec![a(&[1, 3]), b(&[1, 1])], &[]),
+                "does not match",
+            ),
+            (
+                4,
+                request(vec![a(&[5, 2]), b(&[5, 1])], &[]),
+                "batch size 5 is outside 1..=4",
+            ),
+            (
+                4,
+                request(vec![a(&[2, 2]), b(&[1, 1])], &[]),
+                "disagree on the batch size",
+            ),
+            (
+                4,
+                request(vec![a(&[1, 2]), b(&[1, 1])], &["w"]),
+                "unknown output 'w'",
+            ),
             (0, request(vec![a(&[1, 2]), b(&[1])], &[]), "does not match"),
         ];
         for (mbs, req, expect) in cases {
             let err = signature(mbs).validate(req).unwrap_err();
-            assert!(err.message().contains(expect), "expected '{expect}' in '{err}'");
+            assert!(
+                err.message().contains(expect),
+                "expected '{expect}' in '{err}'"
+            );
         }
-        assert!(signature(0).validate(request(vec![a(&[2]), b(&[7])], &[])).is_ok());
+        assert!(signature(0)
+            .validate(request(vec![a(&[2]), b(&[7])], &[]))
+            .is_ok());
     }
 }

@@ -24,8 +24,9 @@ impl Tensor {
         data: Bytes,
     ) -> Result<Tensor> {
         let name = name.into();
-        let count = element_count(&shape)
-            .ok_or_else(|| Error::invalid(format!("tensor '{name}': shape {shape:?} is too large")))?;
+        let count = element_count(&shape).ok_or_else(|| {
+            Error::invalid(format!("tensor '{name}': shape {shape:?} is too large"))
+        })?;
         if let Some(size) = datatype.size() {
             let expected = count.checked_mul(size).ok_or_else(|| {
                 Error::invalid(format!("tensor '{name}': shape {shape:?} is too large"))
@@ -38,16 +39,20 @@ impl Tensor {
                 )));
             }
         } else {
-            let elements = count_bytes_elements(&data).ok_or_else(|| {
-                Error::invalid(format!("tensor '{name}': malformed BYTES data"))
-            })?;
+            let elements = count_bytes_elements(&data)
+                .ok_or_else(|| Error::invalid(format!("tensor '{name}': malformed BYTES data")))?;
             if elements != count {
                 return Err(Error::invalid(format!(
                     "tensor '{name}': {elements} BYTES elements do not match shape {shape:?}"
                 )));
             }
         }
-        Ok(Tensor { name, datatype, shape, data })
+        Ok(Tensor {
+            name,
+            datatype,
+            shape,
+            data,
+        })
     }
 
     /// Number of elements (the product of the shape).
@@ -63,7 +68,9 @@ impl Tensor {
     /// Concatenates tensors of the same name, datatype and trailing shape along
     /// dimension 0. One part is returned as is, without a copy.
     pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
-        let first = parts.first().ok_or_else(|| Error::internal("concat of no tensors"))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::internal("concat of no tensors"))?;
         if parts.len() == 1 {
             return Ok((*first).clone());
         }
@@ -88,7 +95,12 @@ impl Tensor {
         }
         let mut shape = first.shape.clone();
         shape[0] = rows;
-        Ok(Tensor { name: first.name.clone(), datatype: first.datatype, shape, data: data.freeze() })
+        Ok(Tensor {
+            name: first.name.clone(),
+            datatype: first.datatype,
+            shape,
+            data: data.freeze(),
+        })
     }
 
     /// Splits along dimension 0 into parts of `rows[i]` rows each, without copying.
@@ -153,7 +165,8 @@ mod tests {
 
     #[test]
     fn new_checks_byte_length() {
-        let err = Tensor::new("x", DataType::F32, vec![2, 2], Bytes::from(vec![0u8; 12])).unwrap_err();
+        let err =
+            Tensor::new("x", DataType::F32, vec![2, 2], Bytes::from(vec![0u8; 12])).unwrap_err();
         assert!(err.message().contains("12 bytes"), "{err}");
         assert!(Tensor::new("x", DataType::F32, vec![usize::MAX, 2], Bytes::new()).is_err());
     }

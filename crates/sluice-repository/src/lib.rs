@@ -65,7 +65,9 @@ pub struct RepositoryOptions {
 
 impl Default for RepositoryOptions {
     fn default() -> Self {
-        RepositoryOptions { default_max_batch_size: 4 }
+        RepositoryOptions {
+            default_max_batch_size: 4,
+        }
     }
 }
 
@@ -122,7 +124,10 @@ impl Repository {
     /// Names of the model folders, sorted. Hidden folders are skipped.
     pub fn model_names(&self) -> Result<Vec<String>> {
         let entries = std::fs::read_dir(&self.root).map_err(|e| {
-            Error::unavailable(format!("cannot read repository '{}': {e}", self.root.display()))
+            Error::unavailable(format!(
+                "cannot read repository '{}': {e}",
+                self.root.display()
+            ))
         })?;
         let mut names: Vec<String> = entries
             .filter_map(std::result::Result::ok)
@@ -139,7 +144,9 @@ impl Repository {
         check_model_name(name)?;
         let dir = self.root.join(name);
         if !dir.is_dir() {
-            return Err(Error::not_found(format!("no model '{name}' in the repository")));
+            return Err(Error::not_found(format!(
+                "no model '{name}' in the repository"
+            )));
         }
         let (mut config, origin) = read_config(&dir)?;
         if config.name.is_empty() {
@@ -169,18 +176,29 @@ impl Repository {
         }
         let versions: Vec<ModelVersion> = selected
             .iter()
-            .map(|&v| ModelVersion { version: v, model_file: dir.join(v.to_string()).join(&file_name) })
+            .map(|&v| ModelVersion {
+                version: v,
+                model_file: dir.join(v.to_string()).join(&file_name),
+            })
             .collect();
         if config.input.is_empty() || config.output.is_empty() {
             let latest = &versions[versions.len() - 1].model_file;
             let bytes = std::fs::read(latest).map_err(|e| {
-                Error::invalid(format!("cannot read '{}' to auto-complete the config: {e}", rel(&self.root, latest)))
+                Error::invalid(format!(
+                    "cannot read '{}' to auto-complete the config: {e}",
+                    rel(&self.root, latest)
+                ))
             })?;
             let onnx = onnx::signature(&bytes)?;
             auto_complete(&mut config, &onnx, origin, &self.options)?;
         }
         config.validate()?;
-        Ok(ModelSource { name: name.to_owned(), config, origin, versions })
+        Ok(ModelSource {
+            name: name.to_owned(),
+            config,
+            origin,
+            versions,
+        })
     }
 }
 
@@ -192,13 +210,18 @@ pub fn check_model_name(name: &str) -> Result<()> {
         || name.contains(['/', '\\', '\0'])
         || name.starts_with('.');
     if bad {
-        return Err(Error::invalid(format!("'{name}' is not a valid model name")));
+        return Err(Error::invalid(format!(
+            "'{name}' is not a valid model name"
+        )));
     }
     Ok(())
 }
 
 fn rel(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn read_config(dir: &Path) -> Result<(ModelConfig, ConfigOrigin)> {
@@ -261,7 +284,11 @@ fn auto_complete(
         tensors
             .iter()
             .map(|t| {
-                let dims = if strip { t.dims[1..].to_vec() } else { t.dims.clone() };
+                let dims = if strip {
+                    t.dims[1..].to_vec()
+                } else {
+                    t.dims.clone()
+                };
                 TensorConfig::new(t.name.clone(), t.datatype, dims)
             })
             .collect()

@@ -82,7 +82,9 @@ pub struct OnnxSignature {
 pub fn signature(bytes: &[u8]) -> Result<OnnxSignature> {
     let model = ModelProto::decode(bytes)
         .map_err(|e| Error::invalid(format!("not a valid ONNX file: {e}")))?;
-    let graph = model.graph.ok_or_else(|| Error::invalid("the ONNX file has no graph"))?;
+    let graph = model
+        .graph
+        .ok_or_else(|| Error::invalid("the ONNX file has no graph"))?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs = graph
@@ -91,9 +93,15 @@ pub fn signature(bytes: &[u8]) -> Result<OnnxSignature> {
         .filter(|v| !initializers.contains(v.name.as_str()))
         .map(tensor)
         .collect::<Result<Vec<_>>>()?;
-    let outputs = graph.output.iter().map(tensor).collect::<Result<Vec<_>>>()?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(tensor)
+        .collect::<Result<Vec<_>>>()?;
     if inputs.is_empty() || outputs.is_empty() {
-        return Err(Error::invalid("the ONNX graph declares no inputs or no outputs"));
+        return Err(Error::invalid(
+            "the ONNX graph declares no inputs or no outputs",
+        ));
     }
     Ok(OnnxSignature { inputs, outputs })
 }
@@ -113,9 +121,18 @@ fn tensor(value: &ValueInfoProto) -> Result<OnnxTensor> {
     let dims = tensor_type
         .shape
         .as_ref()
-        .map(|s| s.dim.iter().map(|d| d.dim_value.filter(|&v| v > 0).unwrap_or(-1)).collect())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| d.dim_value.filter(|&v| v > 0).unwrap_or(-1))
+                .collect()
+        })
         .unwrap_or_default();
-    Ok(OnnxTensor { name: value.name.clone(), datatype, dims })
+    Ok(OnnxTensor {
+        name: value.name.clone(),
+        datatype,
+        dims,
+    })
 }
 
 /// ONNX `TensorProto.DataType` to Sluice's.
@@ -144,7 +161,10 @@ mod tests {
     use super::*;
 
     fn dim(v: Option<i64>, p: Option<&str>) -> Dimension {
-        Dimension { dim_value: v, dim_param: p.map(str::to_owned) }
+        Dimension {
+            dim_value: v,
+            dim_param: p.map(str::to_owned),
+        }
     }
 
     fn value(name: &str, elem_type: i32, dims: Vec<Dimension>) -> ValueInfoProto {
@@ -174,7 +194,11 @@ mod tests {
         let sig = signature(&model.encode_to_vec()).unwrap();
         assert_eq!(
             sig.inputs,
-            vec![OnnxTensor { name: "x".into(), datatype: DataType::F32, dims: vec![-1, 3] }]
+            vec![OnnxTensor {
+                name: "x".into(),
+                datatype: DataType::F32,
+                dims: vec![-1, 3]
+            }]
         );
         assert_eq!(sig.outputs[0].datatype, DataType::I64);
         assert_eq!(sig.outputs[0].dims, vec![-1]);

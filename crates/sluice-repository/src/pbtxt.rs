@@ -16,7 +16,11 @@ pub struct SyntaxError {
 
 impl std::fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
     }
 }
 
@@ -30,7 +34,11 @@ pub struct Schema<'a> {
 
 /// Parses protobuf text format into JSON.
 pub fn parse(text: &str, schema: Schema<'_>) -> Result<Value, SyntaxError> {
-    let mut p = Parser { src: text.as_bytes(), pos: 0, schema };
+    let mut p = Parser {
+        src: text.as_bytes(),
+        pos: 0,
+        schema,
+    };
     let fields = p.fields(None)?;
     p.skip_ws();
     if p.pos < p.src.len() {
@@ -50,7 +58,11 @@ impl Parser<'_> {
         let before = &self.src[..self.pos.min(self.src.len())];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-        SyntaxError { line, column, message: message.into() }
+        SyntaxError {
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -88,7 +100,10 @@ impl Parser<'_> {
             match (self.peek(), close) {
                 (None, None) => break,
                 (None, Some(c)) => {
-                    return Err(self.error(format!("expected '{}' before the end of the file", c as char)))
+                    return Err(self.error(format!(
+                        "expected '{}' before the end of the file",
+                        c as char
+                    )))
                 }
                 (Some(b), Some(c)) if b == c => {
                     self.pos += 1;
@@ -96,7 +111,9 @@ impl Parser<'_> {
                 }
                 _ => {}
             }
-            let name = self.ident().ok_or_else(|| self.error("expected a field name"))?;
+            let name = self
+                .ident()
+                .ok_or_else(|| self.error("expected a field name"))?;
             let colon = self.eat(b':');
             let value = match self.peek() {
                 Some(b'{' | b'<') => self.message()?,
@@ -113,17 +130,28 @@ impl Parser<'_> {
         Ok(Value::Object(object))
     }
 
-    fn insert(&self, object: &mut Map<String, Value>, name: String, value: Value) -> Result<(), SyntaxError> {
+    fn insert(
+        &self,
+        object: &mut Map<String, Value>,
+        name: String,
+        value: Value,
+    ) -> Result<(), SyntaxError> {
         if self.schema.maps.contains(&name.as_str()) {
             let entries = match value {
                 Value::Array(items) => items,
                 other => vec![other],
             };
-            let map = object.entry(name.clone()).or_insert_with(|| Value::Object(Map::new()));
-            let Value::Object(map) = map else { unreachable!("maps are created as objects") };
+            let map = object
+                .entry(name.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(map) = map else {
+                unreachable!("maps are created as objects")
+            };
             for entry in entries {
                 let Value::Object(mut entry) = entry else {
-                    return Err(self.error(format!("'{name}' entries must be {{ key: ... value: ... }}")));
+                    return Err(self.error(format!(
+                        "'{name}' entries must be {{ key: ... value: ... }}"
+                    )));
                 };
                 let key = match entry.remove("key") {
                     Some(Value::String(s)) => s,
@@ -189,7 +217,11 @@ impl Parser<'_> {
     fn ident(&mut self) -> Option<String> {
         self.skip_ws();
         let start = self.pos;
-        while self.src.get(self.pos).is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_') {
+        while self
+            .src
+            .get(self.pos)
+            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             self.pos += 1;
         }
         let ident = &self.src[start..self.pos];
@@ -233,8 +265,13 @@ impl Parser<'_> {
         let text = std::str::from_utf8(&self.src[start..self.pos]).unwrap_or_default();
         let unsigned = text.trim_start_matches(['-', '+']);
         let negative = text.starts_with('-');
-        let parsed = if let Some(hex) = unsigned.strip_prefix("0x").or_else(|| unsigned.strip_prefix("0X")) {
-            i64::from_str_radix(hex, 16).ok().map(|v| Number::from(if negative { -v } else { v }))
+        let parsed = if let Some(hex) = unsigned
+            .strip_prefix("0x")
+            .or_else(|| unsigned.strip_prefix("0X"))
+        {
+            i64::from_str_radix(hex, 16)
+                .ok()
+                .map(|v| Number::from(if negative { -v } else { v }))
         } else if let Ok(v) = text.trim_start_matches('+').parse::<i64>() {
             Some(Number::from(v))
         } else if let Ok(v) = text.trim_start_matches('+').parse::<u64>() {
@@ -293,7 +330,10 @@ mod tests {
 
     use super::*;
 
-    const SCHEMA: Schema<'static> = Schema { repeated: &["input", "dims", "list"], maps: &["parameters"] };
+    const SCHEMA: Schema<'static> = Schema {
+        repeated: &["input", "dims", "list"],
+        maps: &["parameters"],
+    };
 
     fn check(text: &str, expect: Value) {
         assert_eq!(parse(text, SCHEMA).unwrap(), expect, "parsing {text:?}");
@@ -346,7 +386,10 @@ mod tests {
         ];
         for (text, line, expect) in cases {
             let err = parse(text, SCHEMA).unwrap_err();
-            assert!(err.message.contains(expect), "{text:?}: expected '{expect}', got {err}");
+            assert!(
+                err.message.contains(expect),
+                "{text:?}: expected '{expect}', got {err}"
+            );
             assert_eq!(err.line, line, "{text:?}: {err}");
         }
     }

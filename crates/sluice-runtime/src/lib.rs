@@ -18,7 +18,8 @@ use sluice_core::{
     Backend, Error, InferRequest, InferResponse, InstanceOptions, LoadSpec, ModelConfig,
     ModelSignature, Result, Tensor,
 };
-use sluice_repository::{ModelSource, Repository, RepositoryOptions};
+pub use sluice_repository::RepositoryOptions;
+use sluice_repository::{ModelSource, Repository};
 use sluice_scheduler::{InstancePool, PoolConfig, PoolStats};
 
 /// Settings of the runtime, validated by the binary.
@@ -87,7 +88,11 @@ enum VersionSlot {
 
 enum ModelSlot {
     /// The config could be read; versions loaded or failed one by one.
-    Loaded { config: Arc<ModelConfig>, platform: String, versions: BTreeMap<u64, VersionSlot> },
+    Loaded {
+        config: Arc<ModelConfig>,
+        platform: String,
+        versions: BTreeMap<u64, VersionSlot>,
+    },
     /// The model could not be read at all.
     Failed(String),
 }
@@ -150,7 +155,12 @@ impl Runtime {
         };
         for name in repository.model_names()? {
             let slot = runtime.load_model(&repository, &name);
-            runtime.inner.models.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name, Arc::new(slot));
+            runtime
+                .inner
+                .models
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name, Arc::new(slot));
         }
         Ok(runtime)
     }
@@ -200,7 +210,11 @@ impl Runtime {
             };
             versions.insert(v.version, slot);
         }
-        ModelSlot::Loaded { config: Arc::new(config), platform, versions }
+        ModelSlot::Loaded {
+            config: Arc::new(config),
+            platform,
+            versions,
+        }
     }
 
     fn pick_backend(&self, source: &ModelSource) -> Result<(Arc<dyn Backend>, ModelConfig)> {
@@ -237,16 +251,33 @@ impl Runtime {
         name: &str,
         version: &sluice_repository::ModelVersion,
     ) -> Result<Served> {
-        let spec = LoadSpec { model_name: name, version: version.version, model_file: &version.model_file, config };
+        let spec = LoadSpec {
+            model_name: name,
+            version: version.version,
+            model_file: &version.model_file,
+            config,
+        };
         let loaded = backend.load(&spec)?;
         let intra_op_threads = match config.parameter("intra_op_thread_count") {
-            Some(v) => v.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                Error::invalid(format!("parameter intra_op_thread_count must be a positive integer, got '{v}'"))
-            })?,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "parameter intra_op_thread_count must be a positive integer, got '{v}'"
+                    ))
+                })?,
             None => self.inner.config.intra_op_threads,
         };
         let instances = (0..config.instance_count())
-            .map(|index| loaded.instance(&InstanceOptions { index, intra_op_threads }))
+            .map(|index| {
+                loaded.instance(&InstanceOptions {
+                    index,
+                    intra_op_threads,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let queue_capacity = config
             .dynamic_batching
@@ -256,10 +287,16 @@ impl Runtime {
             .filter(|&n| n > 0)
             .unwrap_or(self.inner.config.queue_capacity);
         let pool = InstancePool::start(
-            &PoolConfig { label: format!("{name}:{}", version.version), queue_capacity },
+            &PoolConfig {
+                label: format!("{name}:{}", version.version),
+                queue_capacity,
+            },
             instances,
         )?;
-        Ok(Served { signature: Arc::new(ModelSignature::from_config(config)), pool })
+        Ok(Served {
+            signature: Arc::new(ModelSignature::from_config(config)),
+            pool,
+        })
     }
 
     fn slot(&self, name: &str) -> Result<Arc<ModelSlot>> {
@@ -283,12 +320,17 @@ impl Runtime {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return false;
         }
-        !self.inner.config.strict_readiness || self.index().iter().all(|e| e.state == ModelState::Ready)
+        !self.inner.config.strict_readiness
+            || self.index().iter().all(|e| e.state == ModelState::Ready)
     }
 
     /// Every model (and version) with its state and the reason when unavailable.
     pub fn index(&self) -> Vec<IndexEntry> {
-        let models = self.inner.models.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let models = self
+            .inner
+            .models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
         for (name, slot) in models.iter() {
             match slot.as_ref() {
@@ -304,7 +346,12 @@ impl Runtime {
                             VersionSlot::Ready(_) => (ModelState::Ready, String::new()),
                             VersionSlot::Failed(r) => (ModelState::Unavailable, r.clone()),
                         };
-                        out.push(IndexEntry { name: name.clone(), version: Some(version), state, reason });
+                        out.push(IndexEntry {
+                            name: name.clone(),
+                            version: Some(version),
+                            state,
+                            reason,
+                        });
                     }
                 }
             }
@@ -326,7 +373,9 @@ impl Runtime {
         let slot = self.slot(name)?;
         match slot.as_ref() {
             ModelSlot::Failed(reason) => Err(unavailable(name, reason)),
-            ModelSlot::Loaded { config, versions, .. } => {
+            ModelSlot::Loaded {
+                config, versions, ..
+            } => {
                 if let Some(v) = version {
                     if !versions.contains_key(&v) {
                         return Err(no_version(name, v));
@@ -340,8 +389,15 @@ impl Runtime {
     /// Metadata of a model or one of its versions.
     pub fn model_metadata(&self, name: &str, version: Option<u64>) -> Result<ModelMetadata> {
         let slot = self.slot(name)?;
-        let ModelSlot::Loaded { config, platform, versions } = slot.as_ref() else {
-            let ModelSlot::Failed(reason) = slot.as_ref() else { unreachable!() };
+        let ModelSlot::Loaded {
+            config,
+            platform,
+            versions,
+        } = slot.as_ref()
+        else {
+            let ModelSlot::Failed(reason) = slot.as_ref() else {
+                unreachable!()
+            };
             return Err(unavailable(name, reason));
         };
         let ready: Vec<u64> = versions
@@ -378,7 +434,10 @@ impl Runtime {
                     Some(VersionSlot::Ready(_)) => v,
                 },
                 None => {
-                    let ready = versions.iter().rev().find(|(_, s)| matches!(s, VersionSlot::Ready(_)));
+                    let ready = versions
+                        .iter()
+                        .rev()
+                        .find(|(_, s)| matches!(s, VersionSlot::Ready(_)));
                     match ready {
                         Some((&v, _)) => v,
                         None => {
@@ -398,31 +457,67 @@ impl Runtime {
         Ok((slot, chosen))
     }
 
+    /// Checks that a model (and version) can serve now, without running anything.
+    pub fn check_servable(&self, name: &str, version: Option<u64>) -> Result<()> {
+        self.resolve(name, version).map(|_| ())
+    }
+
     /// Runs one request on the model (and version) it names.
-    pub async fn infer(&self, name: &str, version: Option<u64>, request: InferRequest) -> Result<InferResponse> {
+    pub async fn infer(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::unavailable("the server is shutting down"));
         }
         let (slot, v) = self.resolve(name, version)?;
-        let ModelSlot::Loaded { versions, .. } = slot.as_ref() else { unreachable!("resolved") };
-        let Some(VersionSlot::Ready(served)) = versions.get(&v) else { unreachable!("resolved") };
+        let ModelSlot::Loaded { versions, .. } = slot.as_ref() else {
+            unreachable!("resolved")
+        };
+        let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
+            unreachable!("resolved")
+        };
         let valid = served.signature.validate(request)?;
         let id = valid.id.clone();
         let wanted = valid.outputs.clone();
-        let mut all: Vec<Option<Tensor>> = served.pool.infer(valid).await?.into_iter().map(Some).collect();
+        let mut all: Vec<Option<Tensor>> = served
+            .pool
+            .infer(valid)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect();
         let outputs = wanted
             .iter()
             .map(|&ix| all.get_mut(ix).and_then(Option::take))
             .collect::<Option<Vec<Tensor>>>()
-            .ok_or_else(|| Error::internal("the engine returned fewer outputs than the model declares"))?;
-        Ok(InferResponse { model_name: name.to_owned(), model_version: v, id, outputs })
+            .ok_or_else(|| {
+                Error::internal("the engine returned fewer outputs than the model declares")
+            })?;
+        Ok(InferResponse {
+            model_name: name.to_owned(),
+            model_version: v,
+            id,
+            outputs,
+        })
     }
 
     /// Counters of a served version, if it is ready.
-    pub fn with_stats<T>(&self, name: &str, version: Option<u64>, f: impl FnOnce(&PoolStats) -> T) -> Result<T> {
+    pub fn with_stats<T>(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        f: impl FnOnce(&PoolStats) -> T,
+    ) -> Result<T> {
         let (slot, v) = self.resolve(name, version)?;
-        let ModelSlot::Loaded { versions, .. } = slot.as_ref() else { unreachable!("resolved") };
-        let Some(VersionSlot::Ready(served)) = versions.get(&v) else { unreachable!("resolved") };
+        let ModelSlot::Loaded { versions, .. } = slot.as_ref() else {
+            unreachable!("resolved")
+        };
+        let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
+            unreachable!("resolved")
+        };
         Ok(f(served.pool.stats()))
     }
 
@@ -434,7 +529,13 @@ impl Runtime {
     /// Drains and stops every instance pool. Blocking.
     pub fn shutdown(&self) {
         self.begin_shutdown();
-        let models = std::mem::take(&mut *self.inner.models.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let models = std::mem::take(
+            &mut *self
+                .inner
+                .models
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         drop(models);
     }
 }

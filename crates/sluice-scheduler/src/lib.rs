@@ -76,7 +76,12 @@ impl InstancePool {
                 .map_err(|e| Error::internal(format!("cannot start an instance thread: {e}")))?;
             threads.push(handle);
         }
-        Ok(InstancePool { label: config.label.clone(), sender: Some(sender), threads, stats })
+        Ok(InstancePool {
+            label: config.label.clone(),
+            sender: Some(sender),
+            threads,
+            stats,
+        })
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -91,7 +96,11 @@ impl InstancePool {
             .as_ref()
             .ok_or_else(|| Error::unavailable(format!("model {} is shutting down", self.label)))?;
         let (reply, answer) = oneshot::channel();
-        let job = Job { request, enqueued: Instant::now(), reply };
+        let job = Job {
+            request,
+            enqueued: Instant::now(),
+            reply,
+        };
         match sender.try_send(vec![job]) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -102,12 +111,18 @@ impl InstancePool {
                 ));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::unavailable(format!("model {} is shutting down", self.label)))
+                return Err(Error::unavailable(format!(
+                    "model {} is shutting down",
+                    self.label
+                )))
             }
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::internal(format!("model {} stopped before answering", self.label))))
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::internal(format!(
+                "model {} stopped before answering",
+                self.label
+            )))
+        })
     }
 
     /// Stops taking requests, lets the instances finish what is queued, and joins them.
@@ -127,16 +142,26 @@ impl Drop for InstancePool {
     }
 }
 
-fn instance_loop(label: &str, mut instance: Box<dyn Instance>, queue: &Receiver<Vec<Job>>, stats: &PoolStats) {
+fn instance_loop(
+    label: &str,
+    mut instance: Box<dyn Instance>,
+    queue: &Receiver<Vec<Job>>,
+    stats: &PoolStats,
+) {
     while let Ok(batch) = queue.recv() {
-        let (live, gone): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| !j.reply.is_closed());
-        stats.cancelled.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let (live, gone): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|j| !j.reply.is_closed());
+        stats
+            .cancelled
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
         if live.is_empty() {
             continue;
         }
         let started = Instant::now();
         for job in &live {
-            stats.queue_ns.fetch_add(nanos(started - job.enqueued), Ordering::Relaxed);
+            stats
+                .queue_ns
+                .fetch_add(nanos(started - job.enqueued), Ordering::Relaxed);
         }
         let mut replies = Vec::with_capacity(live.len());
         let mut requests = Vec::with_capacity(live.len());
@@ -145,10 +170,18 @@ fn instance_loop(label: &str, mut instance: Box<dyn Instance>, queue: &Receiver<
             requests.push(job.request);
         }
         let result = catch_unwind(AssertUnwindSafe(|| execute(instance.as_mut(), &requests)))
-            .unwrap_or_else(|_| Err(Error::internal("the engine panicked while running this batch")));
-        stats.compute_ns.fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+            .unwrap_or_else(|_| {
+                Err(Error::internal(
+                    "the engine panicked while running this batch",
+                ))
+            });
+        stats
+            .compute_ns
+            .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
         stats.executions.fetch_add(1, Ordering::Relaxed);
-        stats.inferences.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        stats
+            .inferences
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
         match result {
             Ok(per_request) => {
                 for (reply, outputs) in replies.into_iter().zip(per_request) {
@@ -206,38 +239,77 @@ mod tests {
     /// Doubles its one f32 input; fails on an empty batch marker; panics on NaN.
     struct Doubler {
         runs: Arc<Mutex<Vec<usize>>>,
+        entered: Arc<AtomicU64>,
         gate: Option<std::sync::mpsc::Receiver<()>>,
     }
 
     impl Instance for Doubler {
         fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
             if let Some(gate) = &self.gate {
                 let _ = gate.recv();
             }
             let x = &inputs[0];
-            let values: Vec<f32> =
-                x.data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let values: Vec<f32> = x
+                .data
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             self.runs.lock().unwrap().push(x.rows());
             assert!(!values.iter().any(|v| v.is_nan()), "NaN input");
             if values.iter().any(|v| *v < 0.0) {
                 return Err(Error::internal("negative input"));
             }
-            let data: Vec<u8> = values.iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
-            Ok(vec![Tensor::new("y", DataType::F32, x.shape.clone(), Bytes::from(data))?])
+            let data: Vec<u8> = values
+                .iter()
+                .flat_map(|v| (v * 2.0).to_le_bytes())
+                .collect();
+            Ok(vec![Tensor::new(
+                "y",
+                DataType::F32,
+                x.shape.clone(),
+                Bytes::from(data),
+            )?])
         }
     }
 
     fn request(values: &[f32]) -> ValidRequest {
         let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let x = Tensor::new("x", DataType::F32, vec![values.len(), 1], Bytes::from(data)).unwrap();
-        ValidRequest { id: None, inputs: vec![x], outputs: vec![0], rows: values.len() }
+        ValidRequest {
+            id: None,
+            inputs: vec![x],
+            outputs: vec![0],
+            rows: values.len(),
+        }
     }
 
-    fn pool(capacity: usize, gate: Option<std::sync::mpsc::Receiver<()>>) -> (InstancePool, Arc<Mutex<Vec<usize>>>) {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let instance = Box::new(Doubler { runs: Arc::clone(&runs), gate });
-        let config = PoolConfig { label: "m:1".into(), queue_capacity: capacity };
-        (InstancePool::start(&config, vec![instance]).unwrap(), runs)
+    struct Probe {
+        runs: Arc<Mutex<Vec<usize>>>,
+        entered: Arc<AtomicU64>,
+    }
+
+    fn pool(capacity: usize, gate: Option<std::sync::mpsc::Receiver<()>>) -> (InstancePool, Probe) {
+        let probe = Probe {
+            runs: Arc::default(),
+            entered: Arc::default(),
+        };
+        let instance = Box::new(Doubler {
+            runs: Arc::clone(&probe.runs),
+            entered: Arc::clone(&probe.entered),
+            gate,
+        });
+        let config = PoolConfig {
+            label: "m:1".into(),
+            queue_capacity: capacity,
+        };
+        (InstancePool::start(&config, vec![instance]).unwrap(), probe)
+    }
+
+    async fn wait_for(mut condition: impl FnMut() -> bool) {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test]
@@ -245,7 +317,10 @@ mod tests {
         let (pool, _) = pool(4, None);
         let out = pool.infer(request(&[1.0, 2.5])).await.unwrap();
         assert_eq!(out[0].shape, vec![2, 1]);
-        assert_eq!(&out[0].data[..], &[2.0f32.to_le_bytes(), 5.0f32.to_le_bytes()].concat()[..]);
+        assert_eq!(
+            &out[0].data[..],
+            &[2.0f32.to_le_bytes(), 5.0f32.to_le_bytes()].concat()[..]
+        );
     }
 
     #[tokio::test]
@@ -263,49 +338,51 @@ mod tests {
     #[test]
     fn execute_splits_a_batch_per_request() {
         let runs = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Doubler { runs: Arc::clone(&runs), gate: None };
+        let mut d = Doubler {
+            runs: Arc::clone(&runs),
+            entered: Arc::default(),
+            gate: None,
+        };
         let out = execute(&mut d, &[request(&[1.0]), request(&[2.0, 3.0])]).unwrap();
         assert_eq!(*runs.lock().unwrap(), vec![3]);
         assert_eq!(out[0][0].shape, vec![1, 1]);
         assert_eq!(out[1][0].shape, vec![2, 1]);
-        assert_eq!(&out[1][0].data[..], &[4.0f32.to_le_bytes(), 6.0f32.to_le_bytes()].concat()[..]);
+        assert_eq!(
+            &out[1][0].data[..],
+            &[4.0f32.to_le_bytes(), 6.0f32.to_le_bytes()].concat()[..]
+        );
     }
 
     #[tokio::test]
     async fn a_full_queue_rejects_at_once_and_cancelled_jobs_never_run() {
         let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-        let (pool, runs) = pool(1, Some(gate_rx));
+        let (pool, probe) = pool(1, Some(gate_rx));
         let pool = Arc::new(pool);
-        // The first job occupies the instance (blocked on the gate), the second fills the queue.
-        let first = tokio::spawn({
+        let infer = |values: &'static [f32]| {
             let pool = Arc::clone(&pool);
-            async move { pool.infer(request(&[1.0])).await }
-        });
-        while pool.stats().inferences.load(Ordering::Relaxed) == 0 && runs.lock().unwrap().is_empty() {
-            // Wait until the instance thread took the first job off the queue.
-            if pool.sender.as_ref().unwrap().is_empty() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        let second = tokio::spawn({
-            let pool = Arc::clone(&pool);
-            async move { pool.infer(request(&[2.0])).await }
-        });
-        while pool.sender.as_ref().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+            tokio::spawn(async move { pool.infer(request(values)).await })
+        };
+        // The first job occupies the instance (blocked on the gate)...
+        let first = infer(&[1.0]);
+        wait_for(|| probe.entered.load(Ordering::SeqCst) == 1).await;
+        // ...the second fills the queue...
+        let second = infer(&[2.0]);
+        wait_for(|| pool.sender.as_ref().unwrap().len() == 1).await;
+        // ...so the third is rejected at once.
         let err = pool.infer(request(&[3.0])).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
-        // Cancel the queued second request, then release the engine.
+        // Cancel the queued second request, then release the engine twice.
         second.abort();
-        let _ = second.await;
+        assert!(second.await.unwrap_err().is_cancelled());
         gate_tx.send(()).unwrap();
         assert!(first.await.unwrap().is_ok());
-        // One more run to be sure the cancelled job was seen and skipped.
         gate_tx.send(()).unwrap();
         assert!(pool.infer(request(&[4.0])).await.is_ok());
-        assert_eq!(*runs.lock().unwrap(), vec![1, 1]);
+        assert_eq!(
+            *probe.runs.lock().unwrap(),
+            vec![1, 1],
+            "the cancelled job must not run"
+        );
         assert_eq!(pool.stats().cancelled.load(Ordering::Relaxed), 1);
         assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
     }

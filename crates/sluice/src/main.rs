@@ -1,1 +1,201 @@
-fn main() {}
+//! `sluice`: the command line. It reads flags (each also an environment variable),
+//! turns them into validated configs once, wires the tract backend into the runtime
+//! and serves the KServe v2 protocol until SIGINT or SIGTERM.
+//!
+//! Key decision: this is the only crate that reads the environment and turns on
+//! engines; everything below receives explicit config structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_backend_tract::TractBackend;
+use sluice_runtime::{Backends, Runtime, RuntimeConfig};
+use sluice_server::HttpConfig;
+
+/// Sluice: an inference server for ONNX models that speaks KServe v2 / Triton's protocol.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a model repository over HTTP (KServe v2).
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// Model repository: one folder per model, Triton's layout
+    /// (`<model>/config.pbtxt|config.json`, `<model>/<version>/model.onnx`).
+    #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
+    model_repository: PathBuf,
+
+    /// Address to listen on for HTTP.
+    #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0")]
+    http_address: std::net::IpAddr,
+
+    /// HTTP port (0 picks a free port; the chosen one is logged).
+    #[arg(long, env = "SLUICE_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+
+    /// Largest accepted request body in bytes; larger ones are answered with 413.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Backend for models that do not name one.
+    #[arg(long, env = "SLUICE_DEFAULT_BACKEND", default_value = "tract")]
+    default_backend: String,
+
+    /// Threads one model instance may use for one run (a model's
+    /// `intra_op_thread_count` parameter overrides it).
+    #[arg(long, env = "SLUICE_INTRA_OP_THREADS", default_value_t = 1)]
+    intra_op_threads: usize,
+
+    /// Requests that may wait per model version before new ones get 429
+    /// (a model's `dynamic_batching.default_queue_policy.max_queue_size` overrides it).
+    #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = 1024)]
+    queue_capacity: usize,
+
+    /// `max_batch_size` given to models without a config whose tensors all start
+    /// with a variable dimension (Triton's default-max-batch-size).
+    #[arg(long, env = "SLUICE_DEFAULT_MAX_BATCH_SIZE", default_value_t = 4)]
+    default_max_batch_size: i32,
+
+    /// Ready only when every model in the repository is ready (Triton's default).
+    #[arg(long, env = "SLUICE_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
+    strict_readiness: bool,
+
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `sluice=debug,info` (RUST_LOG syntax).
+    #[arg(long, env = "SLUICE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logs(args: &ServeArgs) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(&args)?;
+    anyhow::ensure!(
+        args.intra_op_threads > 0,
+        "--intra-op-threads must be at least 1"
+    );
+    anyhow::ensure!(
+        args.queue_capacity > 0,
+        "--queue-capacity must be at least 1"
+    );
+    anyhow::ensure!(
+        args.default_max_batch_size >= 0,
+        "--default-max-batch-size must be >= 0"
+    );
+    let config = RuntimeConfig {
+        repository: args.model_repository.clone(),
+        repository_options: sluice_repository_options(args.default_max_batch_size),
+        default_backend: args.default_backend.clone(),
+        intra_op_threads: args.intra_op_threads,
+        queue_capacity: args.queue_capacity,
+        strict_readiness: args.strict_readiness,
+    };
+    let backends = Backends::new().with(Arc::new(TractBackend::new()));
+    tracing::info!(repository = %args.model_repository.display(), "loading models");
+    let runtime = Runtime::start(config, backends).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ready = runtime
+        .index()
+        .iter()
+        .filter(|e| e.state == sluice_runtime::ModelState::Ready)
+        .count();
+    tracing::info!(ready, total = runtime.index().len(), "models loaded");
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-io")
+        .build()?;
+    tokio.block_on(async {
+        let addr = SocketAddr::new(args.http_address, args.http_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("HTTP server listening on {local}");
+        let router = sluice_server::app(
+            runtime.clone(),
+            HttpConfig {
+                max_body_bytes: args.max_body_bytes,
+            },
+        );
+        let on_signal = {
+            let runtime = runtime.clone();
+            async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                runtime.begin_shutdown();
+            }
+        };
+        sluice_server::serve(listener, router, on_signal)
+            .await
+            .context("HTTP server failed")?;
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn sluice_repository_options(default_max_batch_size: i32) -> sluice_runtime::RepositoryOptions {
+    sluice_runtime::RepositoryOptions {
+        default_max_batch_size,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

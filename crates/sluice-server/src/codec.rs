@@ -1,0 +1,566 @@
+//! The v2 inference wire format: JSON tensors (flat or nested) and Triton's binary
+//! tensor extension, to and from `sluice_core` tensors.
+//!
+//! A binary request is `<JSON header><input bytes...>`, the header's length given by
+//! `Inference-Header-Content-Length`; inputs with `parameters.binary_data_size` take
+//! their bytes from the tail in order, as zero-copy slices of the body.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use half::{bf16, f16};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_core::{DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor};
+
+#[derive(Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<WireInput>,
+    #[serde(default)]
+    outputs: Vec<WireOutput>,
+}
+
+#[derive(Deserialize)]
+struct WireInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// How each output is to be returned: as JSON `data` or as binary bytes.
+#[derive(Debug, Default)]
+pub struct OutputPlan {
+    default_binary: bool,
+    binary: HashMap<String, bool>,
+}
+
+impl OutputPlan {
+    fn is_binary(&self, name: &str) -> bool {
+        self.binary
+            .get(name)
+            .copied()
+            .unwrap_or(self.default_binary)
+    }
+}
+
+fn bool_param(params: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::invalid(format!(
+            "{owner}: parameter '{key}' must be a boolean, got {other}"
+        ))),
+    }
+}
+
+fn reject_shared_memory(params: &Map<String, Value>, owner: &str) -> Result<()> {
+    if params.keys().any(|k| k.starts_with("shared_memory")) {
+        return Err(Error::unsupported(format!(
+            "{owner}: shared-memory tensors are not supported"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes an infer request body. `header_len` is `Inference-Header-Content-Length`.
+pub fn decode_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> Result<(InferRequest, OutputPlan)> {
+    let header_len = header_len.unwrap_or(body.len());
+    if header_len > body.len() {
+        return Err(Error::invalid(format!(
+            "Inference-Header-Content-Length is {header_len} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let wire: WireRequest = serde_json::from_slice(&body[..header_len])
+        .map_err(|e| Error::invalid(format!("malformed request JSON: {e}")))?;
+    reject_shared_memory(&wire.parameters, "request")?;
+    let mut plan = OutputPlan {
+        default_binary: bool_param(&wire.parameters, "binary_data_output", "request")?
+            .unwrap_or(false),
+        binary: HashMap::new(),
+    };
+    let mut offset = header_len;
+    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    for input in wire.inputs {
+        inputs.push(decode_input(input, body, &mut offset)?);
+    }
+    if offset != body.len() {
+        return Err(Error::invalid(format!(
+            "the request carries {} bytes of binary data that no input claims",
+            body.len() - offset
+        )));
+    }
+    let mut outputs = Vec::with_capacity(wire.outputs.len());
+    for output in wire.outputs {
+        let owner = format!("output '{}'", output.name);
+        reject_shared_memory(&output.parameters, &owner)?;
+        if output.parameters.contains_key("classification") {
+            return Err(Error::unsupported(format!(
+                "{owner}: the classification extension is not supported"
+            )));
+        }
+        if let Some(b) = bool_param(&output.parameters, "binary_data", &owner)? {
+            plan.binary.insert(output.name.clone(), b);
+        }
+        outputs.push(RequestedOutput { name: output.name });
+    }
+    Ok((
+        InferRequest {
+            id: wire.id,
+            inputs,
+            outputs,
+        },
+        plan,
+    ))
+}
+
+fn decode_input(input: WireInput, body: &Bytes, offset: &mut usize) -> Result<Tensor> {
+    let owner = format!("input '{}'", input.name);
+    reject_shared_memory(&input.parameters, &owner)?;
+    let datatype = DataType::from_v2_name(&input.datatype)
+        .ok_or_else(|| Error::invalid(format!("{owner}: unknown datatype '{}'", input.datatype)))?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| Error::invalid(format!("{owner}: negative dimension {d} in shape")))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::invalid(format!("{owner}: shape {shape:?} is too large")))?;
+    let data = match (input.parameters.get("binary_data_size"), input.data) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(format!(
+                "{owner}: has both 'data' and 'binary_data_size'"
+            )))
+        }
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{owner}: binary_data_size must be a non-negative integer"
+                    ))
+                })?;
+            let end = offset.checked_add(size).filter(|&e| e <= body.len()).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{owner}: binary_data_size {size} extends past the end of the request body ({} bytes left)",
+                    body.len() - *offset
+                ))
+            })?;
+            let bytes = body.slice(*offset..end);
+            *offset = end;
+            bytes
+        }
+        (None, Some(data)) => json_to_bytes(&owner, datatype, &data, count)?,
+        (None, None) => {
+            return Err(Error::invalid(format!(
+                "{owner}: has neither 'data' nor 'binary_data_size'"
+            )))
+        }
+    };
+    Tensor::new(input.name, datatype, shape, data)
+}
+
+/// Flattens JSON `data` (flat or nested) into little-endian bytes, checking the count.
+fn json_to_bytes(owner: &str, datatype: DataType, data: &Value, count: usize) -> Result<Bytes> {
+    let mut out = BytesMut::with_capacity(
+        count
+            .saturating_mul(datatype.size().unwrap_or(8))
+            .min(1 << 26),
+    );
+    let mut seen = 0usize;
+    let mut stack: Vec<&Value> = vec![data];
+    while let Some(v) = stack.pop() {
+        if let Value::Array(items) = v {
+            stack.extend(items.iter().rev());
+            continue;
+        }
+        seen += 1;
+        if seen > count {
+            break;
+        }
+        push_element(owner, datatype, v, &mut out)?;
+    }
+    if seen != count {
+        let shown = if seen > count {
+            format!("more than {count}")
+        } else {
+            seen.to_string()
+        };
+        return Err(Error::invalid(format!(
+            "{owner}: {shown} values given but the shape holds {count}"
+        )));
+    }
+    Ok(out.freeze())
+}
+
+fn push_element(owner: &str, datatype: DataType, v: &Value, out: &mut BytesMut) -> Result<()> {
+    let bad = || Error::invalid(format!("{owner}: value {v} is not a valid {datatype}"));
+    macro_rules! int {
+        ($t:ty) => {{
+            let x = if let Some(i) = v.as_i64() {
+                <$t>::try_from(i).map_err(|_| bad())?
+            } else if let Some(u) = v.as_u64() {
+                <$t>::try_from(u).map_err(|_| bad())?
+            } else {
+                return Err(bad());
+            };
+            out.put_slice(&x.to_le_bytes());
+        }};
+    }
+    let float = || v.as_f64().ok_or_else(bad);
+    match datatype {
+        DataType::Bool => out.put_u8(u8::from(v.as_bool().ok_or_else(bad)?)),
+        DataType::U8 => int!(u8),
+        DataType::U16 => int!(u16),
+        DataType::U32 => int!(u32),
+        DataType::U64 => int!(u64),
+        DataType::I8 => int!(i8),
+        DataType::I16 => int!(i16),
+        DataType::I32 => int!(i32),
+        DataType::I64 => int!(i64),
+        DataType::F16 => out.put_slice(&f16::from_f64(float()?).to_le_bytes()),
+        DataType::Bf16 => out.put_slice(&bf16::from_f64(float()?).to_le_bytes()),
+        #[allow(clippy::cast_possible_truncation)]
+        DataType::F32 => out.put_f32_le(float()? as f32),
+        DataType::F64 => out.put_f64_le(float()?),
+        DataType::Bytes => {
+            let s = v.as_str().ok_or_else(bad)?;
+            let len = u32::try_from(s.len()).map_err(|_| bad())?;
+            out.put_u32_le(len);
+            out.put_slice(s.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// An encoded response: the JSON header and, when some outputs are binary, their bytes.
+pub struct EncodedResponse {
+    pub json: Vec<u8>,
+    pub binary: Vec<Bytes>,
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<WireTensorOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireTensorOut<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+/// Serializes a tensor's elements as a flat JSON array without building `Value`s.
+struct JsonData<'a>(&'a Tensor);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let t = self.0;
+        let d = &t.data[..];
+        macro_rules! each {
+            ($n:expr, $f:expr) => {{
+                let mut seq = s.serialize_seq(Some(d.len() / $n))?;
+                for c in d.chunks_exact($n) {
+                    seq.serialize_element(&$f(c.try_into().expect("chunk size")))?;
+                }
+                seq.end()
+            }};
+        }
+        match t.datatype {
+            DataType::Bool => each!(1, |c: [u8; 1]| c[0] != 0),
+            DataType::U8 => each!(1, u8::from_le_bytes),
+            DataType::I8 => each!(1, i8::from_le_bytes),
+            DataType::U16 => each!(2, u16::from_le_bytes),
+            DataType::I16 => each!(2, i16::from_le_bytes),
+            DataType::U32 => each!(4, u32::from_le_bytes),
+            DataType::I32 => each!(4, i32::from_le_bytes),
+            DataType::U64 => each!(8, u64::from_le_bytes),
+            DataType::I64 => each!(8, i64::from_le_bytes),
+            DataType::F16 => each!(2, |c| f16::from_le_bytes(c).to_f32()),
+            DataType::Bf16 => each!(2, |c| bf16::from_le_bytes(c).to_f32()),
+            DataType::F32 => each!(4, f32::from_le_bytes),
+            DataType::F64 => each!(8, f64::from_le_bytes),
+            DataType::Bytes => {
+                let mut seq = s.serialize_seq(None)?;
+                let mut rest = d;
+                while rest.len() >= 4 {
+                    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                    let end = (4 + len).min(rest.len());
+                    seq.serialize_element(&String::from_utf8_lossy(&rest[4..end]))?;
+                    rest = &rest[end..];
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+/// Encodes a response, each output as JSON data or binary per the plan.
+pub fn encode_response(response: &InferResponse, plan: &OutputPlan) -> Result<EncodedResponse> {
+    let mut binary = Vec::new();
+    let outputs = response
+        .outputs
+        .iter()
+        .map(|t| {
+            if plan.is_binary(&t.name) {
+                binary.push(t.data.clone());
+                WireTensorOut {
+                    name: &t.name,
+                    datatype: t.datatype.v2_name(),
+                    shape: &t.shape,
+                    parameters: Some(serde_json::json!({ "binary_data_size": t.data.len() })),
+                    data: None,
+                }
+            } else {
+                WireTensorOut {
+                    name: &t.name,
+                    datatype: t.datatype.v2_name(),
+                    shape: &t.shape,
+                    parameters: None,
+                    data: Some(JsonData(t)),
+                }
+            }
+        })
+        .collect();
+    let wire = WireResponse {
+        model_name: &response.model_name,
+        model_version: response.model_version.to_string(),
+        id: response.id.as_deref(),
+        outputs,
+    };
+    let json = serde_json::to_vec(&wire)
+        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    Ok(EncodedResponse { json, binary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<InferRequest> {
+        decode_request(&Bytes::from(json.to_owned()), None).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn nested_and_flat_json_decode_alike() {
+        let flat = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[1,2,3,4]}]}"#,
+        )
+        .unwrap();
+        let nested = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(flat, nested);
+        let expect: Vec<u8> = [1i32, 2, 3, 4]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(&flat.inputs[0].data[..], &expect[..]);
+    }
+
+    #[test]
+    fn every_numeric_datatype_decodes() {
+        let cases = [
+            ("BOOL", "[true,false]", vec![1u8, 0]),
+            ("UINT8", "[1,255]", vec![1, 255]),
+            ("INT8", "[-1,2]", vec![255, 2]),
+            ("UINT16", "[1,2]", vec![1, 0, 2, 0]),
+            ("INT16", "[-2,3]", vec![254, 255, 3, 0]),
+            (
+                "UINT32",
+                "[1,2]",
+                [1u32, 2].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            (
+                "INT64",
+                "[-1,2]",
+                [-1i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            (
+                "UINT64",
+                "[18446744073709551615,0]",
+                [u64::MAX, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            (
+                "FP16",
+                "[1.5,-2]",
+                [f16::from_f32(1.5), f16::from_f32(-2.0)]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            (
+                "BF16",
+                "[1.5,-2]",
+                [bf16::from_f32(1.5), bf16::from_f32(-2.0)]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            (
+                "FP32",
+                "[0.25,1e3]",
+                [0.25f32, 1000.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            (
+                "FP64",
+                "[0.1,-3]",
+                [0.1f64, -3.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        ];
+        for (dt, data, bytes) in cases {
+            let req = decode(&format!(
+                r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{dt}: {e}"));
+            assert_eq!(&req.inputs[0].data[..], &bytes[..], "{dt}");
+            // And back to JSON.
+            let resp = InferResponse {
+                model_name: "m".into(),
+                model_version: 1,
+                id: None,
+                outputs: req.inputs,
+            };
+            let enc = encode_response(&resp, &OutputPlan::default()).unwrap();
+            let v: Value = serde_json::from_slice(&enc.json).unwrap();
+            let back: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["outputs"][0]["data"].as_array().unwrap().len(), 2, "{dt}");
+            if !dt.starts_with('F') && dt != "BF16" {
+                assert_eq!(v["outputs"][0]["data"], back, "{dt}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_json_inputs_say_why() {
+        let cases = [
+            ("{", "malformed request JSON"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FLOAT","data":[1,2]}]}"#,
+                "unknown datatype 'FLOAT'",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "2 values given but the shape holds 3",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+                "more than 1 values",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
+                "not a valid INT8",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+                "not a valid INT32",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+                "not a valid FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                "negative dimension",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                "neither 'data' nor",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#,
+                "extends past the end",
+            ),
+            (
+                r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":2}}]}"#,
+                "classification",
+            ),
+            (
+                r#"{"inputs":[],"parameters":{"binary_data_output":"yes"}}"#,
+                "must be a boolean",
+            ),
+        ];
+        for (body, expect) in cases {
+            let err = decode(body).unwrap_err();
+            assert!(
+                err.message().contains(expect),
+                "{body}: expected '{expect}', got '{err}'"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_inputs_and_outputs() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}],"outputs":[{"name":"x","parameters":{"binary_data":true}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&1.0f32.to_le_bytes());
+        body.extend_from_slice(&2.0f32.to_le_bytes());
+        let body = Bytes::from(body);
+        let (req, plan) = decode_request(&body, Some(header.len())).unwrap();
+        assert_eq!(req.inputs[0].data.len(), 8);
+        assert!(plan.is_binary("x"));
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: 3,
+            id: Some("a".into()),
+            outputs: req.inputs,
+        };
+        let enc = encode_response(&resp, &plan).unwrap();
+        let v: Value = serde_json::from_slice(&enc.json).unwrap();
+        assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(v["model_version"], "3");
+        assert_eq!(v["id"], "a");
+        assert_eq!(enc.binary[0].len(), 8);
+
+        let err = decode_request(&body, Some(body.len() + 1)).unwrap_err();
+        assert!(
+            err.message().contains("Inference-Header-Content-Length"),
+            "{err}"
+        );
+        let mut extra = body.to_vec();
+        extra.push(0);
+        let err = decode_request(&Bytes::from(extra), Some(header.len())).unwrap_err();
+        assert!(err.message().contains("no input claims"), "{err}");
+    }
+}
