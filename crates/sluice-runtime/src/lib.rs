@@ -20,7 +20,7 @@ use sluice_core::{
 };
 pub use sluice_repository::RepositoryOptions;
 use sluice_repository::{ModelSource, Repository};
-use sluice_scheduler::{InstancePool, PoolConfig, PoolStats};
+use sluice_scheduler::{InstancePool, JobOptions, PoolStats, SchedulerConfig};
 
 /// Settings of the runtime, validated by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,20 +279,12 @@ impl Runtime {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let queue_capacity = config
-            .dynamic_batching
-            .as_ref()
-            .and_then(|d| d.default_queue_policy.as_ref())
-            .map(|p| p.max_queue_size as usize)
-            .filter(|&n| n > 0)
-            .unwrap_or(self.inner.config.queue_capacity);
-        let pool = InstancePool::start(
-            &PoolConfig {
-                label: format!("{name}:{}", version.version),
-                queue_capacity,
-            },
-            instances,
+        let scheduler = SchedulerConfig::from_model_config(
+            format!("{name}:{}", version.version),
+            config,
+            self.inner.config.queue_capacity,
         )?;
+        let pool = InstancePool::start(scheduler, instances)?;
         Ok(Served {
             signature: Arc::new(ModelSignature::from_config(config)),
             pool,
@@ -479,12 +471,13 @@ impl Runtime {
         let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
             unreachable!("resolved")
         };
+        let options = JobOptions::default();
         let valid = served.signature.validate(request)?;
         let id = valid.id.clone();
         let wanted = valid.outputs.clone();
         let mut all: Vec<Option<Tensor>> = served
             .pool
-            .infer(valid)
+            .infer(valid, options)
             .await?
             .into_iter()
             .map(Some)

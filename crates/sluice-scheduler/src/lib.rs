@@ -1,136 +1,205 @@
-//! The scheduler: per model version, a bounded queue feeding a pool of instance
-//! threads that own the engines.
+//! The scheduler: per model version, priority queues and a dynamic batcher in front of
+//! a pool of instance threads that own the engines.
 //!
-//! Key decision: engine calls never run on the async runtime. The async side hands
-//! a [`Job`] to a bounded queue with `try_send`, so it never blocks and a full queue
-//! is rejected at once; each instance is a named OS thread that takes a batch of
-//! jobs, concatenates their inputs along dimension 0, runs the engine once, splits
-//! the outputs back per request and answers each job over its own `oneshot`. A job
-//! whose client went away (its receiver dropped) is skipped before it reaches the
-//! engine. Every accepted job is answered, even when the engine fails or panics.
-//! Today a batch holds one job; the dynamic batcher will form bigger ones in front
-//! of the same instance API.
+//! Key decision: the batcher is a plain [`state::State`] (no threads, no clock: time
+//! is passed in), shared under a mutex by the instance threads themselves. A free
+//! instance asks the state for its next batch, by size, preferred size, delay or the
+//! adaptive delay, and sleeps on a condition variable until the batch is due or a
+//! request arrives. So a request crosses one thread boundary on its way in (the
+//! async caller enqueues under the lock, which also rejects a full queue at once) and
+//! one on its way out (a `oneshot`), and the next batch is formed by whichever
+//! instance frees up first while the others keep running. Engine calls never run on
+//! the async runtime. A request whose client went away is dropped before it reaches
+//! the engine; every accepted request is answered, even when the engine fails or
+//! panics, and on shutdown the queue is flushed before the threads stop.
 
+pub mod config;
+pub mod state;
+
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use sluice_core::{Error, ErrorKind, Instance, Result, Tensor, ValidRequest};
 use tokio::sync::oneshot;
 
-/// How a pool is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// `model:version`, used in thread names, logs and errors.
-    pub label: String,
-    /// Jobs that may wait in the queue before new ones are rejected.
-    pub queue_capacity: usize,
-}
+pub use config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
+pub use state::JobOptions;
+use state::{Entry, Pending, State};
 
-/// Counters of one pool, readable while it serves.
+/// Counters of one pool, readable while it serves (the metrics issue exports them).
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub success: AtomicU64,
+    /// Engine failures (error or panic), per request.
     pub failure: AtomicU64,
+    /// Rejected at once: queue full.
     pub rejected: AtomicU64,
+    /// Rejected at once: the deadline could not be met (adaptive mode).
+    pub rejected_deadline: AtomicU64,
+    /// Timed out while queued.
+    pub timeouts: AtomicU64,
+    /// Dropped because the client went away.
     pub cancelled: AtomicU64,
-    /// Engine runs (batches) and the requests they carried.
+    /// Engine runs, and the requests and rows they carried.
     pub executions: AtomicU64,
     pub inferences: AtomicU64,
+    pub rows: AtomicU64,
     pub queue_ns: AtomicU64,
     pub compute_ns: AtomicU64,
+    /// Engine runs per batch size in rows (index = rows).
+    pub batch_sizes: Vec<AtomicU64>,
 }
+
+impl PoolStats {
+    fn new(max_rows: usize) -> Self {
+        PoolStats { batch_sizes: (0..=max_rows.max(1)).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+    }
+
+    /// `(rows, runs)` for every batch size seen.
+    pub fn batch_size_counts(&self) -> Vec<(usize, u64)> {
+        self.batch_sizes
+            .iter()
+            .enumerate()
+            .map(|(rows, n)| (rows, n.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Tensor>>>;
 
 /// One request waiting for an instance.
 struct Job {
     request: ValidRequest,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    reply: Reply,
 }
 
-/// A pool of instance threads behind one bounded queue.
-pub struct InstancePool {
+impl Pending for Job {
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Answers released in arrival order (`preserve_ordering`).
+#[derive(Default)]
+struct InOrder {
+    next: u64,
+    ready: BTreeMap<u64, Option<(Reply, Result<Vec<Tensor>>)>>,
+}
+
+struct Shared {
     label: String,
-    sender: Option<Sender<Vec<Job>>>,
+    state: Mutex<State<Job>>,
+    wake: Condvar,
+    stats: PoolStats,
+    in_order: Option<Mutex<InOrder>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State<Job>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers one request (in arrival order when asked); `None` releases a slot whose
+    /// client went away.
+    fn answer(&self, seq: u64, answer: Option<(Reply, Result<Vec<Tensor>>)>) {
+        let Some(in_order) = &self.in_order else {
+            if let Some((reply, result)) = answer {
+                let _ = reply.send(result);
+            }
+            return;
+        };
+        let mut o = in_order.lock().unwrap_or_else(PoisonError::into_inner);
+        o.ready.insert(seq, answer);
+        while let Some(answer) = {
+            let next = o.next;
+            o.ready.remove(&next)
+        } {
+            o.next += 1;
+            if let Some((reply, result)) = answer {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// A pool of instance threads behind one scheduler.
+pub struct InstancePool {
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    stats: Arc<PoolStats>,
 }
 
 impl InstancePool {
     /// Starts one named OS thread per instance.
-    pub fn start(config: &PoolConfig, instances: Vec<Box<dyn Instance>>) -> Result<InstancePool> {
-        let (sender, receiver) = bounded::<Vec<Job>>(config.queue_capacity.max(1));
-        let stats = Arc::new(PoolStats::default());
+    pub fn start(config: SchedulerConfig, instances: Vec<Box<dyn Instance>>) -> Result<InstancePool> {
+        let label = config.label.clone();
+        let stats = PoolStats::new(config.max_batch_size);
+        let in_order = config.preserve_ordering().then(|| Mutex::new(InOrder::default()));
+        let shared = Arc::new(Shared {
+            label: label.clone(),
+            state: Mutex::new(State::new(config, instances.len())),
+            wake: Condvar::new(),
+            stats,
+            in_order,
+        });
         let mut threads = Vec::with_capacity(instances.len());
         for (ix, instance) in instances.into_iter().enumerate() {
-            let receiver = receiver.clone();
-            let stats = Arc::clone(&stats);
-            let label = config.label.clone();
-            let name = format!("sluice-{}-{ix}", config.label);
+            let shared = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || instance_loop(&label, instance, &receiver, &stats))
+                .name(format!("sluice-{label}-{ix}"))
+                .spawn(move || instance_loop(&shared, instance))
                 .map_err(|e| Error::internal(format!("cannot start an instance thread: {e}")))?;
             threads.push(handle);
         }
-        Ok(InstancePool {
-            label: config.label.clone(),
-            sender: Some(sender),
-            threads,
-            stats,
-        })
+        Ok(InstancePool { shared, threads })
     }
 
     pub fn stats(&self) -> &PoolStats {
-        &self.stats
+        &self.shared.stats
     }
 
-    /// Queues a request and waits for its outputs (all of the model's outputs, in
-    /// config order, for this request's rows). Never blocks the async runtime.
-    pub async fn infer(&self, request: ValidRequest) -> Result<Vec<Tensor>> {
-        let sender = self
-            .sender
-            .as_ref()
-            .ok_or_else(|| Error::unavailable(format!("model {} is shutting down", self.label)))?;
+    /// Requests waiting in the queue now.
+    pub fn queue_len(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    /// Queues a request and waits for its outputs (all of the model's outputs, in config
+    /// order, for this request's rows). Never blocks the async runtime: a full queue or a
+    /// deadline that cannot be met is answered at once.
+    pub async fn infer(&self, request: ValidRequest, options: JobOptions) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            request,
-            enqueued: Instant::now(),
-            reply,
-        };
-        match sender.try_send(vec![job]) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::new(
-                    ErrorKind::ResourceExhausted,
-                    format!("the queue of model {} is full; retry later", self.label),
-                ));
+        let rows = request.rows;
+        {
+            let mut state = self.shared.lock();
+            if state.is_closing() {
+                return Err(Error::unavailable(format!("model {} is shutting down", self.shared.label)));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::unavailable(format!(
-                    "model {} is shutting down",
-                    self.label
-                )))
+            if let Err((_, error)) = state.enqueue(Job { request, reply }, rows, options, Instant::now()) {
+                let counter = match error.kind() {
+                    ErrorKind::DeadlineExceeded => &self.shared.stats.rejected_deadline,
+                    _ => &self.shared.stats.rejected,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
             }
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::internal(format!(
-                "model {} stopped before answering",
-                self.label
-            )))
-        })
+        self.shared.wake.notify_one();
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::internal(format!("model {} stopped before answering", self.shared.label))))
     }
 
-    /// Stops taking requests, lets the instances finish what is queued, and joins them.
+    /// Stops taking requests, runs what is queued, and joins the instance threads.
     pub fn shutdown(&mut self) {
-        self.sender = None;
+        self.shared.lock().close();
+        self.shared.wake.notify_all();
         for handle in self.threads.drain(..) {
             if handle.join().is_err() {
-                tracing::error!(model = %self.label, "an instance thread panicked");
+                tracing::error!(model = %self.shared.label, "an instance thread panicked");
             }
         }
     }
@@ -142,58 +211,82 @@ impl Drop for InstancePool {
     }
 }
 
-fn instance_loop(
-    label: &str,
-    mut instance: Box<dyn Instance>,
-    queue: &Receiver<Vec<Job>>,
-    stats: &PoolStats,
-) {
-    while let Ok(batch) = queue.recv() {
-        let (live, gone): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|j| !j.reply.is_closed());
-        stats
-            .cancelled
-            .fetch_add(gone.len() as u64, Ordering::Relaxed);
-        if live.is_empty() {
-            continue;
+/// Waits for the next batch; `None` once closed and empty.
+fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
+    let mut state = shared.lock();
+    loop {
+        let now = Instant::now();
+        let step = state.next(now);
+        for e in step.cancelled {
+            shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            shared.answer(e.seq, None);
         }
+        for e in step.expired {
+            shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            let waited = now.saturating_duration_since(e.enqueued);
+            let error = Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("the request timed out after {} µs in the queue of model {}", waited.as_micros(), shared.label),
+            );
+            shared.answer(e.seq, Some((e.payload.reply, Err(error))));
+        }
+        if let Some(batch) = step.batch {
+            if !state.is_empty() {
+                // More work: let another free instance look at it.
+                shared.wake.notify_one();
+            }
+            return Some(batch);
+        }
+        if state.is_closing() && state.is_empty() {
+            return None;
+        }
+        state = match step.wake_at {
+            Some(at) => {
+                let timeout = at.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
+                shared.wake.wait_timeout(state, timeout).unwrap_or_else(PoisonError::into_inner).0
+            }
+            None => shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+        };
+    }
+}
+
+fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
+    while let Some(batch) = next_batch(shared) {
         let started = Instant::now();
-        for job in &live {
-            stats
-                .queue_ns
-                .fetch_add(nanos(started - job.enqueued), Ordering::Relaxed);
+        let rows: usize = batch.iter().map(|e| e.rows).sum();
+        let stats = &shared.stats;
+        for e in &batch {
+            stats.queue_ns.fetch_add(nanos(started.saturating_duration_since(e.enqueued)), Ordering::Relaxed);
         }
-        let mut replies = Vec::with_capacity(live.len());
-        let mut requests = Vec::with_capacity(live.len());
-        for job in live {
-            replies.push(job.reply);
-            requests.push(job.request);
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
+        for e in batch {
+            slots.push((e.seq, e.payload.reply));
+            requests.push(e.payload.request);
         }
         let result = catch_unwind(AssertUnwindSafe(|| execute(instance.as_mut(), &requests)))
-            .unwrap_or_else(|_| {
-                Err(Error::internal(
-                    "the engine panicked while running this batch",
-                ))
-            });
-        stats
-            .compute_ns
-            .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+            .unwrap_or_else(|_| Err(Error::internal("the engine panicked while running this batch")));
+        let elapsed = started.elapsed();
+        shared.lock().record(rows, elapsed);
+        stats.compute_ns.fetch_add(nanos(elapsed), Ordering::Relaxed);
         stats.executions.fetch_add(1, Ordering::Relaxed);
-        stats
-            .inferences
-            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        stats.inferences.fetch_add(slots.len() as u64, Ordering::Relaxed);
+        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        if let Some(counter) = stats.batch_sizes.get(rows) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         match result {
             Ok(per_request) => {
-                for (reply, outputs) in replies.into_iter().zip(per_request) {
+                for ((seq, reply), outputs) in slots.into_iter().zip(per_request) {
                     stats.success.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Ok(outputs));
+                    shared.answer(seq, Some((reply, Ok(outputs))));
                 }
             }
             Err(error) => {
-                tracing::warn!(model = label, %error, "batch failed");
-                for reply in replies {
+                tracing::warn!(model = %shared.label, %error, "batch failed");
+                for (seq, reply) in slots {
                     stats.failure.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Err(error.clone()));
+                    shared.answer(seq, Some((reply, Err(error.clone()))));
                 }
             }
         }
@@ -228,162 +321,4 @@ fn execute(instance: &mut dyn Instance, requests: &[ValidRequest]) -> Result<Vec
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use bytes::Bytes;
-    use sluice_core::DataType;
-
-    use super::*;
-
-    /// Doubles its one f32 input; fails on an empty batch marker; panics on NaN.
-    struct Doubler {
-        runs: Arc<Mutex<Vec<usize>>>,
-        entered: Arc<AtomicU64>,
-        gate: Option<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl Instance for Doubler {
-        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-            self.entered.fetch_add(1, Ordering::SeqCst);
-            if let Some(gate) = &self.gate {
-                let _ = gate.recv();
-            }
-            let x = &inputs[0];
-            let values: Vec<f32> = x
-                .data
-                .chunks(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            self.runs.lock().unwrap().push(x.rows());
-            assert!(!values.iter().any(|v| v.is_nan()), "NaN input");
-            if values.iter().any(|v| *v < 0.0) {
-                return Err(Error::internal("negative input"));
-            }
-            let data: Vec<u8> = values
-                .iter()
-                .flat_map(|v| (v * 2.0).to_le_bytes())
-                .collect();
-            Ok(vec![Tensor::new(
-                "y",
-                DataType::F32,
-                x.shape.clone(),
-                Bytes::from(data),
-            )?])
-        }
-    }
-
-    fn request(values: &[f32]) -> ValidRequest {
-        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let x = Tensor::new("x", DataType::F32, vec![values.len(), 1], Bytes::from(data)).unwrap();
-        ValidRequest {
-            id: None,
-            inputs: vec![x],
-            outputs: vec![0],
-            rows: values.len(),
-        }
-    }
-
-    struct Probe {
-        runs: Arc<Mutex<Vec<usize>>>,
-        entered: Arc<AtomicU64>,
-    }
-
-    fn pool(capacity: usize, gate: Option<std::sync::mpsc::Receiver<()>>) -> (InstancePool, Probe) {
-        let probe = Probe {
-            runs: Arc::default(),
-            entered: Arc::default(),
-        };
-        let instance = Box::new(Doubler {
-            runs: Arc::clone(&probe.runs),
-            entered: Arc::clone(&probe.entered),
-            gate,
-        });
-        let config = PoolConfig {
-            label: "m:1".into(),
-            queue_capacity: capacity,
-        };
-        (InstancePool::start(&config, vec![instance]).unwrap(), probe)
-    }
-
-    async fn wait_for(mut condition: impl FnMut() -> bool) {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn answers_each_request_with_its_outputs() {
-        let (pool, _) = pool(4, None);
-        let out = pool.infer(request(&[1.0, 2.5])).await.unwrap();
-        assert_eq!(out[0].shape, vec![2, 1]);
-        assert_eq!(
-            &out[0].data[..],
-            &[2.0f32.to_le_bytes(), 5.0f32.to_le_bytes()].concat()[..]
-        );
-    }
-
-    #[tokio::test]
-    async fn engine_errors_and_panics_become_errors_and_the_pool_keeps_serving() {
-        let (pool, _) = pool(4, None);
-        let err = pool.infer(request(&[-1.0])).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Internal);
-        let err = pool.infer(request(&[f32::NAN])).await.unwrap_err();
-        assert!(err.message().contains("panicked"), "{err}");
-        assert!(pool.infer(request(&[3.0])).await.is_ok());
-        assert_eq!(pool.stats().failure.load(Ordering::Relaxed), 2);
-        assert_eq!(pool.stats().success.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn execute_splits_a_batch_per_request() {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Doubler {
-            runs: Arc::clone(&runs),
-            entered: Arc::default(),
-            gate: None,
-        };
-        let out = execute(&mut d, &[request(&[1.0]), request(&[2.0, 3.0])]).unwrap();
-        assert_eq!(*runs.lock().unwrap(), vec![3]);
-        assert_eq!(out[0][0].shape, vec![1, 1]);
-        assert_eq!(out[1][0].shape, vec![2, 1]);
-        assert_eq!(
-            &out[1][0].data[..],
-            &[4.0f32.to_le_bytes(), 6.0f32.to_le_bytes()].concat()[..]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_rejects_at_once_and_cancelled_jobs_never_run() {
-        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-        let (pool, probe) = pool(1, Some(gate_rx));
-        let pool = Arc::new(pool);
-        let infer = |values: &'static [f32]| {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.infer(request(values)).await })
-        };
-        // The first job occupies the instance (blocked on the gate)...
-        let first = infer(&[1.0]);
-        wait_for(|| probe.entered.load(Ordering::SeqCst) == 1).await;
-        // ...the second fills the queue...
-        let second = infer(&[2.0]);
-        wait_for(|| pool.sender.as_ref().unwrap().len() == 1).await;
-        // ...so the third is rejected at once.
-        let err = pool.infer(request(&[3.0])).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
-        // Cancel the queued second request, then release the engine twice.
-        second.abort();
-        assert!(second.await.unwrap_err().is_cancelled());
-        gate_tx.send(()).unwrap();
-        assert!(first.await.unwrap().is_ok());
-        gate_tx.send(()).unwrap();
-        assert!(pool.infer(request(&[4.0])).await.is_ok());
-        assert_eq!(
-            *probe.runs.lock().unwrap(),
-            vec![1, 1],
-            "the cancelled job must not run"
-        );
-        assert_eq!(pool.stats().cancelled.load(Ordering::Relaxed), 1);
-        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
-    }
-}
+mod tests;

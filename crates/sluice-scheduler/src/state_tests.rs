@@ -1,0 +1,282 @@
+//! Batcher decisions with explicit time: batches by size, delay and preferred sizes,
+//! priorities, deadlines, queue bounds, cancellation, and the adaptive delay.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sluice_core::ErrorKind;
+
+use super::*;
+use crate::config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
+
+/// A queued item: a name and a flag the test flips to cancel it.
+#[derive(Debug)]
+struct Item(&'static str, Rc<Cell<bool>>);
+
+impl Item {
+    fn new(name: &'static str) -> Self {
+        Item(name, Rc::new(Cell::new(false)))
+    }
+}
+
+impl Pending for Item {
+    fn is_cancelled(&self) -> bool {
+        self.1.get()
+    }
+}
+
+fn dynamic(max_batch: usize, preferred: &[usize], delay: Delay) -> SchedulerConfig {
+    SchedulerConfig {
+        label: "m:1".into(),
+        max_batch_size: max_batch,
+        batching: Batching::Dynamic(DynamicBatching { preferred: preferred.to_vec(), delay, preserve_ordering: false }),
+        levels: vec![LevelPolicy::reject_after(None, 100)],
+        default_level: 1,
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn us(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
+
+fn names(batch: &Option<Vec<Entry<Item>>>) -> Vec<&'static str> {
+    batch.as_ref().map(|b| b.iter().map(|e| e.payload.0).collect()).unwrap_or_default()
+}
+
+fn push(state: &mut State<Item>, name: &'static str, rows: usize, at: Instant) {
+    state.enqueue(Item::new(name), rows, JobOptions::default(), at).unwrap();
+}
+
+#[test]
+fn without_batching_each_request_runs_alone_at_once() {
+    let t0 = Instant::now();
+    let mut s = State::new(SchedulerConfig::simple("m:1", 8, 10), 1);
+    push(&mut s, "a", 1, t0);
+    push(&mut s, "b", 1, t0);
+    assert_eq!(names(&s.next(t0).batch), ["a"]);
+    assert_eq!(names(&s.next(t0).batch), ["b"]);
+    let step = s.next(t0);
+    assert!(step.batch.is_none() && step.wake_at.is_none());
+}
+
+#[test]
+fn batches_form_by_size() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(4, &[], Delay::Static(ms(10))), 1);
+    for (n, rows) in [("a", 1), ("b", 2), ("c", 1), ("d", 3)] {
+        push(&mut s, n, rows, t0);
+    }
+    // a+b+c = 4 rows = max: dispatched without waiting for the delay.
+    assert_eq!(names(&s.next(t0).batch), ["a", "b", "c"]);
+    // d alone (3 rows) waits for the delay.
+    let step = s.next(t0);
+    assert!(step.batch.is_none());
+    assert_eq!(step.wake_at, Some(t0 + ms(10)));
+}
+
+#[test]
+fn batches_form_by_delay() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Static(ms(5))), 1);
+    push(&mut s, "a", 1, t0);
+    push(&mut s, "b", 1, t0 + ms(2));
+    assert!(s.next(t0 + ms(4)).batch.is_none());
+    assert_eq!(names(&s.next(t0 + ms(5)).batch), ["a", "b"]);
+}
+
+#[test]
+fn a_zero_delay_dispatches_whatever_is_queued() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Static(Duration::ZERO)), 1);
+    push(&mut s, "a", 1, t0);
+    push(&mut s, "b", 2, t0);
+    assert_eq!(names(&s.next(t0).batch), ["a", "b"]);
+}
+
+#[test]
+fn preferred_sizes_dispatch_at_once_and_shape_late_batches() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[2, 4], Delay::Static(ms(10))), 1);
+    push(&mut s, "a", 1, t0);
+    assert!(s.next(t0).batch.is_none());
+    push(&mut s, "b", 1, t0);
+    assert_eq!(names(&s.next(t0).batch), ["a", "b"], "2 rows is preferred: no wait");
+    // 3 rows queued: not preferred; at the delay the largest preferred prefix (2) goes.
+    for n in ["c", "d", "e"] {
+        push(&mut s, n, 1, t0);
+    }
+    assert!(s.next(t0 + ms(1)).batch.is_none());
+    assert_eq!(names(&s.next(t0 + ms(10)).batch), ["c", "d"]);
+    assert_eq!(names(&s.next(t0 + ms(10)).batch), ["e"]);
+}
+
+#[test]
+fn priorities_are_served_in_order() {
+    let t0 = Instant::now();
+    let mut config = dynamic(2, &[], Delay::Static(Duration::ZERO));
+    config.levels = vec![LevelPolicy::reject_after(None, 10); 3];
+    config.default_level = 2;
+    let mut s = State::new(config, 1);
+    let opts = |p| JobOptions { priority: p, timeout: None };
+    s.enqueue(Item::new("low"), 1, opts(3), t0).unwrap();
+    s.enqueue(Item::new("default"), 1, opts(0), t0).unwrap();
+    s.enqueue(Item::new("high"), 1, opts(1), t0).unwrap();
+    assert_eq!(names(&s.next(t0).batch), ["high", "default"]);
+    assert_eq!(names(&s.next(t0).batch), ["low"]);
+    let (_, err) = s.enqueue(Item::new("bad"), 1, opts(4), t0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn deadlines_expire_before_reaching_the_engine() {
+    let t0 = Instant::now();
+    let mut config = dynamic(8, &[], Delay::Static(ms(50)));
+    config.levels = vec![LevelPolicy {
+        timeout_action: TimeoutAction::Reject,
+        default_timeout: Some(ms(20)),
+        allow_timeout_override: true,
+        max_queue_size: 10,
+    }];
+    let mut s = State::new(config, 1);
+    s.enqueue(Item::new("short"), 1, JobOptions { priority: 0, timeout: Some(ms(5)) }, t0).unwrap();
+    s.enqueue(Item::new("default"), 1, JobOptions::default(), t0).unwrap();
+    let step = s.next(t0 + ms(1));
+    assert!(step.batch.is_none());
+    assert_eq!(step.wake_at, Some(t0 + ms(5)), "wakes for the first deadline");
+    let step = s.next(t0 + ms(5));
+    assert_eq!(step.expired.iter().map(|e| e.payload.0).collect::<Vec<_>>(), ["short"]);
+    let step = s.next(t0 + ms(20));
+    assert_eq!(step.expired.len(), 1);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn delay_action_moves_timed_out_requests_to_the_back() {
+    let t0 = Instant::now();
+    let mut config = dynamic(1, &[], Delay::Static(Duration::ZERO));
+    config.levels = vec![LevelPolicy {
+        timeout_action: TimeoutAction::Delay,
+        default_timeout: Some(ms(1)),
+        allow_timeout_override: false,
+        max_queue_size: 10,
+    }];
+    let mut s = State::new(config, 1);
+    push(&mut s, "old", 1, t0);
+    push(&mut s, "new", 1, t0 + ms(2));
+    let step = s.next(t0 + ms(2));
+    assert!(step.expired.is_empty());
+    assert_eq!(names(&step.batch), ["new"]);
+    assert_eq!(names(&s.next(t0 + ms(2)).batch), ["old"]);
+}
+
+#[test]
+fn the_queue_bound_rejects_at_once() {
+    let t0 = Instant::now();
+    let mut s = State::new(SchedulerConfig::simple("m:1", 0, 2), 1);
+    push(&mut s, "a", 1, t0);
+    push(&mut s, "b", 1, t0);
+    let (item, err) = s.enqueue(Item::new("c"), 1, JobOptions::default(), t0).unwrap_err();
+    assert_eq!(item.0, "c");
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert!(err.message().contains("full"), "{err}");
+    s.next(t0);
+    push(&mut s, "d", 1, t0);
+}
+
+#[test]
+fn cancelled_requests_are_never_dispatched() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(4, &[], Delay::Static(Duration::ZERO)), 1);
+    let a = Item::new("a");
+    let cancel = Rc::clone(&a.1);
+    s.enqueue(a, 1, JobOptions::default(), t0).unwrap();
+    push(&mut s, "b", 1, t0);
+    cancel.set(true);
+    let step = s.next(t0);
+    assert_eq!(names(&step.batch), ["b"]);
+    assert_eq!(step.cancelled.iter().map(|e| e.payload.0).collect::<Vec<_>>(), ["a"]);
+}
+
+#[test]
+fn closing_flushes_without_waiting() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Static(ms(100))), 1);
+    push(&mut s, "a", 1, t0);
+    assert!(s.next(t0).batch.is_none());
+    s.close();
+    assert_eq!(names(&s.next(t0).batch), ["a"]);
+}
+
+#[test]
+fn adaptive_waits_only_when_load_makes_it_pay() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Adaptive { max: ms(5) }), 1);
+    // Nothing learned yet: no reason to wait.
+    push(&mut s, "a", 1, t0);
+    assert_eq!(names(&s.next(t0).batch), ["a"]);
+    s.record(1, ms(2));
+    s.record(8, ms(4));
+    // Sparse arrivals (one per 10 ms, service 2 ms): dispatch at once.
+    push(&mut s, "b", 1, t0 + ms(10));
+    push(&mut s, "c", 1, t0 + ms(20));
+    assert_eq!(names(&s.next(t0 + ms(20)).batch), ["b", "c"]);
+    // Dense arrivals (one per 100 µs): hold the batch, at most one service time.
+    let mut t = t0 + ms(30);
+    for n in ["d", "e", "f", "g", "h", "i", "j", "k", "l", "m"] {
+        t += us(100);
+        push(&mut s, n, 1, t);
+    }
+    let mut s2 = s; // all 10 queued, 8 fit: full batch goes at once
+    assert_eq!(names(&s2.next(t).batch).len(), 8);
+    let step = s2.next(t);
+    assert!(step.batch.is_none(), "2 rows left, more are expected soon");
+    let wake = step.wake_at.expect("a wake-up time");
+    assert!(wake > t && wake <= t + ms(3), "waits less than one service time: {:?}", wake - t);
+    assert_eq!(s2.next(wake).batch.map(|b| b.len()), Some(2));
+}
+
+#[test]
+fn adaptive_wait_respects_deadlines_and_rejects_hopeless_requests() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Adaptive { max: ms(50) }), 1);
+    s.record(1, ms(2));
+    s.record(8, ms(4));
+    let mut t = t0;
+    for n in ["a", "b", "c"] {
+        t += us(100);
+        s.enqueue(Item::new(n), 1, JobOptions { priority: 0, timeout: Some(ms(5)) }, t).unwrap();
+    }
+    let step = s.next(t);
+    if let Some(wake) = step.wake_at {
+        // Must leave time to run before the first deadline (t0 + 100 µs + 5 ms).
+        assert!(wake + ms(2) <= t0 + us(100) + ms(5), "wake {:?} too late", wake - t0);
+    } else {
+        assert!(step.batch.is_some());
+    }
+    // Thirty requests of 8 rows ahead at ~2 rows/ms: a 1 ms timeout cannot be met.
+    let mut s = State::new(dynamic(8, &[], Delay::Adaptive { max: ms(5) }), 1);
+    s.record(8, ms(4));
+    for _ in 0..30 {
+        s.enqueue(Item::new("x"), 8, JobOptions::default(), t0).unwrap();
+    }
+    let (_, err) = s.enqueue(Item::new("late"), 1, JobOptions { priority: 0, timeout: Some(ms(1)) }, t0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded);
+    assert!(err.message().contains("rejected early"), "{err}");
+}
+
+#[test]
+fn latency_model_interpolates() {
+    let mut m = LatencyModel::new(8);
+    assert!(m.estimate(3).is_none());
+    m.observe(2, ms(2));
+    m.observe(6, ms(6));
+    assert_eq!(m.estimate(4), Some(ms(4)));
+    assert_eq!(m.estimate(1), Some(ms(2)));
+    assert_eq!(m.estimate(8), Some(ms(8)));
+    assert!((m.best_throughput().unwrap() - 1000.0).abs() < 1e-6);
+}
