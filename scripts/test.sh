@@ -18,6 +18,13 @@ fi
 step "installing Python test requirements"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+# ONNX Runtime for the `onnxruntime` backend: the libonnxruntime inside the venv's
+# onnxruntime wheel (pinned in requirements.txt). Rust tests and `sluice serve` find it
+# through ORT_DYLIB_PATH; SLUICE_REQUIRE_ORT=1 makes the ONNX Runtime conformance tests
+# fail instead of skip when it is missing.
+ORT_DYLIB_PATH=$(.venv/bin/python -c 'import onnxruntime, pathlib; print(sorted((pathlib.Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))[-1])')
+export ORT_DYLIB_PATH SLUICE_REQUIRE_ORT=1
+
 if [ -z "${SKIP_LINT:-}" ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check

@@ -1,36 +1,66 @@
 //! The tract backend: ONNX models run by tract, the pure-Rust inference engine,
 //! with nothing to install.
 //!
-//! Key decision: a model is parsed, typed and optimized once at load into one
-//! shared plan (`Arc<TypedRunnableModel>`); each instance only owns a run state
-//! over that plan, so extra instances cost no extra weights. When the model
-//! batches (`max_batch_size > 0`) dimension 0 is the symbol `N`, and every `-1`
-//! dimension of the config gets its own symbol, so one plan serves every shape the
-//! config allows. tract's errors become `Error`s and its panics are caught at the
-//! backend boundary: a model that fails to load or a run that fails is an error
-//! for that model or request, never a crash of the server.
+//! Key decision: a model is parsed, typed and optimized once at load into shared
+//! plans (`Arc<TypedRunnableModel>`); each instance only owns run states over them,
+//! so extra instances cost no extra weights. When the model batches
+//! (`max_batch_size > 0`) dimension 0 is the batch symbol (the file's own, or `N`),
+//! and every `-1` dimension of the config keeps the ONNX file's own symbol (so
+//! inputs that share a sequence length stay tied) or gets a fresh one; that
+//! symbolic plan serves every shape the config allows. Because tract runs fixed shapes several times faster on
+//! convolutional networks, a batching model also gets one plan per *planned* batch
+//! size ([`BatchPlans`], the `tract_planned_batch_sizes` parameter). Each plan is
+//! timed once at load, and a batch runs as the cheapest sequence of planned runs:
+//! padded up to one larger plan, or cut into several smaller ones when tract's
+//! per-item cost grows with the batch (it does on convnets); the outputs are sliced
+//! and joined back, invisible to the scheduler. tract's errors become `Error`s and its panics are caught at the
+//! backend boundary: a model that fails to load or a run that fails is an error for
+//! that model or request, never a crash of the server.
 
+mod convert;
+mod plans;
+
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use sluice_core::{
     Backend, DataType, Error, Instance, InstanceOptions, LoadSpec, LoadedModel, ModelConfig,
     Result, Tensor,
 };
+use tract_hir::infer::GenericFactoid;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::{
-    tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TDim,
-    TValue, TVec, TractError, TypedFact, TypedRunnableModel, TypedSimpleState,
+    tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, Symbol, TDim,
+    TValue, TVec, TractError, TypedFact, TypedModel, TypedRunnableModel, TypedSimpleState,
 };
+
+use crate::convert::{datum_type, from_tract, to_tract};
+pub use crate::plans::{BatchPlans, PLANNED_BATCH_SIZES};
+use crate::plans::{Chunk, Schedule};
+
+/// Settings of the tract backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TractConfig {
+    /// Which fixed-batch plans to prepare next to the symbolic one.
+    pub batch_plans: BatchPlans,
+}
 
 /// The tract execution backend.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TractBackend;
+pub struct TractBackend {
+    config: TractConfig,
+}
 
 impl TractBackend {
+    /// The backend with its defaults (planned batch sizes per model).
     pub fn new() -> Self {
-        TractBackend
+        TractBackend::default()
+    }
+
+    pub fn with_config(config: TractConfig) -> Self {
+        TractBackend { config }
     }
 }
 
@@ -40,18 +70,25 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
-        let loaded = catch_unwind(AssertUnwindSafe(|| load(spec))).map_err(|panic| {
-            Error::internal(format!(
-                "tract panicked while loading: {}",
-                panic_message(&panic)
-            ))
-        })??;
+        let loaded =
+            catch_unwind(AssertUnwindSafe(|| load(spec, self.config))).map_err(|panic| {
+                Error::internal(format!(
+                    "tract panicked while loading: {}",
+                    panic_message(&panic)
+                ))
+            })??;
         Ok(Arc::new(loaded))
     }
 }
 
 struct TractModel {
-    plan: Arc<TypedRunnableModel>,
+    /// The plan with a symbolic batch: serves every batch size.
+    symbolic: Arc<TypedRunnableModel>,
+    /// Fixed-batch plans by batch size, ascending.
+    planned: BTreeMap<usize, Arc<TypedRunnableModel>>,
+    /// How each batch size runs on them.
+    schedule: Arc<Schedule>,
+    batching: bool,
     config: ModelConfig,
 }
 
@@ -59,8 +96,9 @@ fn tract_err(context: &str) -> impl Fn(TractError) -> Error + '_ {
     move |e| Error::invalid(format!("{context}: {e:#}"))
 }
 
-fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
+fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
     let config = spec.config;
+    let sizes = plans::planned_sizes(backend.batch_plans, config)?;
     let path = spec.model_file;
     if !path.is_file() {
         return Err(Error::invalid(format!(
@@ -98,10 +136,39 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
             "the ONNX file's input '{extra}' is missing from the config"
         )));
     }
+    // The file's own input facts, by the file's order, before they are replaced.
+    let file_facts: HashMap<String, InferenceFact> = file_inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(ix, name)| Some((name.clone(), model.input_fact(ix).ok()?.clone())))
+        .collect();
     model
         .set_input_names(config.input.iter().map(|i| i.name.as_str()))
         .map_err(tract_err("inputs"))?;
-    let batch = model.symbols.sym("N");
+    let file_dims = |name: &str| -> Vec<Option<TDim>> {
+        file_facts
+            .get(name)
+            .map(|f| {
+                f.shape
+                    .dims()
+                    .map(|d| match d {
+                        GenericFactoid::Only(d) => Some(d.clone()),
+                        GenericFactoid::Any => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The batch symbol: the file's own (`batch`, `N`, ...) when its first input names
+    // one, since the file's inner shapes use it; else `N`.
+    let batch = match config.input.first().map(|i| file_dims(&i.name)) {
+        Some(dims) => match dims.first() {
+            Some(Some(TDim::Sym(sym))) => sym.clone(),
+            _ => model.symbols.sym("N"),
+        },
+        None => model.symbols.sym("N"),
+    };
+    let batching = config.max_batch_size > 0;
     for (ix, input) in config.input.iter().enumerate() {
         let dt = datum_type(input.data_type).ok_or_else(|| {
             Error::unsupported(format!(
@@ -109,18 +176,25 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
                 input.name, input.data_type
             ))
         })?;
+        let file_dims = file_dims(&input.name);
+        let offset = usize::from(batching);
         let mut shape: TVec<TDim> = tvec![];
-        if config.max_batch_size > 0 {
+        if batching {
             shape.push(batch.clone().into());
         }
         for (d_ix, &d) in input.dims.iter().enumerate() {
-            shape.push(if d < 0 {
-                model
-                    .symbols
-                    .sym(&format!("{}_{d_ix}", sanitize(&input.name)))
-                    .into()
-            } else {
+            shape.push(if d >= 0 {
                 TDim::Val(d)
+            } else {
+                match file_dims.get(d_ix + offset) {
+                    // The file names this dimension (`sequence`): keep its symbol, so
+                    // every input with the same name gets the same length.
+                    Some(Some(dim @ TDim::Sym(_))) => dim.clone(),
+                    _ => model
+                        .symbols
+                        .sym(&format!("{}_{d_ix}", sanitize(&input.name)))
+                        .into(),
+                }
             });
         }
         model
@@ -163,8 +237,108 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
         .map_err(tract_err("outputs"))?;
 
     let typed = model
-        .into_optimized()
-        .map_err(tract_err("tract cannot optimize the model"))?;
+        .into_typed()
+        .and_then(TypedModel::into_decluttered)
+        .map_err(tract_err("tract cannot analyse the model"))?;
+    check_outputs(&typed, config)?;
+    let symbolic = optimize(typed.clone()).map_err(tract_err("tract cannot optimize the model"))?;
+    let mut planned = BTreeMap::new();
+    for n in sizes {
+        match plan_for_batch(&typed, &batch, n) {
+            Ok(plan) => {
+                planned.insert(n, plan);
+            }
+            Err(e) => tracing::warn!(
+                model = spec.model_name,
+                batch = n,
+                "tract cannot plan this batch size; the symbolic plan serves it: {e:#}"
+            ),
+        }
+    }
+    let max = usize::try_from(config.max_batch_size).unwrap_or(0);
+    let schedule = match calibrate(&planned, config) {
+        Some(costs) => {
+            tracing::info!(
+                model = spec.model_name,
+                version = spec.version,
+                ms_per_item = %costs
+                    .iter()
+                    .map(|(n, t)| format!("{n}:{:.3}", t * 1e3 / *n as f64))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                "tract batch plans measured"
+            );
+            Schedule::from_costs(&costs, max)
+        }
+        None => Schedule::padded(&planned.keys().copied().collect::<Vec<_>>(), max),
+    };
+    tracing::debug!(
+        model = spec.model_name,
+        version = spec.version,
+        planned = ?planned.keys().collect::<Vec<_>>(),
+        "tract plans ready"
+    );
+    Ok(TractModel {
+        symbolic,
+        planned,
+        schedule: Arc::new(schedule),
+        batching,
+        config: config.clone(),
+    })
+}
+
+/// Times one run of each planned plan (single-threaded, on zeros, after a warm-up
+/// run) so the schedule can choose between one padded run and several smaller
+/// ones. `None` when a non-batch dimension is variable (no input to time with) or a
+/// run fails. Sizes are timed in increasing order until one run takes over a second;
+/// larger ones are then priced at the last measured cost per item.
+fn calibrate(
+    planned: &BTreeMap<usize, Arc<TypedRunnableModel>>,
+    config: &ModelConfig,
+) -> Option<Vec<(usize, f64)>> {
+    const SLOW: Duration = Duration::from_secs(1);
+    if planned.len() < 2 || config.input.iter().any(|i| i.dims.iter().any(|&d| d < 0)) {
+        return None;
+    }
+    let mut costs: Vec<(usize, f64)> = Vec::with_capacity(planned.len());
+    for (&n, plan) in planned {
+        if let Some(&(last, t)) = costs.last() {
+            if t >= SLOW.as_secs_f64() {
+                costs.push((n, t / last as f64 * n as f64));
+                continue;
+            }
+        }
+        let inputs = config
+            .input
+            .iter()
+            .map(|i| {
+                let mut shape = vec![n];
+                shape.extend(i.dims.iter().map(|&d| d as usize));
+                let dt = datum_type(i.data_type)?;
+                tract_onnx::prelude::Tensor::zero_dt(dt, &shape)
+                    .ok()
+                    .map(tract_onnx::prelude::IntoTValue::into_tvalue)
+            })
+            .collect::<Option<TVec<TValue>>>()?;
+        let mut state = TypedSimpleState::new(plan).ok()?;
+        let timed = catch_unwind(AssertUnwindSafe(|| -> Option<f64> {
+            let start = Instant::now();
+            state.run(inputs.clone()).ok()?;
+            let first = start.elapsed();
+            if first >= SLOW / 2 {
+                return Some(first.as_secs_f64());
+            }
+            let start = Instant::now();
+            state.run(inputs).ok()?;
+            Some(start.elapsed().as_secs_f64())
+        }))
+        .ok()??;
+        costs.push((n, timed.max(1e-9)));
+    }
+    Some(costs)
+}
+
+fn check_outputs(typed: &TypedModel, config: &ModelConfig) -> Result<()> {
     for (ix, output) in config.output.iter().enumerate() {
         let fact: &TypedFact = typed.output_fact(ix).map_err(tract_err("outputs"))?;
         let expected = datum_type(output.data_type).ok_or_else(|| {
@@ -173,8 +347,7 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
                 output.name, output.data_type
             ))
         })?;
-        // tract computes some integer outputs (shapes, ArgMax over class ids) as
-        // symbolic dims; they are cast to the config's integer type at run time.
+        // Integer outputs computed as symbolic dims are cast at run time.
         let castable = fact.datum_type == DatumType::TDim
             && matches!(expected, DatumType::I64 | DatumType::I32);
         if fact.datum_type.unquantized() != expected && !castable {
@@ -184,18 +357,22 @@ fn load(spec: &LoadSpec<'_>) -> Result<TractModel> {
             )));
         }
     }
-    let plan = typed
-        .into_runnable()
-        .map_err(tract_err("tract cannot plan the model"))?;
-    tracing::debug!(
-        model = spec.model_name,
-        version = spec.version,
-        "tract plan ready"
-    );
-    Ok(TractModel {
-        plan,
-        config: config.clone(),
-    })
+    Ok(())
+}
+
+fn optimize(typed: TypedModel) -> tract_onnx::prelude::TractResult<Arc<TypedRunnableModel>> {
+    typed.into_optimized()?.into_runnable()
+}
+
+/// The plan with the batch symbol bound to `n`: every shape derived from the batch
+/// becomes concrete, and tract picks kernels for it.
+fn plan_for_batch(
+    typed: &TypedModel,
+    batch: &Symbol,
+    n: usize,
+) -> tract_onnx::prelude::TractResult<Arc<TypedRunnableModel>> {
+    let subs = HashMap::from([(batch.clone(), TDim::Val(n as i64))]);
+    optimize(typed.set_symbols(&subs)?)
 }
 
 fn sanitize(name: &str) -> String {
@@ -206,8 +383,10 @@ fn sanitize(name: &str) -> String {
 
 impl LoadedModel for TractModel {
     fn instance(&self, options: &InstanceOptions) -> Result<Box<dyn Instance>> {
-        let state = TypedSimpleState::new(&self.plan)
-            .map_err(|e| Error::internal(format!("tract cannot create a run state: {e:#}")))?;
+        let state = |plan: &Arc<TypedRunnableModel>| {
+            TypedSimpleState::new(plan)
+                .map_err(|e| Error::internal(format!("tract cannot create a run state: {e:#}")))
+        };
         let executor = if options.intra_op_threads > 1 {
             Executor::multithread_with_name(
                 options.intra_op_threads,
@@ -217,7 +396,20 @@ impl LoadedModel for TractModel {
             Executor::SingleThread
         };
         Ok(Box::new(TractInstance {
-            state,
+            symbolic: state(&self.symbolic)?,
+            planned: self
+                .planned
+                .iter()
+                .map(|(&n, plan)| (n, Arc::clone(plan), None))
+                .collect(),
+            schedule: Arc::clone(&self.schedule),
+            batching: self.batching,
+            inputs: self
+                .config
+                .input
+                .iter()
+                .map(|i| (i.name.clone(), i.data_type, i.dims.clone()))
+                .collect(),
             executor,
             outputs: self
                 .config
@@ -229,37 +421,84 @@ impl LoadedModel for TractModel {
     }
 }
 
+/// A planned batch size, its plan, and this instance's run state over it (made on
+/// first use, so sizes the batcher never forms cost no memory here).
+type PlannedState = (usize, Arc<TypedRunnableModel>, Option<TypedSimpleState>);
+
 struct TractInstance {
-    state: TypedSimpleState,
+    symbolic: TypedSimpleState,
+    planned: Vec<PlannedState>,
+    schedule: Arc<Schedule>,
+    batching: bool,
+    /// Name, datatype and dims (without the batch) of each input, in order.
+    inputs: Vec<(String, DataType, Vec<i64>)>,
     executor: Executor,
     outputs: Vec<(String, DataType)>,
 }
 
-impl Instance for TractInstance {
-    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let values = inputs
-            .iter()
-            .map(to_tract)
-            .collect::<Result<TVec<TValue>>>()?;
-        let executor = self.executor.clone();
-        let state = &mut self.state;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            multithread_tract_scope(executor, || state.run(values))
-        }));
-        let outputs = match result {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => {
+impl TractInstance {
+    /// Checks a batch against the config before tract sees it: an optimized tract
+    /// plan trusts its input shapes, and a wrong one must be an error, not a wrong
+    /// answer. (The scheduler only sends validated batches; this is the backstop.)
+    fn check(&self, inputs: &[Tensor]) -> Result<()> {
+        if inputs.len() != self.inputs.len() {
+            return Err(Error::internal(format!(
+                "the model takes {} inputs, the batch has {}",
+                self.inputs.len(),
+                inputs.len()
+            )));
+        }
+        let batch = usize::from(self.batching);
+        for (t, (name, dt, dims)) in inputs.iter().zip(&self.inputs) {
+            let fits = t.datatype == *dt
+                && t.shape.len() == dims.len() + batch
+                && dims
+                    .iter()
+                    .zip(&t.shape[batch..])
+                    .all(|(&d, &s)| d < 0 || usize::try_from(d) == Ok(s));
+            if !fits {
                 return Err(Error::internal(format!(
-                    "tract failed to run the model: {e:#}"
-                )))
+                    "input '{name}': {} {:?} does not fit {dt} {dims:?}{}",
+                    t.datatype,
+                    t.shape,
+                    if self.batching {
+                        " after the batch"
+                    } else {
+                        ""
+                    }
+                )));
             }
-            Err(panic) => {
-                return Err(Error::internal(format!(
-                    "tract panicked while running the model: {}",
-                    panic_message(&panic)
-                )))
-            }
+        }
+        Ok(())
+    }
+
+    /// The runs this batch is cut into; empty: one run on the symbolic plan.
+    fn chunks(&self, inputs: &[Tensor]) -> Vec<Chunk> {
+        if !self.batching || self.planned.is_empty() {
+            return Vec::new();
+        }
+        let Some(rows) = inputs.first().and_then(|t| t.shape.first().copied()) else {
+            return Vec::new();
         };
+        if rows == 0 || inputs.iter().any(|t| t.shape.first() != Some(&rows)) {
+            return Vec::new();
+        }
+        self.schedule.chunks(rows).to_vec()
+    }
+
+    /// Runs `inputs` (the rows of one chunk) padded to the planned size `size` and
+    /// returns the outputs cut back to those rows; `None` when an output does not
+    /// lead with the batch, so it cannot be cut.
+    fn run_chunk(&mut self, inputs: &[Tensor], size: usize) -> Result<Option<Vec<Tensor>>> {
+        let rows = inputs.first().map_or(0, Tensor::rows);
+        let outputs = self.run_on(inputs, Some(size))?;
+        if outputs.iter().any(|o| o.shape().first() != Some(&size)) {
+            return Ok(None);
+        }
+        self.convert(&outputs, Some(rows)).map(Some)
+    }
+
+    fn convert(&self, outputs: &[TValue], rows: Option<usize>) -> Result<Vec<Tensor>> {
         if outputs.len() != self.outputs.len() {
             return Err(Error::internal(format!(
                 "tract returned {} outputs, expected {}",
@@ -270,73 +509,98 @@ impl Instance for TractInstance {
         outputs
             .iter()
             .zip(&self.outputs)
-            .map(|(value, (name, dt))| from_tract(name, *dt, value))
+            .map(|(value, (name, dt))| from_tract(name, *dt, value, rows))
             .collect()
     }
+
+    /// Runs the batch chunk by chunk and joins the outputs; `None` as in `run_chunk`.
+    fn run_chunks(&mut self, inputs: &[Tensor], chunks: &[Chunk]) -> Result<Option<Vec<Tensor>>> {
+        if let [(size, _)] = chunks {
+            return self.run_chunk(inputs, *size);
+        }
+        let rows: Vec<usize> = chunks.iter().map(|c| c.1).collect();
+        let parts = inputs
+            .iter()
+            .map(|t| t.split_rows(&rows))
+            .collect::<Result<Vec<_>>>()?;
+        let mut per_chunk: Vec<Vec<Tensor>> = Vec::with_capacity(chunks.len());
+        for (ix, &(size, _)) in chunks.iter().enumerate() {
+            let chunk_inputs: Vec<Tensor> = parts.iter().map(|p| p[ix].clone()).collect();
+            match self.run_chunk(&chunk_inputs, size)? {
+                Some(out) => per_chunk.push(out),
+                None => return Ok(None),
+            }
+        }
+        (0..self.outputs.len())
+            .map(|o| {
+                let pieces: Vec<&Tensor> = per_chunk.iter().map(|c| &c[o]).collect();
+                Tensor::concat_rows(&pieces)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn run_state(&mut self, size: Option<usize>) -> Result<&mut TypedSimpleState> {
+        let Some(size) = size else {
+            return Ok(&mut self.symbolic);
+        };
+        let (_, plan, state) = self
+            .planned
+            .iter_mut()
+            .find(|p| p.0 == size)
+            .ok_or_else(|| Error::internal(format!("no plan for batch size {size}")))?;
+        if state.is_none() {
+            *state =
+                Some(TypedSimpleState::new(plan).map_err(|e| {
+                    Error::internal(format!("tract cannot create a run state: {e:#}"))
+                })?);
+        }
+        state
+            .as_mut()
+            .ok_or_else(|| Error::internal("tract run state missing"))
+    }
+
+    fn run_on(&mut self, inputs: &[Tensor], size: Option<usize>) -> Result<TVec<TValue>> {
+        let values = inputs
+            .iter()
+            .map(|t| to_tract(t, size))
+            .collect::<Result<TVec<TValue>>>()?;
+        let executor = self.executor.clone();
+        let state = self.run_state(size)?;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            multithread_tract_scope(executor, || state.run(values))
+        }));
+        match result {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(e)) => Err(Error::internal(format!(
+                "tract failed to run the model: {e:#}"
+            ))),
+            Err(panic) => Err(Error::internal(format!(
+                "tract panicked while running the model: {}",
+                panic_message(&panic)
+            ))),
+        }
+    }
 }
 
-fn datum_type(dt: DataType) -> Option<DatumType> {
-    Some(match dt {
-        DataType::Bool => DatumType::Bool,
-        DataType::U8 => DatumType::U8,
-        DataType::U16 => DatumType::U16,
-        DataType::U32 => DatumType::U32,
-        DataType::U64 => DatumType::U64,
-        DataType::I8 => DatumType::I8,
-        DataType::I16 => DatumType::I16,
-        DataType::I32 => DatumType::I32,
-        DataType::I64 => DatumType::I64,
-        DataType::F16 => DatumType::F16,
-        DataType::F32 => DatumType::F32,
-        DataType::F64 => DatumType::F64,
-        DataType::Bf16 | DataType::Bytes => return None,
-    })
-}
-
-fn to_tract(tensor: &Tensor) -> Result<TValue> {
-    let dt = datum_type(tensor.datatype).ok_or_else(|| {
-        Error::unsupported(format!(
-            "input '{}': tract does not support {}",
-            tensor.name, tensor.datatype
-        ))
-    })?;
-    if dt == DatumType::Bool && tensor.data.iter().any(|&b| b > 1) {
-        return Err(Error::invalid(format!(
-            "input '{}': BOOL bytes must be 0 or 1",
-            tensor.name
-        )));
+impl Instance for TractInstance {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        self.check(&inputs)?;
+        let chunks = self.chunks(&inputs);
+        if !chunks.is_empty() {
+            if let Some(outputs) = self.run_chunks(&inputs, &chunks)? {
+                return Ok(outputs);
+            }
+            // An output without the batch as dimension 0 cannot be cut back:
+            // this instance runs on the symbolic plan from now on.
+            tracing::warn!(
+                "an output does not lead with the batch; tract planned shapes are off for this instance"
+            );
+            self.planned.clear();
+        }
+        let outputs = self.run_on(&inputs, None)?;
+        self.convert(&outputs, None)
     }
-    let mut t = tract_onnx::prelude::Tensor::zero_dt(dt, &tensor.shape)
-        .map_err(|e| Error::internal(format!("input '{}': {e:#}", tensor.name)))?;
-    t.as_bytes_mut().copy_from_slice(&tensor.data);
-    Ok(t.into_tvalue())
-}
-
-fn from_tract(name: &str, dt: DataType, value: &TValue) -> Result<Tensor> {
-    let expected = datum_type(dt).unwrap_or(DatumType::Blob);
-    if value.datum_type() == DatumType::TDim {
-        let cast = value
-            .cast_to_dt(expected)
-            .map_err(|e| Error::internal(format!("output '{name}': cannot cast to {dt}: {e:#}")))?;
-        return Tensor::new(
-            name,
-            dt,
-            cast.shape().to_vec(),
-            Bytes::copy_from_slice(cast.as_bytes()),
-        );
-    }
-    if value.datum_type().unquantized() != expected {
-        return Err(Error::internal(format!(
-            "output '{name}': tract produced {:?}, the config says {dt}",
-            value.datum_type()
-        )));
-    }
-    Tensor::new(
-        name,
-        dt,
-        value.shape().to_vec(),
-        Bytes::copy_from_slice(value.as_bytes()),
-    )
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

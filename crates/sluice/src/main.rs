@@ -7,13 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_backend_tract::TractBackend;
-use sluice_runtime::{Backends, Runtime, RuntimeConfig};
+use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_server::HttpConfig;
+
+mod engines;
 
 /// Sluice: an inference server for ONNX models that speaks KServe v2 / Triton's protocol.
 #[derive(Parser, Debug)]
@@ -48,9 +48,12 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
 
-    /// Backend for models that do not name one.
+    /// Backend for models that do not name one (`tract` or `onnxruntime`).
     #[arg(long, env = "SLUICE_DEFAULT_BACKEND", default_value = "tract")]
     default_backend: String,
+
+    #[command(flatten)]
+    engines: engines::EngineArgs,
 
     /// Threads one model instance may use for one run (a model's
     /// `intra_op_thread_count` parameter overrides it).
@@ -128,7 +131,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_capacity: args.queue_capacity,
         strict_readiness: args.strict_readiness,
     };
-    let backends = Backends::new().with(Arc::new(TractBackend::new()));
+    let backends = engines::backends(&args.engines, &args.default_backend)?;
     tracing::info!(repository = %args.model_repository.display(), "loading models");
     let runtime = Runtime::start(config, backends).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready = runtime
