@@ -38,7 +38,7 @@ use tract_onnx::prelude::{
 
 use crate::convert::{datum_type, from_tract, to_tract};
 pub use crate::plans::{BatchPlans, PLANNED_BATCH_SIZES};
-use crate::plans::{Chunk, Schedule};
+use crate::plans::{Chunk, Schedule, SYMBOLIC};
 
 /// Settings of the tract backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,19 +256,23 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         }
     }
     let max = usize::try_from(config.max_batch_size).unwrap_or(0);
-    let schedule = match calibrate(&planned, config) {
-        Some(costs) => {
-            tracing::info!(
-                model = spec.model_name,
-                version = spec.version,
-                ms_per_item = %costs
+    let schedule = match calibrate(&symbolic, &planned, config) {
+        Some(c) => {
+            let per_item = |costs: &[(usize, f64)]| {
+                costs
                     .iter()
                     .map(|(n, t)| format!("{n}:{:.3}", t * 1e3 / *n as f64))
                     .collect::<Vec<_>>()
-                    .join(" "),
+                    .join(" ")
+            };
+            tracing::info!(
+                model = spec.model_name,
+                version = spec.version,
+                planned_ms_per_item = %per_item(&c.planned),
+                symbolic_ms_per_item = %per_item(&c.symbolic),
                 "tract batch plans measured"
             );
-            Schedule::from_costs(&costs, max)
+            Schedule::from_costs(&c.planned, &c.symbolic, max)
         }
         None => Schedule::padded(&planned.keys().copied().collect::<Vec<_>>(), max),
     };
@@ -287,55 +291,83 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
     })
 }
 
-/// Times one run of each planned plan (single-threaded, on zeros, after a warm-up
-/// run) so the schedule can choose between one padded run and several smaller
-/// ones. `None` when a non-batch dimension is variable (no input to time with) or a
-/// run fails. Sizes are timed in increasing order until one run takes over a second;
-/// larger ones are then priced at the last measured cost per item.
+/// Times each plan once (single-threaded, on zeros, after a warm-up run) at each
+/// planned size: the fixed plans at their size and the symbolic plan at every
+/// size, so the schedule can choose between one padded run, several smaller ones
+/// and the symbolic plan. `None` when a non-batch dimension is variable (no input
+/// to time with) or a run fails. Each plan is timed in increasing sizes until one
+/// run takes over a second; larger sizes are then priced at the last measured cost
+/// per item.
 fn calibrate(
+    symbolic: &Arc<TypedRunnableModel>,
     planned: &BTreeMap<usize, Arc<TypedRunnableModel>>,
     config: &ModelConfig,
-) -> Option<Vec<(usize, f64)>> {
-    const SLOW: Duration = Duration::from_secs(1);
+) -> Option<Calibration> {
     if planned.len() < 2 || config.input.iter().any(|i| i.dims.iter().any(|&d| d < 0)) {
         return None;
     }
-    let mut costs: Vec<(usize, f64)> = Vec::with_capacity(planned.len());
+    let sizes: Vec<usize> = planned.keys().copied().collect();
+    let mut fixed = Vec::with_capacity(sizes.len());
     for (&n, plan) in planned {
-        if let Some(&(last, t)) = costs.last() {
-            if t >= SLOW.as_secs_f64() {
-                costs.push((n, t / last as f64 * n as f64));
-                continue;
-            }
-        }
-        let inputs = config
-            .input
-            .iter()
-            .map(|i| {
-                let mut shape = vec![n];
-                shape.extend(i.dims.iter().map(|&d| d as usize));
-                let dt = datum_type(i.data_type)?;
-                tract_onnx::prelude::Tensor::zero_dt(dt, &shape)
-                    .ok()
-                    .map(tract_onnx::prelude::IntoTValue::into_tvalue)
-            })
-            .collect::<Option<TVec<TValue>>>()?;
-        let mut state = TypedSimpleState::new(plan).ok()?;
-        let timed = catch_unwind(AssertUnwindSafe(|| -> Option<f64> {
-            let start = Instant::now();
-            state.run(inputs.clone()).ok()?;
-            let first = start.elapsed();
-            if first >= SLOW / 2 {
-                return Some(first.as_secs_f64());
-            }
-            let start = Instant::now();
-            state.run(inputs).ok()?;
-            Some(start.elapsed().as_secs_f64())
-        }))
-        .ok()??;
-        costs.push((n, timed.max(1e-9)));
+        let previous = fixed.last().copied();
+        fixed.push((n, time_plan(plan, config, n, previous)?));
     }
-    Some(costs)
+    let mut sym: Vec<(usize, f64)> = Vec::with_capacity(sizes.len());
+    for &n in &sizes {
+        let previous = sym.last().copied();
+        sym.push((n, time_plan(symbolic, config, n, previous)?));
+    }
+    Some(Calibration {
+        planned: fixed,
+        symbolic: sym,
+    })
+}
+
+struct Calibration {
+    planned: Vec<(usize, f64)>,
+    symbolic: Vec<(usize, f64)>,
+}
+
+/// Seconds for one run of `plan` on `n` rows of zeros; priced from `previous`
+/// (size, seconds) without running when that run already took over a second.
+fn time_plan(
+    plan: &Arc<TypedRunnableModel>,
+    config: &ModelConfig,
+    n: usize,
+    previous: Option<(usize, f64)>,
+) -> Option<f64> {
+    const SLOW: Duration = Duration::from_secs(1);
+    if let Some((last, t)) = previous {
+        if t >= SLOW.as_secs_f64() {
+            return Some(t / last as f64 * n as f64);
+        }
+    }
+    let inputs = config
+        .input
+        .iter()
+        .map(|i| {
+            let mut shape = vec![n];
+            shape.extend(i.dims.iter().map(|&d| d as usize));
+            let dt = datum_type(i.data_type)?;
+            tract_onnx::prelude::Tensor::zero_dt(dt, &shape)
+                .ok()
+                .map(tract_onnx::prelude::IntoTValue::into_tvalue)
+        })
+        .collect::<Option<TVec<TValue>>>()?;
+    let mut state = TypedSimpleState::new(plan).ok()?;
+    let seconds = catch_unwind(AssertUnwindSafe(|| -> Option<f64> {
+        let start = Instant::now();
+        state.run(inputs.clone()).ok()?;
+        let first = start.elapsed();
+        if first >= SLOW / 2 {
+            return Some(first.as_secs_f64());
+        }
+        let start = Instant::now();
+        state.run(inputs).ok()?;
+        Some(start.elapsed().as_secs_f64())
+    }))
+    .ok()??;
+    Some(seconds.max(1e-9))
 }
 
 fn check_outputs(typed: &TypedModel, config: &ModelConfig) -> Result<()> {
@@ -486,10 +518,14 @@ impl TractInstance {
         self.schedule.chunks(rows).to_vec()
     }
 
-    /// Runs `inputs` (the rows of one chunk) padded to the planned size `size` and
-    /// returns the outputs cut back to those rows; `None` when an output does not
-    /// lead with the batch, so it cannot be cut.
+    /// Runs `inputs` (the rows of one chunk) padded to the planned size `size` (or
+    /// on the symbolic plan) and returns the outputs cut back to those rows; `None`
+    /// when an output does not lead with the batch, so it cannot be cut.
     fn run_chunk(&mut self, inputs: &[Tensor], size: usize) -> Result<Option<Vec<Tensor>>> {
+        if size == SYMBOLIC {
+            let outputs = self.run_on(inputs, None)?;
+            return self.convert(&outputs, None).map(Some);
+        }
         let rows = inputs.first().map_or(0, Tensor::rows);
         let outputs = self.run_on(inputs, Some(size))?;
         if outputs.iter().any(|o| o.shape().first() != Some(&size)) {

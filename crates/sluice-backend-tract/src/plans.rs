@@ -79,9 +79,30 @@ pub(crate) fn planned_sizes(policy: BatchPlans, config: &ModelConfig) -> Result<
     Ok(sizes.into_iter().collect())
 }
 
-/// One run of a batch: the planned batch size it runs on and how many real rows it
-/// carries (the rest is padding).
+/// One run of a batch: the planned batch size it runs on ([`SYMBOLIC`]: the
+/// symbolic plan, unpadded) and how many real rows it carries (the rest is padding).
 pub(crate) type Chunk = (usize, usize);
+
+/// The plan "size" of a chunk that runs on the symbolic plan.
+pub(crate) const SYMBOLIC: usize = 0;
+
+/// The run time at `rows` from measured `(rows, seconds)` points: linear between
+/// points, proportional below the first and by the last cost per item above.
+fn interpolate(points: &[(usize, f64)], rows: usize) -> Option<f64> {
+    let (&(n0, t0), rest) = points.split_first()?;
+    if rows <= n0 {
+        return Some(t0 * rows as f64 / n0 as f64);
+    }
+    let mut prev = (n0, t0);
+    for &(n, t) in rest {
+        if rows <= n {
+            let f = (rows - prev.0) as f64 / (n - prev.0) as f64;
+            return Some(prev.1 + f * (t - prev.1));
+        }
+        prev = (n, t);
+    }
+    Some(prev.1 * rows as f64 / prev.0 as f64)
+}
 
 /// How each batch size runs: as one run on a planned size (padded), or as several
 /// runs on planned sizes whose per-item cost is lower. An empty plan means the
@@ -111,25 +132,36 @@ impl Schedule {
         Schedule { by_rows }
     }
 
-    /// From measured run times `(planned size, seconds)`: for every batch size the
-    /// cheapest sequence of runs (padding allowed), by dynamic programming over the
-    /// rows. Among near-equal costs (within 2%) fewer runs win.
-    pub(crate) fn from_costs(costs: &[(usize, f64)], max: usize) -> Schedule {
-        let mut sizes: Vec<(usize, f64)> = costs.to_vec();
+    /// From measured run times, `(batch size, seconds)`, of each fixed plan and of
+    /// the symbolic plan at those sizes: for every batch size the cheapest sequence
+    /// of runs, by dynamic programming over the rows. A run is a fixed plan (padded
+    /// when it holds more rows than are left) or the symbolic plan on all the rows
+    /// left (priced by interpolating its measured times). Among near-equal costs
+    /// (within 2%) fewer runs win.
+    pub(crate) fn from_costs(
+        planned: &[(usize, f64)],
+        symbolic: &[(usize, f64)],
+        max: usize,
+    ) -> Schedule {
+        let mut sizes: Vec<(usize, f64)> = planned.to_vec();
         sizes.sort_by_key(|s| std::cmp::Reverse(s.0)); // largest first: ties keep fewer runs
-                                             // best[r] = (cost, runs, first chunk)
+                                                       // best[r] = (cost, runs, first chunk)
         let mut best: Vec<(f64, usize, Option<Chunk>)> = vec![(0.0, 0, None)];
         for rows in 1..=max {
             let mut pick: (f64, usize, Option<Chunk>) = (f64::INFINITY, usize::MAX, None);
+            let mut consider = |cost: f64, runs: usize, chunk: Chunk| {
+                let better = cost < pick.0 * 0.98 || (cost <= pick.0 * 1.02 && runs < pick.1);
+                if pick.2.is_none() || better {
+                    pick = (cost, runs, Some(chunk));
+                }
+            };
             for &(p, t) in &sizes {
                 let take = p.min(rows);
                 let (rest, rest_runs, _) = best[rows - take];
-                let cost = t + rest;
-                let runs = rest_runs + 1;
-                let better = cost < pick.0 * 0.98 || (cost <= pick.0 * 1.02 && runs < pick.1);
-                if pick.2.is_none() || better {
-                    pick = (cost, runs, Some((p, take)));
-                }
+                consider(t + rest, rest_runs + 1, (p, take));
+            }
+            if let Some(t) = interpolate(symbolic, rows) {
+                consider(t, 1, (SYMBOLIC, rows));
             }
             best.push(pick);
         }
@@ -242,19 +274,31 @@ mod tests {
     #[test]
     fn costs_choose_between_one_big_run_and_many_small_ones() {
         // Batching pays (an MLP): one padded run beats many small ones.
-        let mlp = Schedule::from_costs(&[(1, 1.0), (8, 2.0), (32, 4.0)], 32);
+        let mlp = Schedule::from_costs(&[(1, 1.0), (8, 2.0), (32, 4.0)], &[], 32);
         assert_eq!(mlp.chunks(8), &[(8, 8)]);
         assert_eq!(mlp.chunks(5), &[(8, 5)]);
         assert_eq!(mlp.chunks(20), &[(32, 20)]);
         assert_eq!(mlp.chunks(9), &[(8, 8), (1, 1)]);
         // Batching costs more per item (a convnet on tract): batch-1 runs.
-        let conv = Schedule::from_costs(&[(1, 1.0), (8, 12.0), (32, 50.0)], 32);
+        let conv = Schedule::from_costs(&[(1, 1.0), (8, 12.0), (32, 50.0)], &[], 32);
         assert_eq!(conv.chunks(3), &[(1, 1), (1, 1), (1, 1)]);
         assert_eq!(conv.chunks(8).len(), 8);
         assert_eq!(conv.chunks(32).len(), 32);
         // Equal per-item cost: fewer runs.
-        let flat = Schedule::from_costs(&[(1, 1.0), (8, 8.0)], 8);
+        let flat = Schedule::from_costs(&[(1, 1.0), (8, 8.0)], &[], 8);
         assert_eq!(flat.chunks(8), &[(8, 8)]);
+        // The symbolic plan wins where it is cheaper than padding or cutting.
+        let sym = Schedule::from_costs(&[(1, 1.0), (8, 4.0)], &[(1, 1.5), (8, 3.0)], 8);
+        assert_eq!(sym.chunks(8), &[(SYMBOLIC, 8)]);
+        assert_eq!(sym.chunks(1), &[(1, 1)]);
+        assert_eq!(
+            sym.chunks(5),
+            &[(SYMBOLIC, 5)],
+            "2.36 beats padding to 8 (4.0)"
+        );
+        assert_eq!(interpolate(&[(1, 1.0), (8, 8.0)], 4), Some(4.0));
+        assert_eq!(interpolate(&[(2, 2.0), (8, 8.0)], 16), Some(16.0));
+        assert_eq!(interpolate(&[], 3), None);
         // Every row is carried exactly once.
         for rows in 1..=32 {
             let carried: usize = conv.chunks(rows).iter().map(|c| c.1).sum();

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use crate::Tensor;
 
 /// An inference request as decoded from any protocol, before it is checked against
@@ -9,6 +11,11 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Outputs to return; empty means all of the model's outputs.
     pub outputs: Vec<RequestedOutput>,
+    /// Priority level, 1 the highest; 0 means the model's default.
+    pub priority: u32,
+    /// How long the request may wait in the queue (v2 `parameters.timeout`, the gRPC
+    /// deadline); `None` means the model's default policy.
+    pub timeout: Option<Duration>,
 }
 
 /// An output named by the request.

@@ -64,6 +64,7 @@ impl ModelSignature {
             id,
             inputs,
             outputs,
+            ..
         } = request;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for tensor in inputs {
@@ -215,6 +216,7 @@ mod tests {
                 .iter()
                 .map(|n| RequestedOutput { name: (*n).into() })
                 .collect(),
+            ..InferRequest::default()
         }
     }
 

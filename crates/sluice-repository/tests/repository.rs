@@ -8,7 +8,9 @@ use sluice_core::{DataType, ErrorKind};
 use sluice_repository::{ConfigOrigin, Repository, RepositoryOptions};
 
 fn root(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 fn open(rel: &str) -> Repository {
@@ -18,13 +20,23 @@ fn open(rel: &str) -> Repository {
 #[test]
 fn reads_every_config_source_of_the_examples() {
     let repo = open("examples/models");
-    assert_eq!(repo.model_names().unwrap(), vec!["cnn", "digits", "mixed", "mlp"]);
+    assert_eq!(
+        repo.model_names().unwrap(),
+        vec!["cnn", "digits", "mixed", "mlp"]
+    );
 
     let mlp = repo.read_model("mlp").unwrap();
     assert_eq!(mlp.origin, ConfigOrigin::Pbtxt);
     assert_eq!(mlp.config.max_batch_size, 32);
     assert_eq!(mlp.config.instance_count(), 2);
-    assert_eq!(mlp.config.dynamic_batching.as_ref().unwrap().preferred_batch_size, vec![4, 8]);
+    assert_eq!(
+        mlp.config
+            .dynamic_batching
+            .as_ref()
+            .unwrap()
+            .preferred_batch_size,
+        vec![4, 8]
+    );
     assert_eq!(mlp.config.parameter("intra_op_thread_count"), Some("1"));
     assert_eq!(mlp.versions.len(), 1);
     assert!(mlp.versions[0].model_file.ends_with("mlp/1/model.onnx"));
@@ -50,7 +62,9 @@ fn reads_every_config_source_of_the_examples() {
 
 #[test]
 fn auto_complete_without_batching_keeps_every_dim() {
-    let opts = RepositoryOptions { default_max_batch_size: 0 };
+    let opts = RepositoryOptions {
+        default_max_batch_size: 0,
+    };
     let repo = Repository::open(root("examples/models"), opts).unwrap();
     let cnn = repo.read_model("cnn").unwrap();
     assert_eq!(cnn.config.max_batch_size, 0);
@@ -65,10 +79,16 @@ fn broken_models_are_errors_with_reasons() {
     // A corrupt ONNX file with a complete config is read fine here; the backend refuses it.
     assert!(repo.read_model("corrupt").is_ok());
     assert!(repo.read_model("good").is_ok());
-    assert_eq!(repo.read_model("missing").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        repo.read_model("missing").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     for bad in ["../examples", "..", "/etc", ".hidden", "a/b", ""] {
         let err = repo.read_model(bad).unwrap_err();
-        assert!(err.message().contains("not a valid model name"), "{bad}: {err}");
+        assert!(
+            err.message().contains("not a valid model name"),
+            "{bad}: {err}"
+        );
     }
 }
 
@@ -90,28 +110,62 @@ output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]
 fn version_policies_select_folders() {
     let tmp = tempfile::tempdir().unwrap();
     model_dir(tmp.path(), "latest", IO, &[1, 2, 3, 10]);
-    model_dir(tmp.path(), "two", &format!("{IO}version_policy: {{ latest {{ num_versions: 2 }} }}"), &[1, 2, 3]);
-    model_dir(tmp.path(), "all", &format!("{IO}version_policy: {{ all {{ }} }}"), &[1, 3]);
-    model_dir(tmp.path(), "specific", &format!("{IO}version_policy {{ specific {{ versions: [1, 3] }} }}"), &[1, 2, 3]);
+    model_dir(
+        tmp.path(),
+        "two",
+        &format!("{IO}version_policy: {{ latest {{ num_versions: 2 }} }}"),
+        &[1, 2, 3],
+    );
+    model_dir(
+        tmp.path(),
+        "all",
+        &format!("{IO}version_policy: {{ all {{ }} }}"),
+        &[1, 3],
+    );
+    model_dir(
+        tmp.path(),
+        "specific",
+        &format!("{IO}version_policy {{ specific {{ versions: [1, 3] }} }}"),
+        &[1, 2, 3],
+    );
     model_dir(tmp.path(), "none", IO, &[]);
-    model_dir(tmp.path(), "renamed", &format!("name: \"other\"\n{IO}"), &[1]);
+    model_dir(
+        tmp.path(),
+        "renamed",
+        &format!("name: \"other\"\n{IO}"),
+        &[1],
+    );
     model_dir(tmp.path(), "typo", &format!("{IO}max_batch_sise: 4"), &[1]);
     fs::write(tmp.path().join("not-a-model.txt"), "x").unwrap();
     let repo = Repository::open(tmp.path(), RepositoryOptions::default()).unwrap();
     let versions = |name: &str| -> Vec<u64> {
-        repo.read_model(name).unwrap().versions.iter().map(|v| v.version).collect()
+        repo.read_model(name)
+            .unwrap()
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect()
     };
     assert_eq!(versions("latest"), vec![10]);
     assert_eq!(versions("two"), vec![2, 3]);
     assert_eq!(versions("all"), vec![1, 3]);
     assert_eq!(versions("specific"), vec![1, 3]);
     let err = repo.read_model("none").unwrap_err();
-    assert!(err.message().contains("no numbered version folder"), "{err}");
+    assert!(
+        err.message().contains("no numbered version folder"),
+        "{err}"
+    );
     let err = repo.read_model("renamed").unwrap_err();
-    assert!(err.message().contains("does not match the model folder"), "{err}");
+    assert!(
+        err.message().contains("does not match the model folder"),
+        "{err}"
+    );
     let err = repo.read_model("typo").unwrap_err();
     assert!(err.message().contains("max_batch_sise"), "{err}");
-    assert!(!repo.model_names().unwrap().contains(&"not-a-model.txt".to_owned()));
+    assert!(!repo
+        .model_names()
+        .unwrap()
+        .contains(&"not-a-model.txt".to_owned()));
 }
 
 #[test]

@@ -471,7 +471,10 @@ impl Runtime {
         let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
             unreachable!("resolved")
         };
-        let options = JobOptions::default();
+        let options = JobOptions {
+            priority: request.priority,
+            timeout: request.timeout,
+        };
         let valid = served.signature.validate(request)?;
         let id = valid.id.clone();
         let wanted = valid.outputs.clone();

@@ -86,13 +86,24 @@ impl SchedulerConfig {
 
     /// Reads the scheduling part of a model's config. `queue_capacity` bounds a level
     /// whose policy sets no `max_queue_size`.
-    pub fn from_model_config(label: impl Into<String>, config: &ModelConfig, queue_capacity: usize) -> Result<Self> {
+    pub fn from_model_config(
+        label: impl Into<String>,
+        config: &ModelConfig,
+        queue_capacity: usize,
+    ) -> Result<Self> {
         let label = label.into();
         let max_batch_size = usize::try_from(config.max_batch_size).unwrap_or(0);
         let Some(db) = &config.dynamic_batching else {
-            return Ok(SchedulerConfig { label, ..Self::simple("", max_batch_size, queue_capacity) });
+            return Ok(SchedulerConfig {
+                label,
+                ..Self::simple("", max_batch_size, queue_capacity)
+            });
         };
-        let mut preferred: Vec<usize> = db.preferred_batch_size.iter().map(|&p| p as usize).collect();
+        let mut preferred: Vec<usize> = db
+            .preferred_batch_size
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
         preferred.sort_unstable();
         preferred.dedup();
         if let Some(p) = preferred.iter().find(|&&p| p > max_batch_size) {
@@ -105,58 +116,92 @@ impl SchedulerConfig {
             Some("true") => true,
             Some("false") => false,
             Some(other) => {
-                return Err(Error::invalid(format!("parameter {ADAPTIVE_PARAMETER} must be true or false, got '{other}'")))
+                return Err(Error::invalid(format!(
+                    "parameter {ADAPTIVE_PARAMETER} must be true or false, got '{other}'"
+                )))
             }
         };
         let delay = if adaptive {
             let max = match config.parameter(ADAPTIVE_MAX_DELAY_PARAMETER) {
                 Some(v) => Duration::from_micros(v.trim().parse().map_err(|_| {
-                    Error::invalid(format!("parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer, got '{v}'"))
+                    Error::invalid(format!(
+                        "parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer, got '{v}'"
+                    ))
                 })?),
-                None if db.max_queue_delay_microseconds > 0 => Duration::from_micros(db.max_queue_delay_microseconds),
+                None if db.max_queue_delay_microseconds > 0 => {
+                    Duration::from_micros(db.max_queue_delay_microseconds)
+                }
                 None => DEFAULT_ADAPTIVE_MAX_DELAY,
             };
             Delay::Adaptive { max }
         } else {
             Delay::Static(Duration::from_micros(db.max_queue_delay_microseconds))
         };
-        let level_count = usize::try_from(db.priority_levels).unwrap_or(usize::MAX).max(1);
+        let level_count = usize::try_from(db.priority_levels)
+            .unwrap_or(usize::MAX)
+            .max(1);
         if db.priority_levels > 1024 {
-            return Err(Error::invalid(format!("priority_levels {} is too large (at most 1024)", db.priority_levels)));
+            return Err(Error::invalid(format!(
+                "priority_levels {} is too large (at most 1024)",
+                db.priority_levels
+            )));
         }
-        let default_level = if db.default_priority_level == 0 { level_count.div_ceil(2).max(1) } else { db.default_priority_level as usize };
+        let default_level = if db.default_priority_level == 0 {
+            level_count.div_ceil(2).max(1)
+        } else {
+            db.default_priority_level as usize
+        };
         if db.priority_levels > 0 && default_level > level_count {
             return Err(Error::invalid(format!(
                 "default_priority_level {default_level} is outside 1..={level_count}"
             )));
         }
         let convert = |p: Option<&sluice_core::QueuePolicy>| -> Result<LevelPolicy> {
-            let Some(p) = p else { return Ok(LevelPolicy::reject_after(None, queue_capacity)) };
+            let Some(p) = p else {
+                return Ok(LevelPolicy::reject_after(None, queue_capacity));
+            };
             let timeout_action = match p.timeout_action.as_str() {
                 "REJECT" | "" => TimeoutAction::Reject,
                 "DELAY" => TimeoutAction::Delay,
-                other => return Err(Error::invalid(format!("timeout_action must be REJECT or DELAY, got '{other}'"))),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "timeout_action must be REJECT or DELAY, got '{other}'"
+                    )))
+                }
             };
             Ok(LevelPolicy {
                 timeout_action,
                 default_timeout: (p.default_timeout_microseconds > 0)
                     .then(|| Duration::from_micros(p.default_timeout_microseconds)),
                 allow_timeout_override: p.allow_timeout_override,
-                max_queue_size: if p.max_queue_size > 0 { p.max_queue_size as usize } else { queue_capacity },
+                max_queue_size: if p.max_queue_size > 0 {
+                    p.max_queue_size as usize
+                } else {
+                    queue_capacity
+                },
             })
         };
         let default_policy = convert(db.default_queue_policy.as_ref())?;
         let mut levels = vec![default_policy; level_count];
         for (&level, policy) in &db.priority_queue_policy {
-            let ix = usize::try_from(level).ok().filter(|&l| l >= 1 && l <= level_count).ok_or_else(|| {
-                Error::invalid(format!("priority_queue_policy names level {level}, outside 1..={level_count}"))
-            })?;
+            let ix = usize::try_from(level)
+                .ok()
+                .filter(|&l| l >= 1 && l <= level_count)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "priority_queue_policy names level {level}, outside 1..={level_count}"
+                    ))
+                })?;
             levels[ix - 1] = convert(Some(policy))?;
         }
         Ok(SchedulerConfig {
             label,
             max_batch_size,
-            batching: Batching::Dynamic(DynamicBatching { preferred, delay, preserve_ordering: db.preserve_ordering }),
+            batching: Batching::Dynamic(DynamicBatching {
+                preferred,
+                delay,
+                preserve_ordering: db.preserve_ordering,
+            }),
             levels,
             default_level,
         })
@@ -207,7 +252,9 @@ mod tests {
             "",
         )
         .unwrap();
-        let Batching::Dynamic(d) = &c.batching else { panic!("batching") };
+        let Batching::Dynamic(d) = &c.batching else {
+            panic!("batching")
+        };
         assert_eq!(d.preferred, vec![4, 8]);
         assert_eq!(d.delay, Delay::Static(Duration::from_micros(500)));
         assert!(c.preserve_ordering());
@@ -223,23 +270,59 @@ mod tests {
     #[test]
     fn adaptive_is_the_default_without_a_delay() {
         let c = config("{}", "").unwrap();
-        let Batching::Dynamic(d) = &c.batching else { panic!("batching") };
-        assert_eq!(d.delay, Delay::Adaptive { max: DEFAULT_ADAPTIVE_MAX_DELAY });
-        let c = config(r#"{"max_queue_delay_microseconds": 100}"#, r#""sluice_adaptive_batching":{"string_value":"true"}"#).unwrap();
-        let Batching::Dynamic(d) = &c.batching else { panic!("batching") };
-        assert_eq!(d.delay, Delay::Adaptive { max: Duration::from_micros(100) });
-        let c = config("{}", r#""sluice_adaptive_batching":{"string_value":"false"}"#).unwrap();
-        let Batching::Dynamic(d) = &c.batching else { panic!("batching") };
+        let Batching::Dynamic(d) = &c.batching else {
+            panic!("batching")
+        };
+        assert_eq!(
+            d.delay,
+            Delay::Adaptive {
+                max: DEFAULT_ADAPTIVE_MAX_DELAY
+            }
+        );
+        let c = config(
+            r#"{"max_queue_delay_microseconds": 100}"#,
+            r#""sluice_adaptive_batching":{"string_value":"true"}"#,
+        )
+        .unwrap();
+        let Batching::Dynamic(d) = &c.batching else {
+            panic!("batching")
+        };
+        assert_eq!(
+            d.delay,
+            Delay::Adaptive {
+                max: Duration::from_micros(100)
+            }
+        );
+        let c = config(
+            "{}",
+            r#""sluice_adaptive_batching":{"string_value":"false"}"#,
+        )
+        .unwrap();
+        let Batching::Dynamic(d) = &c.batching else {
+            panic!("batching")
+        };
         assert_eq!(d.delay, Delay::Static(Duration::ZERO));
     }
 
     #[test]
     fn rejects_inconsistent_settings() {
         for (db, expect) in [
-            (r#"{"preferred_batch_size":[16]}"#, "larger than max_batch_size"),
-            (r#"{"priority_levels":2,"default_priority_level":3}"#, "outside 1..=2"),
-            (r#"{"priority_levels":2,"priority_queue_policy":{"5":{}}}"#, "level 5"),
-            (r#"{"default_queue_policy":{"timeout_action":"DROP"}}"#, "REJECT or DELAY"),
+            (
+                r#"{"preferred_batch_size":[16]}"#,
+                "larger than max_batch_size",
+            ),
+            (
+                r#"{"priority_levels":2,"default_priority_level":3}"#,
+                "outside 1..=2",
+            ),
+            (
+                r#"{"priority_levels":2,"priority_queue_policy":{"5":{}}}"#,
+                "level 5",
+            ),
+            (
+                r#"{"default_queue_policy":{"timeout_action":"DROP"}}"#,
+                "REJECT or DELAY",
+            ),
         ] {
             let err = config(db, "").unwrap_err();
             assert!(err.message().contains(expect), "{db}: {err}");

@@ -56,7 +56,10 @@ pub struct PoolStats {
 
 impl PoolStats {
     fn new(max_rows: usize) -> Self {
-        PoolStats { batch_sizes: (0..=max_rows.max(1)).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+        PoolStats {
+            batch_sizes: (0..=max_rows.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            ..Default::default()
+        }
     }
 
     /// `(rows, runs)` for every batch size seen.
@@ -71,6 +74,8 @@ impl PoolStats {
 }
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>>>;
+/// A reply and what to send on it; `None` for a request whose client went away.
+type Answer = Option<(Reply, Result<Vec<Tensor>>)>;
 
 /// One request waiting for an instance.
 struct Job {
@@ -88,7 +93,7 @@ impl Pending for Job {
 #[derive(Default)]
 struct InOrder {
     next: u64,
-    ready: BTreeMap<u64, Option<(Reply, Result<Vec<Tensor>>)>>,
+    ready: BTreeMap<u64, Answer>,
 }
 
 struct Shared {
@@ -106,7 +111,7 @@ impl Shared {
 
     /// Answers one request (in arrival order when asked); `None` releases a slot whose
     /// client went away.
-    fn answer(&self, seq: u64, answer: Option<(Reply, Result<Vec<Tensor>>)>) {
+    fn answer(&self, seq: u64, answer: Answer) {
         let Some(in_order) = &self.in_order else {
             if let Some((reply, result)) = answer {
                 let _ = reply.send(result);
@@ -135,10 +140,15 @@ pub struct InstancePool {
 
 impl InstancePool {
     /// Starts one named OS thread per instance.
-    pub fn start(config: SchedulerConfig, instances: Vec<Box<dyn Instance>>) -> Result<InstancePool> {
+    pub fn start(
+        config: SchedulerConfig,
+        instances: Vec<Box<dyn Instance>>,
+    ) -> Result<InstancePool> {
         let label = config.label.clone();
         let stats = PoolStats::new(config.max_batch_size);
-        let in_order = config.preserve_ordering().then(|| Mutex::new(InOrder::default()));
+        let in_order = config
+            .preserve_ordering()
+            .then(|| Mutex::new(InOrder::default()));
         let shared = Arc::new(Shared {
             label: label.clone(),
             state: Mutex::new(State::new(config, instances.len())),
@@ -173,24 +183,54 @@ impl InstancePool {
     pub async fn infer(&self, request: ValidRequest, options: JobOptions) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
         let rows = request.rows;
-        {
+        let enqueued = Instant::now();
+        let deadline = {
             let mut state = self.shared.lock();
             if state.is_closing() {
-                return Err(Error::unavailable(format!("model {} is shutting down", self.shared.label)));
+                return Err(Error::unavailable(format!(
+                    "model {} is shutting down",
+                    self.shared.label
+                )));
             }
-            if let Err((_, error)) = state.enqueue(Job { request, reply }, rows, options, Instant::now()) {
-                let counter = match error.kind() {
-                    ErrorKind::DeadlineExceeded => &self.shared.stats.rejected_deadline,
-                    _ => &self.shared.stats.rejected,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                return Err(error);
+            match state.enqueue(Job { request, reply }, rows, options, enqueued) {
+                Ok((_, deadline)) => deadline,
+                Err((_, error)) => {
+                    let counter = if error.message().contains(state::EARLY_REJECTION) {
+                        &self.shared.stats.rejected_deadline
+                    } else {
+                        &self.shared.stats.rejected
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Err(error);
+                }
             }
-        }
+        };
         self.shared.wake.notify_one();
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::internal(format!("model {} stopped before answering", self.shared.label))))
+        let stopped = || {
+            Err(Error::internal(format!(
+                "model {} stopped before answering",
+                self.shared.label
+            )))
+        };
+        let result = match deadline {
+            None => answer.await.unwrap_or_else(|_| stopped()),
+            // The client hears of its timeout on time even while every instance is busy;
+            // dropping `answer` marks the queued job cancelled, so it never runs.
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), answer).await {
+                Ok(answer) => answer.unwrap_or_else(|_| stopped()),
+                Err(_) => Err(timed_out(
+                    &self.shared.label,
+                    deadline.saturating_duration_since(enqueued),
+                )),
+            },
+        };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::DeadlineExceeded)
+        {
+            self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Stops taking requests, runs what is queued, and joins the instance threads.
@@ -218,16 +258,14 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
         let now = Instant::now();
         let step = state.next(now);
         for e in step.cancelled {
-            shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            // A job dropped by its own timeout was counted by the caller.
+            if e.deadline.is_none_or(|d| d > now) {
+                shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             shared.answer(e.seq, None);
         }
         for e in step.expired {
-            shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            let waited = now.saturating_duration_since(e.enqueued);
-            let error = Error::new(
-                ErrorKind::DeadlineExceeded,
-                format!("the request timed out after {} µs in the queue of model {}", waited.as_micros(), shared.label),
-            );
+            let error = timed_out(&shared.label, now.saturating_duration_since(e.enqueued));
             shared.answer(e.seq, Some((e.payload.reply, Err(error))));
         }
         if let Some(batch) = step.batch {
@@ -242,10 +280,19 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
         }
         state = match step.wake_at {
             Some(at) => {
-                let timeout = at.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
-                shared.wake.wait_timeout(state, timeout).unwrap_or_else(PoisonError::into_inner).0
+                let timeout = at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(1));
+                shared
+                    .wake
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
             }
-            None => shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+            None => shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
         };
     }
 }
@@ -256,7 +303,10 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
         let rows: usize = batch.iter().map(|e| e.rows).sum();
         let stats = &shared.stats;
         for e in &batch {
-            stats.queue_ns.fetch_add(nanos(started.saturating_duration_since(e.enqueued)), Ordering::Relaxed);
+            stats.queue_ns.fetch_add(
+                nanos(started.saturating_duration_since(e.enqueued)),
+                Ordering::Relaxed,
+            );
         }
         let mut slots = Vec::with_capacity(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
@@ -265,12 +315,20 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
             requests.push(e.payload.request);
         }
         let result = catch_unwind(AssertUnwindSafe(|| execute(instance.as_mut(), &requests)))
-            .unwrap_or_else(|_| Err(Error::internal("the engine panicked while running this batch")));
+            .unwrap_or_else(|_| {
+                Err(Error::internal(
+                    "the engine panicked while running this batch",
+                ))
+            });
         let elapsed = started.elapsed();
         shared.lock().record(rows, elapsed);
-        stats.compute_ns.fetch_add(nanos(elapsed), Ordering::Relaxed);
+        stats
+            .compute_ns
+            .fetch_add(nanos(elapsed), Ordering::Relaxed);
         stats.executions.fetch_add(1, Ordering::Relaxed);
-        stats.inferences.fetch_add(slots.len() as u64, Ordering::Relaxed);
+        stats
+            .inferences
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
         stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         if let Some(counter) = stats.batch_sizes.get(rows) {
             counter.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +349,16 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
             }
         }
     }
+}
+
+fn timed_out(label: &str, waited: Duration) -> Error {
+    Error::new(
+        ErrorKind::DeadlineExceeded,
+        format!(
+            "the request timed out after {} µs in the queue of model {label}",
+            waited.as_micros()
+        ),
+    )
 }
 
 fn nanos(d: Duration) -> u64 {

@@ -10,6 +10,10 @@ use sluice_core::{Error, ErrorKind};
 
 use crate::config::{Batching, Delay, DynamicBatching, SchedulerConfig, TimeoutAction};
 
+/// Words every early (deadline) rejection message carries, so callers can tell it from
+/// a full queue.
+pub const EARLY_REJECTION: &str = "rejected early";
+
 /// What the state needs to know of a queued item.
 pub trait Pending {
     /// True once nobody waits for the answer (the client went away).
@@ -107,19 +111,35 @@ impl<T: Pending> State<T> {
         self.closing
     }
 
-    /// Queues a request of `rows` rows, or says at once why it cannot be.
-    pub fn enqueue(&mut self, payload: T, rows: usize, options: JobOptions, now: Instant) -> Result<u64, (T, Error)> {
+    /// Queues a request of `rows` rows, or says at once why it cannot be. On success,
+    /// returns its sequence number and, when its level rejects on timeout, the instant
+    /// after which it must be answered with a timeout error.
+    pub fn enqueue(
+        &mut self,
+        payload: T,
+        rows: usize,
+        options: JobOptions,
+        now: Instant,
+    ) -> Result<(u64, Option<Instant>), (T, Error)> {
         let levels = self.queues.len();
-        let level = if options.priority == 0 { self.config.default_level } else { options.priority as usize };
+        let level = if options.priority == 0 {
+            self.config.default_level
+        } else {
+            options.priority as usize
+        };
         if level == 0 || level > levels {
-            let e = Error::invalid(format!("priority {} is outside 1..={levels} for model {}", options.priority, self.config.label));
+            let e = Error::invalid(format!(
+                "priority {} is outside 1..={levels} for model {}",
+                options.priority, self.config.label
+            ));
             return Err((payload, e));
         }
         let policy = self.config.levels[level - 1];
         if self.queues[level - 1].len() >= policy.max_queue_size {
             // Requests whose clients left do not hold places.
             let queue = std::mem::take(&mut self.queues[level - 1]);
-            let (gone, kept): (VecDeque<_>, VecDeque<_>) = queue.into_iter().partition(|e| e.payload.is_cancelled());
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) =
+                queue.into_iter().partition(|e| e.payload.is_cancelled());
             self.queues[level - 1] = kept;
             self.swept.extend(gone);
         }
@@ -142,9 +162,9 @@ impl<T: Pending> State<T> {
             if let Some(done) = self.estimated_completion(level, rows, now) {
                 if done > deadline {
                     let e = Error::new(
-                        ErrorKind::DeadlineExceeded,
+                        ErrorKind::ResourceExhausted,
                         format!(
-                            "model {} cannot answer within the request's timeout of {} µs (about {} µs of work is ahead of it); rejected early",
+                            "model {} cannot answer within the request's timeout of {} µs (about {} µs of work is ahead of it); {EARLY_REJECTION}",
                             self.config.label,
                             timeout.unwrap_or_default().as_micros(),
                             (done - now).as_micros()
@@ -157,8 +177,15 @@ impl<T: Pending> State<T> {
         self.arrivals.observe(now, rows);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queues[level - 1].push_back(Entry { seq, rows, enqueued: now, deadline, payload });
-        Ok(seq)
+        self.queues[level - 1].push_back(Entry {
+            seq,
+            rows,
+            enqueued: now,
+            deadline,
+            payload,
+        });
+        let hard = deadline.filter(|_| policy.timeout_action == TimeoutAction::Reject);
+        Ok((seq, hard))
     }
 
     /// Records how long the engine took for a batch of `rows` rows.
@@ -173,7 +200,12 @@ impl<T: Pending> State<T> {
 
     /// Called by a free instance: the batch to run now, if any, and what to answer.
     pub fn next(&mut self, now: Instant) -> Step<T> {
-        let mut step = Step { batch: None, expired: Vec::new(), cancelled: Vec::new(), wake_at: None };
+        let mut step = Step {
+            batch: None,
+            expired: Vec::new(),
+            cancelled: Vec::new(),
+            wake_at: None,
+        };
         self.sweep(now, &mut step);
         let Some((count, rows, oldest, oldest_seq)) = self.candidate() else {
             step.wake_at = self.earliest_deadline();
@@ -183,7 +215,17 @@ impl<T: Pending> State<T> {
             Batching::Off => Some(count),
             Batching::Dynamic(db) => {
                 let db = db.clone();
-                self.decide(&db, Candidate { count, rows, oldest, oldest_seq }, now, &mut step)
+                self.decide(
+                    &db,
+                    Candidate {
+                        count,
+                        rows,
+                        oldest,
+                        oldest_seq,
+                    },
+                    now,
+                    &mut step,
+                )
             }
         };
         if let Some(n) = dispatch {
@@ -195,7 +237,13 @@ impl<T: Pending> State<T> {
     }
 
     fn is_adaptive(&self) -> bool {
-        matches!(&self.config.batching, Batching::Dynamic(DynamicBatching { delay: Delay::Adaptive { .. }, .. }))
+        matches!(
+            &self.config.batching,
+            Batching::Dynamic(DynamicBatching {
+                delay: Delay::Adaptive { .. },
+                ..
+            })
+        )
     }
 
     /// Removes cancelled entries and handles expired ones.
@@ -210,7 +258,10 @@ impl<T: Pending> State<T> {
                 } else if e.deadline.is_some_and(|d| d <= now) {
                     match action {
                         TimeoutAction::Reject => step.expired.push(e),
-                        TimeoutAction::Delay => self.delayed.push_back(Entry { deadline: None, ..e }),
+                        TimeoutAction::Delay => self.delayed.push_back(Entry {
+                            deadline: None,
+                            ..e
+                        }),
                     }
                 } else {
                     kept.push_back(e);
@@ -218,7 +269,10 @@ impl<T: Pending> State<T> {
             }
             *queue = kept;
         }
-        let (gone, kept): (VecDeque<_>, VecDeque<_>) = self.delayed.drain(..).partition(|e| e.payload.is_cancelled());
+        let (gone, kept): (VecDeque<_>, VecDeque<_>) = self
+            .delayed
+            .drain(..)
+            .partition(|e| e.payload.is_cancelled());
         step.cancelled.extend(gone);
         self.delayed = kept;
     }
@@ -253,8 +307,19 @@ impl<T: Pending> State<T> {
         oldest.map(|(t, seq)| (count, rows, t, seq))
     }
 
-    fn decide(&mut self, db: &DynamicBatching, c: Candidate, now: Instant, step: &mut Step<T>) -> Option<usize> {
-        let Candidate { count, rows, oldest, oldest_seq } = c;
+    fn decide(
+        &mut self,
+        db: &DynamicBatching,
+        c: Candidate,
+        now: Instant,
+        step: &mut Step<T>,
+    ) -> Option<usize> {
+        let Candidate {
+            count,
+            rows,
+            oldest,
+            oldest_seq,
+        } = c;
         let full = count < self.len() || rows >= self.config.max_batch_size;
         if full || self.closing {
             return Some(count);
@@ -297,22 +362,34 @@ impl<T: Pending> State<T> {
     }
 
     /// How long to hold a batch of `rows` rows for more, from the learned latency, the
-    /// arrival rate and the queued deadlines.
+    /// arrival rate and the queued deadlines. Holding idles the instance, so it only
+    /// pays when more requests are due soon (at least one per run), the engine runs a
+    /// bigger batch for little more than this one (per the learned latencies), and the
+    /// wait is short next to the run itself; otherwise the batcher is work-conserving:
+    /// under load, batches grow from the requests that queue while the engine runs.
     fn adaptive_delay(&self, rows: usize, max: Duration, now: Instant) -> Duration {
-        let Some(service) = self.latency.estimate(rows) else { return Duration::ZERO };
+        let Some(service) = self.latency.estimate(rows) else {
+            return Duration::ZERO;
+        };
         let rate = self.arrivals.rate(now);
-        let expected = rate * service.as_secs_f64();
-        if expected < 1.0 {
-            // Less than one more request is expected during one run: waiting only adds latency.
+        if rate * service.as_secs_f64() < 1.0 {
             return Duration::ZERO;
         }
-        let missing = self.config.max_batch_size.saturating_sub(rows) as f64;
-        let fill = Duration::from_secs_f64(missing / rate);
-        let mut wait = fill.min(service).min(max);
+        let bigger = (rows * 2).min(self.config.max_batch_size).max(rows + 1);
+        let Some(bigger_service) = self.latency.estimate(bigger) else {
+            return Duration::ZERO;
+        };
+        // Twice the rows must cost well under twice the time, or batching does not pay.
+        let ratio = bigger_service.as_secs_f64() / service.as_secs_f64();
+        if ratio > 0.75 * (bigger as f64 / rows as f64) {
+            return Duration::ZERO;
+        }
+        let fill = Duration::from_secs_f64((bigger - rows) as f64 / rate);
+        let mut wait = fill.min(service / 2).min(max);
         if let Some(deadline) = self.ordered().filter_map(|e| e.deadline).min() {
-            let target = (rows as f64 + rate * wait.as_secs_f64()).ceil() as usize;
-            let run = self.latency.estimate(target.min(self.config.max_batch_size)).unwrap_or(service);
-            let slack = deadline.saturating_duration_since(now).saturating_sub(run);
+            let slack = deadline
+                .saturating_duration_since(now)
+                .saturating_sub(bigger_service);
             wait = wait.min(slack);
         }
         wait
@@ -327,13 +404,21 @@ impl<T: Pending> State<T> {
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
-        self.queues.iter().flatten().filter_map(|e| e.deadline).min()
+        self.queues
+            .iter()
+            .flatten()
+            .filter_map(|e| e.deadline)
+            .min()
     }
 
     /// Removes the first `n` entries in priority, then arrival, order.
     fn take(&mut self, mut n: usize) -> Vec<Entry<T>> {
         let mut out = Vec::with_capacity(n);
-        for queue in self.queues.iter_mut().chain(std::iter::once(&mut self.delayed)) {
+        for queue in self
+            .queues
+            .iter_mut()
+            .chain(std::iter::once(&mut self.delayed))
+        {
             while n > 0 {
                 let Some(e) = queue.pop_front() else { break };
                 out.push(e);
@@ -371,13 +456,21 @@ impl LatencyModel {
     const WEIGHT: f64 = 0.2;
 
     fn new(max_rows: usize) -> Self {
-        LatencyModel { seconds: vec![0.0; max_rows + 1] }
+        LatencyModel {
+            seconds: vec![0.0; max_rows + 1],
+        }
     }
 
     fn observe(&mut self, rows: usize, elapsed: Duration) {
-        let Some(slot) = self.seconds.get_mut(rows) else { return };
+        let Some(slot) = self.seconds.get_mut(rows) else {
+            return;
+        };
         let s = elapsed.as_secs_f64();
-        *slot = if *slot == 0.0 { s } else { *slot * (1.0 - Self::WEIGHT) + s * Self::WEIGHT };
+        *slot = if *slot == 0.0 {
+            s
+        } else {
+            *slot * (1.0 - Self::WEIGHT) + s * Self::WEIGHT
+        };
     }
 
     fn estimate(&self, rows: usize) -> Option<Duration> {
@@ -429,7 +522,9 @@ impl ArrivalRate {
 
     /// Rows per second; it falls as time passes without arrivals.
     fn rate(&self, now: Instant) -> f64 {
-        let (Some(&(first, _)), true) = (self.window.front(), self.window.len() > 1) else { return 0.0 };
+        let (Some(&(first, _)), true) = (self.window.front(), self.window.len() > 1) else {
+            return 0.0;
+        };
         let rows: usize = self.window.iter().skip(1).map(|&(_, r)| r).sum();
         let span = now.saturating_duration_since(first).as_secs_f64().max(1e-6);
         rows as f64 / span

@@ -27,25 +27,45 @@ impl Instance for Doubler {
         }
         std::thread::sleep(self.sleep);
         let x = &inputs[0];
-        let values: Vec<f32> = x.data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let values: Vec<f32> = x
+            .data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         self.runs.lock().unwrap().push(x.rows());
         assert!(!values.iter().any(|v| v.is_nan()), "NaN input");
         if values.iter().any(|v| *v < 0.0) {
             return Err(Error::internal("negative input"));
         }
-        let data: Vec<u8> = values.iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
-        Ok(vec![Tensor::new("y", DataType::F32, x.shape.clone(), Bytes::from(data))?])
+        let data: Vec<u8> = values
+            .iter()
+            .flat_map(|v| (v * 2.0).to_le_bytes())
+            .collect();
+        Ok(vec![Tensor::new(
+            "y",
+            DataType::F32,
+            x.shape.clone(),
+            Bytes::from(data),
+        )?])
     }
 }
 
 fn request(values: &[f32]) -> ValidRequest {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let x = Tensor::new("x", DataType::F32, vec![values.len(), 1], Bytes::from(data)).unwrap();
-    ValidRequest { id: None, inputs: vec![x], outputs: vec![0], rows: values.len() }
+    ValidRequest {
+        id: None,
+        inputs: vec![x],
+        outputs: vec![0],
+        rows: values.len(),
+    }
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
-    t.data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    t.data
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -54,20 +74,32 @@ struct Probe {
     entered: Arc<AtomicU64>,
 }
 
-fn pool_with(config: SchedulerConfig, gates: Vec<Option<std::sync::mpsc::Receiver<()>>>, sleep: Duration) -> (InstancePool, Probe) {
+fn pool_with(
+    config: SchedulerConfig,
+    gates: Vec<Option<std::sync::mpsc::Receiver<()>>>,
+    sleep: Duration,
+) -> (InstancePool, Probe) {
     let probe = Probe::default();
     let instances: Vec<Box<dyn Instance>> = gates
         .into_iter()
         .map(|gate| {
-            Box::new(Doubler { runs: Arc::clone(&probe.runs), entered: Arc::clone(&probe.entered), gate, sleep })
-                as Box<dyn Instance>
+            Box::new(Doubler {
+                runs: Arc::clone(&probe.runs),
+                entered: Arc::clone(&probe.entered),
+                gate,
+                sleep,
+            }) as Box<dyn Instance>
         })
         .collect();
     (InstancePool::start(config, instances).unwrap(), probe)
 }
 
 fn pool(capacity: usize, gate: Option<std::sync::mpsc::Receiver<()>>) -> (InstancePool, Probe) {
-    pool_with(SchedulerConfig::simple("m:1", 8, capacity), vec![gate], Duration::ZERO)
+    pool_with(
+        SchedulerConfig::simple("m:1", 8, capacity),
+        vec![gate],
+        Duration::ZERO,
+    )
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool) {
@@ -76,7 +108,10 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
     }
 }
 
-const NO_OPTIONS: JobOptions = JobOptions { priority: 0, timeout: None };
+const NO_OPTIONS: JobOptions = JobOptions {
+    priority: 0,
+    timeout: None,
+};
 
 #[tokio::test]
 async fn answers_each_request_with_its_outputs() {
@@ -91,7 +126,10 @@ async fn engine_errors_and_panics_become_errors_and_the_pool_keeps_serving() {
     let (pool, _) = pool(4, None);
     let err = pool.infer(request(&[-1.0]), NO_OPTIONS).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
-    let err = pool.infer(request(&[f32::NAN]), NO_OPTIONS).await.unwrap_err();
+    let err = pool
+        .infer(request(&[f32::NAN]), NO_OPTIONS)
+        .await
+        .unwrap_err();
     assert!(err.message().contains("panicked"), "{err}");
     assert!(pool.infer(request(&[3.0]), NO_OPTIONS).await.is_ok());
     assert_eq!(pool.stats().failure.load(Ordering::Relaxed), 2);
@@ -101,7 +139,12 @@ async fn engine_errors_and_panics_become_errors_and_the_pool_keeps_serving() {
 #[test]
 fn execute_splits_a_batch_per_request() {
     let probe = Probe::default();
-    let mut d = Doubler { runs: Arc::clone(&probe.runs), entered: Arc::default(), gate: None, sleep: Duration::ZERO };
+    let mut d = Doubler {
+        runs: Arc::clone(&probe.runs),
+        entered: Arc::default(),
+        gate: None,
+        sleep: Duration::ZERO,
+    };
     let out = execute(&mut d, &[request(&[1.0]), request(&[2.0, 3.0])]).unwrap();
     assert_eq!(*probe.runs.lock().unwrap(), vec![3]);
     assert_eq!(values(&out[0][0]), vec![2.0]);
@@ -133,7 +176,11 @@ async fn a_full_queue_rejects_at_once_and_cancelled_jobs_never_run() {
     assert!(first.await.unwrap().is_ok());
     gate_tx.send(()).unwrap();
     assert!(pool.infer(request(&[4.0]), NO_OPTIONS).await.is_ok());
-    assert_eq!(*probe.runs.lock().unwrap(), vec![1, 1], "the cancelled job must not run");
+    assert_eq!(
+        *probe.runs.lock().unwrap(),
+        vec![1, 1],
+        "the cancelled job must not run"
+    );
     assert_eq!(pool.stats().cancelled.load(Ordering::Relaxed), 1);
     assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
 }
@@ -142,7 +189,11 @@ fn batching(max: usize, delay: Delay, preserve_ordering: bool) -> SchedulerConfi
     SchedulerConfig {
         label: "m:1".into(),
         max_batch_size: max,
-        batching: Batching::Dynamic(DynamicBatching { preferred: vec![], delay, preserve_ordering }),
+        batching: Batching::Dynamic(DynamicBatching {
+            preferred: vec![],
+            delay,
+            preserve_ordering,
+        }),
         levels: vec![LevelPolicy::reject_after(None, 1000)],
         default_level: 1,
     }
@@ -150,7 +201,11 @@ fn batching(max: usize, delay: Delay, preserve_ordering: bool) -> SchedulerConfi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_are_batched_and_get_their_own_rows() {
-    let (pool, probe) = pool_with(batching(16, Delay::Static(Duration::from_millis(20)), false), vec![None], Duration::from_millis(5));
+    let (pool, probe) = pool_with(
+        batching(16, Delay::Static(Duration::from_millis(20)), false),
+        vec![None],
+        Duration::from_millis(5),
+    );
     let pool = Arc::new(pool);
     let tasks: Vec<_> = (0..32)
         .map(|i| {
@@ -170,21 +225,33 @@ async fn concurrent_requests_are_batched_and_get_their_own_rows() {
     let runs = probe.runs.lock().unwrap().clone();
     assert!(runs.len() < 32, "requests were batched: {runs:?}");
     assert!(runs.iter().all(|&r| r <= 16), "no batch over max: {runs:?}");
-    let total: u64 = pool.stats().batch_size_counts().iter().map(|(rows, n)| *rows as u64 * n).sum();
+    let total: u64 = pool
+        .stats()
+        .batch_size_counts()
+        .iter()
+        .map(|(rows, n)| *rows as u64 * n)
+        .sum();
     assert_eq!(total, (0..32).map(|i| (i % 3) + 1).sum::<u64>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_queued_request_times_out_without_running() {
     let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-    let (pool, probe) = pool_with(batching(1, Delay::Static(Duration::ZERO), false), vec![Some(gate_rx)], Duration::ZERO);
+    let (pool, probe) = pool_with(
+        batching(1, Delay::Static(Duration::ZERO), false),
+        vec![Some(gate_rx)],
+        Duration::ZERO,
+    );
     let pool = Arc::new(pool);
     let first = {
         let pool = Arc::clone(&pool);
         tokio::spawn(async move { pool.infer(request(&[1.0]), NO_OPTIONS).await })
     };
     wait_for(|| probe.entered.load(Ordering::SeqCst) == 1).await;
-    let options = JobOptions { priority: 0, timeout: Some(Duration::from_millis(30)) };
+    let options = JobOptions {
+        priority: 0,
+        timeout: Some(Duration::from_millis(30)),
+    };
     let timed = {
         let pool = Arc::clone(&pool);
         tokio::spawn(async move { pool.infer(request(&[2.0]), options).await })
@@ -194,7 +261,11 @@ async fn a_queued_request_times_out_without_running() {
     assert!(first.await.unwrap().is_ok());
     let err = timed.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
-    assert_eq!(*probe.runs.lock().unwrap(), vec![1], "the timed-out request never ran");
+    assert_eq!(
+        *probe.runs.lock().unwrap(),
+        vec![1],
+        "the timed-out request never ran"
+    );
     assert_eq!(pool.stats().timeouts.load(Ordering::Relaxed), 1);
 }
 
@@ -202,7 +273,11 @@ async fn a_queued_request_times_out_without_running() {
 async fn preserve_ordering_answers_in_arrival_order_across_instances() {
     // Two instances; the first batch is held on a gate so the second finishes first.
     let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-    let (pool, probe) = pool_with(batching(1, Delay::Static(Duration::ZERO), true), vec![Some(gate_rx), None], Duration::ZERO);
+    let (pool, probe) = pool_with(
+        batching(1, Delay::Static(Duration::ZERO), true),
+        vec![Some(gate_rx), None],
+        Duration::ZERO,
+    );
     let pool = Arc::new(pool);
     let order = Arc::new(Mutex::new(Vec::new()));
     let spawn = |v: f32| {
@@ -219,7 +294,10 @@ async fn preserve_ordering_answers_in_arrival_order_across_instances() {
     let b = spawn(2.0);
     wait_for(|| probe.runs.lock().unwrap().len() == 1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(order.lock().unwrap().is_empty(), "the second answer waits for the first");
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "the second answer waits for the first"
+    );
     gate_tx.send(()).unwrap();
     assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
     assert_eq!(*order.lock().unwrap(), vec![1.0, 2.0]);
@@ -227,8 +305,15 @@ async fn preserve_ordering_answers_in_arrival_order_across_instances() {
 
 #[tokio::test]
 async fn shutdown_runs_what_is_queued() {
-    let (mut pool, probe) = pool_with(batching(8, Delay::Static(Duration::from_secs(60)), false), vec![None], Duration::ZERO);
-    let pool_ref: &'static InstancePool = Box::leak(Box::new(InstancePool { shared: Arc::clone(&pool.shared), threads: Vec::new() }));
+    let (mut pool, probe) = pool_with(
+        batching(8, Delay::Static(Duration::from_secs(60)), false),
+        vec![None],
+        Duration::ZERO,
+    );
+    let pool_ref: &'static InstancePool = Box::leak(Box::new(InstancePool {
+        shared: Arc::clone(&pool.shared),
+        threads: Vec::new(),
+    }));
     let pending = tokio::spawn(pool_ref.infer(request(&[5.0]), NO_OPTIONS));
     wait_for(|| pool.queue_len() == 1).await;
     tokio::task::spawn_blocking(move || {

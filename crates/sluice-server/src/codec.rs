@@ -7,12 +7,16 @@
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use half::{bf16, f16};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_core::{DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor};
+
+use crate::wire::{
+    check_output_parameters, parse_datatype, parse_shape, reject_shared_memory, ElementWriter,
+};
 
 #[derive(Deserialize)]
 struct WireRequest {
@@ -59,6 +63,22 @@ impl OutputPlan {
     }
 }
 
+fn int_param(params: &Map<String, Value>, key: &str) -> Result<Option<i128>> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| v.as_u64().map(i128::from))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "request: parameter '{key}' must be an integer, got {v}"
+                ))
+            }),
+    }
+}
+
 fn bool_param(params: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>> {
     match params.get(key) {
         None => Ok(None),
@@ -67,15 +87,6 @@ fn bool_param(params: &Map<String, Value>, key: &str, owner: &str) -> Result<Opt
             "{owner}: parameter '{key}' must be a boolean, got {other}"
         ))),
     }
-}
-
-fn reject_shared_memory(params: &Map<String, Value>, owner: &str) -> Result<()> {
-    if params.keys().any(|k| k.starts_with("shared_memory")) {
-        return Err(Error::unsupported(format!(
-            "{owner}: shared-memory tensors are not supported"
-        )));
-    }
-    Ok(())
 }
 
 /// Decodes an infer request body. `header_len` is `Inference-Header-Content-Length`.
@@ -92,12 +103,16 @@ pub fn decode_request(
     }
     let wire: WireRequest = serde_json::from_slice(&body[..header_len])
         .map_err(|e| Error::invalid(format!("malformed request JSON: {e}")))?;
-    reject_shared_memory(&wire.parameters, "request")?;
+    reject_shared_memory(wire.parameters.keys(), "request")?;
     let mut plan = OutputPlan {
         default_binary: bool_param(&wire.parameters, "binary_data_output", "request")?
             .unwrap_or(false),
         binary: HashMap::new(),
     };
+    let (priority, timeout) = crate::wire::scheduling(
+        int_param(&wire.parameters, "priority")?,
+        int_param(&wire.parameters, "timeout")?,
+    )?;
     let mut offset = header_len;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
@@ -112,12 +127,7 @@ pub fn decode_request(
     let mut outputs = Vec::with_capacity(wire.outputs.len());
     for output in wire.outputs {
         let owner = format!("output '{}'", output.name);
-        reject_shared_memory(&output.parameters, &owner)?;
-        if output.parameters.contains_key("classification") {
-            return Err(Error::unsupported(format!(
-                "{owner}: the classification extension is not supported"
-            )));
-        }
+        check_output_parameters(output.parameters.keys(), &owner)?;
         if let Some(b) = bool_param(&output.parameters, "binary_data", &owner)? {
             plan.binary.insert(output.name.clone(), b);
         }
@@ -128,6 +138,8 @@ pub fn decode_request(
             id: wire.id,
             inputs,
             outputs,
+            priority,
+            timeout,
         },
         plan,
     ))
@@ -135,21 +147,9 @@ pub fn decode_request(
 
 fn decode_input(input: WireInput, body: &Bytes, offset: &mut usize) -> Result<Tensor> {
     let owner = format!("input '{}'", input.name);
-    reject_shared_memory(&input.parameters, &owner)?;
-    let datatype = DataType::from_v2_name(&input.datatype)
-        .ok_or_else(|| Error::invalid(format!("{owner}: unknown datatype '{}'", input.datatype)))?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| Error::invalid(format!("{owner}: negative dimension {d} in shape")))
-        })
-        .collect::<Result<Vec<usize>>>()?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::invalid(format!("{owner}: shape {shape:?} is too large")))?;
+    reject_shared_memory(input.parameters.keys(), &owner)?;
+    let datatype = parse_datatype(&owner, &input.datatype)?;
+    let (shape, count) = parse_shape(&owner, &input.shape)?;
     let data = match (input.parameters.get("binary_data_size"), input.data) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(format!(
@@ -187,75 +187,47 @@ fn decode_input(input: WireInput, body: &Bytes, offset: &mut usize) -> Result<Te
 
 /// Flattens JSON `data` (flat or nested) into little-endian bytes, checking the count.
 fn json_to_bytes(owner: &str, datatype: DataType, data: &Value, count: usize) -> Result<Bytes> {
-    let mut out = BytesMut::with_capacity(
-        count
-            .saturating_mul(datatype.size().unwrap_or(8))
-            .min(1 << 26),
-    );
-    let mut seen = 0usize;
+    let mut out = ElementWriter::new(owner, datatype, count);
     let mut stack: Vec<&Value> = vec![data];
     while let Some(v) = stack.pop() {
         if let Value::Array(items) = v {
             stack.extend(items.iter().rev());
             continue;
         }
-        seen += 1;
-        if seen > count {
-            break;
-        }
         push_element(owner, datatype, v, &mut out)?;
     }
-    if seen != count {
-        let shown = if seen > count {
-            format!("more than {count}")
-        } else {
-            seen.to_string()
-        };
-        return Err(Error::invalid(format!(
-            "{owner}: {shown} values given but the shape holds {count}"
-        )));
-    }
-    Ok(out.freeze())
+    out.finish()
 }
 
-fn push_element(owner: &str, datatype: DataType, v: &Value, out: &mut BytesMut) -> Result<()> {
+fn push_element(
+    owner: &str,
+    datatype: DataType,
+    v: &Value,
+    out: &mut ElementWriter<'_>,
+) -> Result<()> {
     let bad = || Error::invalid(format!("{owner}: value {v} is not a valid {datatype}"));
-    macro_rules! int {
-        ($t:ty) => {{
-            let x = if let Some(i) = v.as_i64() {
-                <$t>::try_from(i).map_err(|_| bad())?
-            } else if let Some(u) = v.as_u64() {
-                <$t>::try_from(u).map_err(|_| bad())?
-            } else {
-                return Err(bad());
-            };
-            out.put_slice(&x.to_le_bytes());
-        }};
-    }
-    let float = || v.as_f64().ok_or_else(bad);
     match datatype {
-        DataType::Bool => out.put_u8(u8::from(v.as_bool().ok_or_else(bad)?)),
-        DataType::U8 => int!(u8),
-        DataType::U16 => int!(u16),
-        DataType::U32 => int!(u32),
-        DataType::U64 => int!(u64),
-        DataType::I8 => int!(i8),
-        DataType::I16 => int!(i16),
-        DataType::I32 => int!(i32),
-        DataType::I64 => int!(i64),
-        DataType::F16 => out.put_slice(&f16::from_f64(float()?).to_le_bytes()),
-        DataType::Bf16 => out.put_slice(&bf16::from_f64(float()?).to_le_bytes()),
-        #[allow(clippy::cast_possible_truncation)]
-        DataType::F32 => out.put_f32_le(float()? as f32),
-        DataType::F64 => out.put_f64_le(float()?),
-        DataType::Bytes => {
-            let s = v.as_str().ok_or_else(bad)?;
-            let len = u32::try_from(s.len()).map_err(|_| bad())?;
-            out.put_u32_le(len);
-            out.put_slice(s.as_bytes());
+        DataType::Bool => out.bool(v.as_bool().ok_or_else(bad)?),
+        DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64 => {
+            out.float(v.as_f64().ok_or_else(bad)?)
+        }
+        DataType::Bytes => out.bytes(v.as_str().ok_or_else(bad)?.as_bytes()),
+        DataType::U8
+        | DataType::U16
+        | DataType::U32
+        | DataType::U64
+        | DataType::I8
+        | DataType::I16
+        | DataType::I32
+        | DataType::I64 => {
+            let i = v
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| v.as_u64().map(i128::from))
+                .ok_or_else(bad)?;
+            out.int(i)
         }
     }
-    Ok(())
 }
 
 /// An encoded response: the JSON header and, when some outputs are binary, their bytes.

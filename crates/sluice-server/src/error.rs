@@ -38,14 +38,40 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// The gRPC code of an error kind: the categories of [`status_of`] in gRPC's words.
+/// A message past the size limit is `RESOURCE_EXHAUSTED`, as gRPC itself answers.
+pub fn grpc_code_of(kind: ErrorKind) -> tonic::Code {
+    match kind {
+        ErrorKind::InvalidArgument | ErrorKind::Unsupported => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::ResourceExhausted | ErrorKind::PayloadTooLarge => tonic::Code::ResourceExhausted,
+        ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorKind::Cancelled => tonic::Code::Cancelled,
+        ErrorKind::Internal => tonic::Code::Internal,
+    }
+}
+
+/// Logs an error that leaves for a client, whichever the protocol: server-side
+/// failures (5xx) as warnings, the client's own mistakes at debug level.
+pub(crate) fn log_error(error: &Error) {
+    if status_of(error.kind()).is_server_error() {
+        tracing::warn!(kind = %error.kind(), error = %error, "request failed");
+    } else {
+        tracing::debug!(kind = %error.kind(), error = %error, "request rejected");
+    }
+}
+
+/// An error on its way to a gRPC client: the status of its kind, with its message.
+pub fn grpc_status(error: &Error) -> tonic::Status {
+    log_error(error);
+    tonic::Status::new(grpc_code_of(error.kind()), error.message())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.0.kind());
-        if status.is_server_error() {
-            tracing::warn!(kind = %self.0.kind(), error = %self.0, "request failed");
-        } else {
-            tracing::debug!(kind = %self.0.kind(), error = %self.0, "request rejected");
-        }
+        log_error(&self.0);
         (
             status,
             Json(serde_json::json!({ "error": self.0.message() })),

@@ -1,24 +1,30 @@
-//! Protocol adapters: the KServe v2 / Open Inference Protocol over HTTP (axum),
-//! with Triton's binary-tensor, model-configuration and repository-index extensions.
+//! Protocol adapters: the KServe v2 / Open Inference Protocol over HTTP (axum) and
+//! gRPC (tonic, in [`grpc`]), with Triton's binary-tensor, model-configuration and
+//! repository-index extensions.
 //!
 //! Key decision: this crate is the only one that knows wire shapes. Handlers decode
-//! JSON and binary bodies into `sluice_core` types, hand them to the runtime, and
-//! encode the answer; every error leaves as `{"error": "..."}` with the status its
-//! [`ErrorKind`](sluice_core::ErrorKind) maps to. [`app`] builds the router without
-//! binding a socket, so handler tests drive it with `tower::ServiceExt::oneshot`.
+//! JSON, binary bodies and protobuf messages into `sluice_core` types (through the
+//! rules both protocols share in `wire`), hand them to the runtime, and encode the
+//! answer; every error leaves with the HTTP status ([`status_of`]) or gRPC code
+//! ([`grpc_code_of`]) its [`ErrorKind`](sluice_core::ErrorKind) maps to. [`app`]
+//! builds the router without binding a socket, so handler tests drive it with
+//! `tower::ServiceExt::oneshot`.
 
 mod codec;
 mod error;
+pub mod grpc;
 mod health;
 mod infer;
 mod models;
+mod wire;
 
 use std::net::SocketAddr;
 
 use axum::Router;
 use sluice_runtime::Runtime;
 
-pub use error::ApiError;
+pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
+pub use grpc::{grpc_service, serve_grpc, GrpcConfig, GrpcService};
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone, PartialEq, Eq)]

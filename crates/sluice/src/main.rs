@@ -1,6 +1,7 @@
 //! `sluice`: the command line. It reads flags (each also an environment variable),
 //! turns them into validated configs once, wires the tract backend into the runtime
-//! and serves the KServe v2 protocol until SIGINT or SIGTERM.
+//! and serves the KServe v2 protocol over HTTP and gRPC, from one tokio runtime,
+//! until SIGINT or SIGTERM.
 //!
 //! Key decision: this is the only crate that reads the environment and turns on
 //! engines; everything below receives explicit config structs.
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_runtime::{Runtime, RuntimeConfig};
-use sluice_server::HttpConfig;
+use sluice_server::{GrpcConfig, HttpConfig};
 
 mod engines;
 
@@ -25,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve a model repository over HTTP (KServe v2).
+    /// Serve a model repository over HTTP and gRPC (KServe v2).
     Serve(ServeArgs),
 }
 
@@ -47,6 +48,19 @@ struct ServeArgs {
     /// Largest accepted request body in bytes; larger ones are answered with 413.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+
+    /// Address to listen on for gRPC (default: the HTTP address).
+    #[arg(long, env = "SLUICE_GRPC_ADDRESS")]
+    grpc_address: Option<std::net::IpAddr>,
+
+    /// gRPC port (0 picks a free port; the chosen one is logged).
+    #[arg(long, env = "SLUICE_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+
+    /// Largest gRPC message accepted or sent, in bytes; larger ones are answered
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SLUICE_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    grpc_max_message_bytes: usize,
 
     /// Backend for models that do not name one (`tract` or `onnxruntime`).
     #[arg(long, env = "SLUICE_DEFAULT_BACKEND", default_value = "tract")]
@@ -101,7 +115,8 @@ fn init_logs(args: &ServeArgs) -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -122,6 +137,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.default_max_batch_size >= 0,
         "--default-max-batch-size must be >= 0"
+    );
+    anyhow::ensure!(
+        args.grpc_max_message_bytes > 0,
+        "--grpc-max-message-bytes must be at least 1"
+    );
+    anyhow::ensure!(
+        args.grpc_port == 0
+            || args.grpc_port != args.http_port
+            || args.grpc_address.is_some_and(|a| a != args.http_address),
+        "--grpc-port and --http-port must differ (both are {} on {})",
+        args.http_port,
+        args.http_address
     );
     let config = RuntimeConfig {
         repository: args.model_repository.clone(),
@@ -146,6 +173,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("sluice-io")
         .build()?;
     tokio.block_on(async {
+        let signal = shutdown_signal()?;
+        // gRPC is bound first: the "listening" lines come out gRPC, then HTTP.
+        let grpc_addr = SocketAddr::new(
+            args.grpc_address.unwrap_or(args.http_address),
+            args.grpc_port,
+        );
+        let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {grpc_addr} for gRPC"))?;
+        let local = grpc_listener.local_addr()?;
+        tracing::info!("gRPC server listening on {local}");
         let addr = SocketAddr::new(args.http_address, args.http_port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -158,17 +196,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_body_bytes: args.max_body_bytes,
             },
         );
-        let on_signal = {
-            let runtime = runtime.clone();
+        let grpc = sluice_server::grpc_service(
+            runtime.clone(),
+            GrpcConfig {
+                max_message_bytes: args.grpc_max_message_bytes,
+            },
+        );
+        // One signal stops both servers; each then finishes its in-flight requests.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopping = stopping.clone();
             async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                runtime.begin_shutdown();
+                let _ = stopping.wait_for(|&s| s).await;
             }
         };
-        sluice_server::serve(listener, router, on_signal)
-            .await
-            .context("HTTP server failed")?;
+        {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                signal.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                runtime.begin_shutdown();
+                let _ = stop.send(true);
+            });
+        }
+        let http = async {
+            sluice_server::serve(listener, router, until_stopped())
+                .await
+                .context("HTTP server failed")
+        };
+        let grpc = async {
+            sluice_server::serve_grpc(grpc_listener, grpc, until_stopped())
+                .await
+                .context("gRPC server failed")
+        };
+        tokio::try_join!(http, grpc)?;
         let runtime = runtime.clone();
         tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
         tracing::info!("stopped");
@@ -182,23 +243,26 @@ fn sluice_repository_options(default_max_batch_size: i32) -> sluice_runtime::Rep
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Listens for SIGINT and SIGTERM from the moment it is called (so a signal that
+/// arrives before the servers run is not lost to the default action), and resolves on
+/// the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -1,0 +1,225 @@
+//! The `inference.GRPCInferenceService` RPCs over the runtime.
+
+use prost::Message;
+use sluice_core::{ErrorKind, InferResponse, Result, TensorSpec};
+use sluice_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use sluice_proto::inference::model_metadata_response::TensorMetadata;
+use sluice_proto::inference::repository_index_response::ModelIndex;
+use sluice_proto::inference::{
+    ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
+    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
+    ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse,
+    RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse, RepositoryModelUnloadRequest, RepositoryModelUnloadResponse,
+    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse,
+};
+use sluice_runtime::{ModelState, Runtime};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, parse_version};
+use super::{config, stream, too_large};
+use crate::error::grpc_status;
+
+/// The inference service: the runtime, the message size limit, and whether the
+/// server is shutting down (which ends open streams).
+#[derive(Clone)]
+pub(crate) struct Inference {
+    pub runtime: Runtime,
+    pub max_message_bytes: usize,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+type RpcResult<T> = std::result::Result<Response<T>, Status>;
+
+fn reply<T>(result: Result<T>) -> RpcResult<T> {
+    result.map(Response::new).map_err(|e| grpc_status(&e))
+}
+
+impl Inference {
+    /// Runs one `ModelInferRequest`: names checked first, so an unknown model is
+    /// `NOT_FOUND` whatever its inputs, then decoded and queued.
+    pub(crate) async fn infer(&self, mut request: ModelInferRequest) -> Result<InferResponse> {
+        let version = parse_version(&request.model_version)?;
+        let model = std::mem::take(&mut request.model_name);
+        self.runtime.check_servable(&model, version)?;
+        let request = convert::infer_request(request)?;
+        self.runtime.infer(&model, version, request).await
+    }
+
+    /// Runs a request and encodes its answer, refusing answers past the size limit.
+    pub(crate) async fn infer_encoded(
+        &self,
+        request: ModelInferRequest,
+    ) -> Result<ModelInferResponse> {
+        let response = convert::infer_response(self.infer(request).await?);
+        let len = response.encoded_len();
+        if len > self.max_message_bytes {
+            return Err(too_large("response", len, self.max_message_bytes));
+        }
+        Ok(response)
+    }
+}
+
+fn tensor_metadata(
+    signature: &sluice_core::ModelSignature,
+    specs: &[TensorSpec],
+) -> Vec<TensorMetadata> {
+    specs
+        .iter()
+        .map(|t| TensorMetadata {
+            name: t.name.clone(),
+            datatype: t.datatype.v2_name().to_owned(),
+            shape: signature.full_dims(t),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> RpcResult<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse {
+            live: self.runtime.live(),
+        }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> RpcResult<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.runtime.ready(),
+        }))
+    }
+
+    /// An unknown model is not ready (as Triton answers), rather than an error.
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> RpcResult<ModelReadyResponse> {
+        let request = request.into_inner();
+        reply(parse_version(&request.version).and_then(|version| {
+            let ready = match self.runtime.model_ready(&request.name, version) {
+                Err(e) if e.kind() == ErrorKind::NotFound => false,
+                other => other?,
+            };
+            Ok(ModelReadyResponse { ready })
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> RpcResult<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "sluice".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: crate::health::EXTENSIONS
+                .iter()
+                .map(|&e| e.to_owned())
+                .collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> RpcResult<ModelMetadataResponse> {
+        let request = request.into_inner();
+        reply(parse_version(&request.version).and_then(|version| {
+            let meta = self.runtime.model_metadata(&request.name, version)?;
+            let sig = &meta.signature;
+            Ok(ModelMetadataResponse {
+                inputs: tensor_metadata(sig, &sig.inputs),
+                outputs: tensor_metadata(sig, &sig.outputs),
+                name: meta.name,
+                versions: meta.versions.iter().map(u64::to_string).collect(),
+                platform: meta.platform,
+            })
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> RpcResult<ModelInferResponse> {
+        reply(self.infer_encoded(request.into_inner()).await)
+    }
+
+    type ModelStreamInferStream =
+        ReceiverStream<std::result::Result<ModelStreamInferResponse, Status>>;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> RpcResult<Self::ModelStreamInferStream> {
+        Ok(Response::new(stream::start(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> RpcResult<ModelConfigResponse> {
+        let request = request.into_inner();
+        reply(parse_version(&request.version).and_then(|version| {
+            let config = self.runtime.model_config(&request.name, version)?;
+            Ok(ModelConfigResponse {
+                config: Some(config::model_config(&config)?),
+            })
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        _: Request<ModelStatisticsRequest>,
+    ) -> RpcResult<ModelStatisticsResponse> {
+        Err(Status::unimplemented(
+            "ModelStatistics is not implemented yet: Sluice does not serve the statistics extension",
+        ))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> RpcResult<RepositoryIndexResponse> {
+        let request = request.into_inner();
+        if !request.repository_name.is_empty() {
+            return reply(Err(sluice_core::Error::unsupported(format!(
+                "repository '{}': named repositories are not supported; leave repository_name empty",
+                request.repository_name
+            ))));
+        }
+        let models = self
+            .runtime
+            .index()
+            .into_iter()
+            .filter(|e| !request.ready || e.state == ModelState::Ready)
+            .map(|e| ModelIndex {
+                name: e.name,
+                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: e.state.as_str().to_owned(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> RpcResult<RepositoryModelLoadResponse> {
+        Err(Status::unimplemented(
+            "RepositoryModelLoad is not implemented yet: Sluice loads every model of the repository at start-up",
+        ))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> RpcResult<RepositoryModelUnloadResponse> {
+        Err(Status::unimplemented(
+            "RepositoryModelUnload is not implemented yet: Sluice loads every model of the repository at start-up",
+        ))
+    }
+}

@@ -1,0 +1,321 @@
+//! Handler tests: the router driven with `oneshot`, no socket, over the example
+//! models on the tract backend.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sluice_backend_tract::TractBackend;
+use sluice_runtime::{Backends, RepositoryOptions, Runtime, RuntimeConfig};
+use sluice_server::{app, HttpConfig};
+use tower::ServiceExt;
+
+fn runtime(rel: &str) -> Runtime {
+    let config = RuntimeConfig {
+        repository: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel),
+        repository_options: RepositoryOptions::default(),
+        default_backend: "tract".into(),
+        intra_op_threads: 1,
+        queue_capacity: 16,
+        strict_readiness: true,
+    };
+    Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
+}
+
+fn examples() -> Router {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| runtime("examples/models")).clone();
+    app(rt, HttpConfig::default())
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+async fn call(router: Router, request: Request<Body>) -> Reply {
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(router: Router, uri: &str) -> Reply {
+    call(router, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post(router: Router, uri: &str, body: impl Into<Body>) -> Reply {
+    call(router, Request::post(uri).body(body.into()).unwrap()).await
+}
+
+fn mixed_request() -> Value {
+    json!({"id": "abc", "inputs": [
+        {"name": "a", "shape": [4], "datatype": "INT32", "data": [1, 2, 3, -4]},
+        {"name": "b", "shape": [4], "datatype": "FP64", "data": [[0.5, -1.0], [2.0, 3.0]]},
+        {"name": "h", "shape": [4], "datatype": "FP16", "data": [1.5, 2.0, 3.0, -1.0]}
+    ]})
+}
+
+#[tokio::test]
+async fn health_and_server_metadata() {
+    let r = get(examples(), "/v2/health/live").await;
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::OK, json!({"live": true}))
+    );
+    let r = get(examples(), "/v2/health/ready").await;
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::OK, json!({"ready": true}))
+    );
+    let r = get(examples(), "/v2").await;
+    assert_eq!(r.json()["name"], "sluice");
+    assert_eq!(
+        r.json()["extensions"],
+        json!(["binary_tensor_data", "model_configuration"])
+    );
+}
+
+#[tokio::test]
+async fn model_metadata_with_and_without_version() {
+    let r = get(examples(), "/v2/models/mlp").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"name": "mlp", "versions": ["1"], "platform": "tract_onnx",
+               "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 784]}],
+               "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]})
+    );
+    assert_eq!(
+        get(examples(), "/v2/models/mlp/versions/1").await.json(),
+        r.json()
+    );
+    assert_eq!(
+        get(examples(), "/v2/models/mixed").await.json()["platform"],
+        "onnxruntime_onnx"
+    );
+    assert_eq!(
+        get(examples(), "/v2/models/mlp/ready").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(examples(), "/v2/models/mlp/versions/1/ready")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(examples(), "/v2/models/mlp/versions/2/ready")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = get(examples(), "/v2/models/mlp/versions/2").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"], "model 'mlp' has no version 2");
+    let r = get(examples(), "/v2/models/nope/config").await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("unknown model 'nope'"))
+    );
+    let r = get(examples(), "/v2/models/cnn/config").await;
+    assert_eq!(r.json()["max_batch_size"], 4);
+    assert_eq!(r.json()["backend"], "tract");
+}
+
+#[tokio::test]
+async fn json_infer_nested_and_flat() {
+    let r = post(
+        examples(),
+        "/v2/models/mixed/infer",
+        mixed_request().to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    assert_eq!(v["id"], "abc");
+    assert_eq!(v["model_version"], "1");
+    assert_eq!(
+        v["outputs"][0],
+        json!({"name": "sum", "datatype": "FP64", "shape": [4], "data": [1.5, 1.0, 5.0, -1.0]})
+    );
+    assert_eq!(v["outputs"][1]["data"], json!([2.25, 4.0, 9.0, 1.0]));
+    assert_eq!(v["outputs"][2]["data"], json!([true, false, true, true]));
+
+    let mut subset = mixed_request();
+    subset["outputs"] = json!([{"name": "positive"}, {"name": "sum"}]);
+    let v = post(
+        examples(),
+        "/v2/models/mixed/versions/1/infer",
+        subset.to_string(),
+    )
+    .await
+    .json();
+    let names: Vec<&str> = v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["positive", "sum"]);
+}
+
+#[tokio::test]
+async fn binary_infer_round_trip() {
+    let x: Vec<u8> = (0..784)
+        .flat_map(|i| (i as f32 / 784.0).to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.len()}}],
+                        "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&x);
+    let request = Request::post("/v2/models/mlp/infer")
+        .header("Inference-Header-Content-Length", header.len())
+        .body(Body::from(body))
+        .unwrap();
+    let r = call(examples(), request).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    let n: usize = r.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let meta: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+    assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], 40);
+    let probs: Vec<f32> = r.body[n..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(probs.len(), 10);
+    assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let cases = [
+        ("/v2/models/mixed/infer", "{".to_owned(), StatusCode::BAD_REQUEST, "malformed request JSON"),
+        ("/v2/models/nope/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "unknown model 'nope'"),
+        ("/v2/models/mixed/versions/9/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "no version 9"),
+        ("/v2/models/mixed/infer", json!({"inputs": []}).to_string(), StatusCode::BAD_REQUEST, "missing input 'a'"),
+        (
+            "/v2/models/mlp/infer",
+            json!({"inputs": [{"name": "input", "shape": [33, 784], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "do not match shape",
+        ),
+    ];
+    for (uri, body, status, message) in cases {
+        let r = post(examples(), uri, body).await;
+        assert_eq!(r.status, status, "{uri}: {:?}", r.body);
+        let error = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains(message),
+            "{uri}: expected '{message}' in '{error}'"
+        );
+    }
+    let r = get(examples(), "/no/such/route").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.json()["error"].is_string());
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| runtime("examples/models")).clone();
+    let small = app(rt, HttpConfig { max_body_bytes: 64 });
+    let r = post(
+        small.clone(),
+        "/v2/models/mixed/infer",
+        mixed_request().to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit of 64 bytes"));
+    // A stream without Content-Length is cut at the limit too.
+    let chunks = futures_stream(vec![vec![b' '; 40], vec![b' '; 40]]);
+    let r = call(
+        small,
+        Request::post("/v2/models/mixed/infer")
+            .body(Body::from_stream(chunks))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn futures_stream(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    struct Chunks(std::vec::IntoIter<Vec<u8>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<bytes::Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next().map(|c| Ok(bytes::Bytes::from(c))))
+        }
+    }
+    Chunks(chunks.into_iter())
+}
+
+#[tokio::test]
+async fn broken_repository_reports_reasons_and_serves_the_rest() {
+    let router = app(runtime("tests/data/broken_models"), HttpConfig::default());
+    let r = post(router.clone(), "/v2/repository/index", "").await;
+    let rows = r.json();
+    let state = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state("good")["state"], "READY");
+    assert_eq!(state("corrupt")["state"], "UNAVAILABLE");
+    assert!(state("badconfig")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("config.pbtxt: line"));
+    assert_eq!(
+        get(router.clone(), "/v2/health/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let r = get(router.clone(), "/v2/models/badconfig").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let r = post(
+        router,
+        "/v2/models/good/infer",
+        json!({"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(r.json()["outputs"][0]["data"], json!([1.0, 2.0, 3.0, 4.0]));
+}

@@ -1,0 +1,150 @@
+//! What dynamic batching is worth, and how the scheduler behaves under load, on two
+//! models: a memory-bound wide MLP (1024-4096-4096-16) and the small example CNN,
+//! served by an in-process Sluice over loopback HTTP (binary tensors, batch-1 requests).
+//!
+//! - Ceiling: the raw tract engine's offline throughput at its best batch size (1/8/32).
+//! - Closed loop at 1/8/32/64 clients: throughput as a fraction of the ceiling, p50/p99,
+//!   batching off vs the adaptive batcher.
+//! - Open loop (Poisson, fixed seed) at 50/80/95 % of the ceiling: p99 and goodput
+//!   (answers within the objective) for static delays 0/1/5 ms and the adaptive delay.
+//! - Overload at twice the ceiling: every request answered (200 or 429), memory, recovery.
+//!
+//! Needs `models-extra/batching` (`.venv/bin/python scripts/make_batching_models.py`).
+//! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    closed_loop, ms, open_loop, raw_engine, rss_mib, seconds_from_env, start_server, BinaryRequest,
+};
+
+struct Model {
+    base: &'static str,
+    input: &'static str,
+    dims: &'static [usize],
+}
+
+const MODELS: [Model; 2] = [
+    Model {
+        base: "wide",
+        input: "input",
+        dims: &[1024],
+    },
+    Model {
+        base: "cnn",
+        input: "image",
+        dims: &[3, 32, 32],
+    },
+];
+
+fn main() {
+    let repo = common::workspace_path("models-extra/batching");
+    assert!(
+        repo.is_dir(),
+        "run `.venv/bin/python scripts/make_batching_models.py` first"
+    );
+    let secs = seconds_from_env(3.0);
+    let window = Duration::from_secs_f64(secs);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (base, _runtime) = tokio.block_on(start_server(&repo));
+    println!("Each measurement {secs} s; server and client share this process and its cores.\n");
+    for model in &MODELS {
+        let name = |variant: &str| format!("{}_{variant}", model.base);
+        // Ceiling.
+        let mut best = 0.0f64;
+        let mut batch1 = Duration::ZERO;
+        println!(
+            "## {}\n\n| raw engine batch | items/s | p50 ms |\n|---|---|---|",
+            model.base
+        );
+        for rows in [1, 8, 32] {
+            let mut s = raw_engine(&repo, &name("off"), rows, window);
+            let p50 = s.percentile(0.5);
+            if rows == 1 {
+                batch1 = p50;
+            }
+            best = best.max(s.per_second());
+            println!("| {rows} | {:.0} | {:.2} |", s.per_second(), ms(p50));
+        }
+        println!("\nceiling = {best:.0} items/s\n");
+
+        // Closed loop.
+        println!("| clients | batching | req/s | of ceiling | p50 ms | p99 ms |\n|---|---|---|---|---|---|");
+        for clients in [1, 8, 32, 64] {
+            for variant in ["off", "adaptive"] {
+                let request =
+                    BinaryRequest::new(&base, &name(variant), model.input, model.dims, None);
+                let mut s = tokio.block_on(closed_loop(&request, clients, window));
+                let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+                println!(
+                    "| {clients} | {variant} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    s.per_second(),
+                    s.per_second() / best,
+                    ms(p50),
+                    ms(p99)
+                );
+            }
+        }
+
+        // Open loop.
+        let objective = (batch1 * 20).max(Duration::from_millis(20));
+        println!(
+            "\nOpen loop, objective (and request timeout) {:.1} ms\n\n| load | delay | offered/s | goodput/s | p50 ms | p99 ms | 429 | timeouts |\n|---|---|---|---|---|---|---|---|",
+            ms(objective)
+        );
+        for load in [0.5, 0.8, 0.95] {
+            for variant in ["d0", "d1ms", "d5ms", "adaptive"] {
+                let request = BinaryRequest::new(
+                    &base,
+                    &name(variant),
+                    model.input,
+                    model.dims,
+                    Some(objective),
+                );
+                let rate = best * load;
+                let mut s = tokio.block_on(open_loop(&request, rate, window, objective));
+                let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+                println!(
+                    "| {:.0} % | {variant} | {rate:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                    load * 100.0,
+                    s.goodput(),
+                    ms(p50),
+                    ms(p99),
+                    s.rejected,
+                    s.other
+                );
+            }
+        }
+
+        // Overload, then recovery.
+        let request = BinaryRequest::new(
+            &base,
+            &name("adaptive"),
+            model.input,
+            model.dims,
+            Some(objective),
+        );
+        let before = rss_mib();
+        let s = tokio.block_on(open_loop(&request, best * 2.0, window * 3, objective));
+        let after = rss_mib();
+        let total = s.ok + s.rejected + s.other;
+        let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
+        println!(
+            "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other (timeouts: 504); RSS {before:.0} -> {after:.0} MiB. \
+             Right after, at 30 %: p99 {:.2} ms, {} of {} ok.\n",
+            secs * 3.0,
+            s.ok,
+            s.rejected,
+            s.other,
+            ms(calm.percentile(0.99)),
+            calm.ok,
+            calm.ok + calm.rejected + calm.other
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! Shared pieces of the system benchmarks: an in-process server, a keep-alive HTTP
+//! client sending Triton binary requests, closed- and open-loop load, percentiles.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use sluice_backend_tract::TractBackend;
+use sluice_core::{Backend, DataType, InstanceOptions, LoadSpec, Tensor};
+use sluice_repository::{Repository, RepositoryOptions};
+use sluice_runtime::{Backends, Runtime, RuntimeConfig};
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Latencies and counts of one measurement.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+    pub ok: usize,
+    pub rejected: usize,
+    pub other: usize,
+    /// Successful answers within the latency objective.
+    pub good: usize,
+}
+
+impl Summary {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn goodput(&self) -> f64 {
+        self.good as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn percentile(&mut self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies.sort_unstable();
+        let ix = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[ix]
+    }
+    pub fn mean(&self) -> Duration {
+        self.latencies.iter().sum::<Duration>() / self.latencies.len().max(1) as u32
+    }
+    fn merge(&mut self, other: Summary) {
+        self.latencies.extend(other.latencies);
+        self.ok += other.ok;
+        self.rejected += other.rejected;
+        self.other += other.other;
+        self.good += other.good;
+    }
+}
+
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn seconds_from_env(default: f64) -> f64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn workspace_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+/// Deterministic input bytes for `count` f32 elements.
+pub fn f32_bytes(count: usize) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| ((i % 17) as f32 / 17.0).to_le_bytes())
+        .collect()
+}
+
+/// Loads one model of a repository on tract and times `Instance::run` at `rows`.
+pub fn raw_engine(repo: &Path, model: &str, rows: usize, seconds: Duration) -> Summary {
+    let source = Repository::open(repo, RepositoryOptions::default())
+        .unwrap()
+        .read_model(model)
+        .unwrap();
+    let v = &source.versions[0];
+    let loaded = TractBackend::new()
+        .load(&LoadSpec {
+            model_name: model,
+            version: v.version,
+            model_file: &v.model_file,
+            config: &source.config,
+        })
+        .unwrap();
+    let mut instance = loaded
+        .instance(&InstanceOptions {
+            index: 0,
+            intra_op_threads: 1,
+        })
+        .unwrap();
+    let input = &source.config.input[0];
+    let row: usize = input.dims.iter().map(|&d| d as usize).product();
+    let mut shape = vec![rows];
+    shape.extend(input.dims.iter().map(|&d| d as usize));
+    let data = Bytes::from(f32_bytes(rows * row));
+    let mut s = Summary::default();
+    let started = Instant::now();
+    while started.elapsed() < seconds || s.ok < 3 {
+        let t = Instant::now();
+        let x = Tensor::new(
+            input.name.clone(),
+            DataType::F32,
+            shape.clone(),
+            data.clone(),
+        )
+        .unwrap();
+        std::hint::black_box(instance.run(vec![x]).unwrap());
+        s.latencies.push(t.elapsed());
+        s.ok += rows;
+    }
+    s.elapsed = started.elapsed();
+    s
+}
+
+/// Starts an in-process server on 127.0.0.1:0 over `repo`; returns its base URL.
+pub async fn start_server(repo: &Path) -> (String, Runtime) {
+    let config = RuntimeConfig {
+        repository: repo.to_path_buf(),
+        repository_options: RepositoryOptions::default(),
+        default_backend: "tract".into(),
+        intra_op_threads: 1,
+        queue_capacity: 1024,
+        strict_readiness: true,
+    };
+    let repo = repo.to_path_buf();
+    let runtime = tokio::task::spawn_blocking(move || {
+        Runtime::start(
+            RuntimeConfig {
+                repository: repo,
+                ..config
+            },
+            Backends::new().with(Arc::new(TractBackend::new())),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = sluice_server::app(runtime.clone(), sluice_server::HttpConfig::default());
+    tokio::spawn(sluice_server::serve(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    (format!("http://{addr}"), runtime)
+}
+
+/// A Triton binary infer request for one batch-1 input of `elements` f32 values.
+#[derive(Clone)]
+pub struct BinaryRequest {
+    pub url: String,
+    body: Bytes,
+    header_len: usize,
+}
+
+impl BinaryRequest {
+    pub fn new(
+        base: &str,
+        model: &str,
+        input: &str,
+        dims: &[usize],
+        timeout: Option<Duration>,
+    ) -> Self {
+        let elements: usize = dims.iter().product();
+        let x = f32_bytes(elements);
+        let mut shape = vec![1];
+        shape.extend_from_slice(dims);
+        let mut header = serde_json::json!({
+            "inputs": [{"name": input, "shape": shape, "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.len()}}],
+            "parameters": {"binary_data_output": true}
+        });
+        if let Some(t) = timeout {
+            header["parameters"]["timeout"] = serde_json::json!(t.as_micros() as u64);
+        }
+        let header = header.to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&x);
+        BinaryRequest {
+            url: format!("{base}/v2/models/{model}/infer"),
+            body: Bytes::from(body),
+            header_len: header.len(),
+        }
+    }
+
+    /// Sends once; returns the HTTP status (0 on a transport error).
+    pub async fn send(&self, client: &HttpClient) -> u16 {
+        let request = hyper::Request::post(&self.url)
+            .header("Inference-Header-Content-Length", self.header_len)
+            .body(Full::new(self.body.clone()))
+            .unwrap();
+        match client.request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.into_body().collect().await;
+                status
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+pub fn client(max_idle: usize) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build_http()
+}
+
+fn count(s: &mut Summary, status: u16, latency: Duration, objective: Duration) {
+    match status {
+        200 => {
+            s.ok += 1;
+            s.latencies.push(latency);
+            if latency <= objective {
+                s.good += 1;
+            }
+        }
+        429 => s.rejected += 1,
+        _ => s.other += 1,
+    }
+}
+
+/// `clients` clients, each sending the next request when the last one is answered.
+pub async fn closed_loop(request: &BinaryRequest, clients: usize, seconds: Duration) -> Summary {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let client = client(1);
+                let mut s = Summary::default();
+                while started.elapsed() < seconds {
+                    let t = Instant::now();
+                    let status = request.send(&client).await;
+                    count(&mut s, status, t.elapsed(), Duration::MAX);
+                }
+                s
+            })
+        })
+        .collect();
+    let mut total = Summary::default();
+    for t in tasks {
+        total.merge(t.await.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// Poisson arrivals at `rate` per second (fixed seed). Latency is measured from each
+/// request's scheduled send time, so a stalled server cannot hide its delay.
+pub async fn open_loop(
+    request: &BinaryRequest,
+    rate: f64,
+    seconds: Duration,
+    objective: Duration,
+) -> Summary {
+    let client = client(256);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let started = tokio::time::Instant::now();
+    let mut at = started;
+    let mut tasks = Vec::new();
+    while at.duration_since(started) < seconds {
+        tokio::time::sleep_until(at).await;
+        let request = request.clone();
+        let client = client.clone();
+        let scheduled = at;
+        tasks.push(tokio::spawn(async move {
+            let status = request.send(&client).await;
+            (status, scheduled.elapsed())
+        }));
+        at += Duration::from_secs_f64(-(1.0 - uniform()).ln() / rate);
+    }
+    let mut s = Summary::default();
+    for t in tasks {
+        let (status, latency) = t.await.unwrap();
+        count(&mut s, status, latency, objective);
+    }
+    s.elapsed = seconds;
+    s
+}
+
+/// Resident memory of this process, in MiB.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
