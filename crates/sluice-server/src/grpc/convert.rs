@@ -72,6 +72,23 @@ pub fn infer_request(request: ModelInferRequest) -> Result<InferRequest> {
     })
 }
 
+/// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of
+/// `H M S m u n`); `None` when absent or malformed.
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// An integer request parameter (`int64_param` or `uint64_param`).
 fn int_parameter(
     parameters: &std::collections::HashMap<String, sluice_proto::inference::InferParameter>,
@@ -257,6 +274,27 @@ mod tests {
 
     fn f32_bytes(values: &[f32]) -> Bytes {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn grpc_timeout_header_units() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        for (v, expect) in [
+            ("100m", 100_000),
+            ("2S", 2_000_000),
+            ("5u", 5),
+            ("1M", 60_000_000),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(
+                grpc_timeout(&m),
+                Some(std::time::Duration::from_micros(expect)),
+                "{v}"
+            );
+        }
+        m.insert("grpc-timeout", "12x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
     }
 
     fn raw_request(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> ModelInferRequest {

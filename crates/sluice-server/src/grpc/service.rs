@@ -40,11 +40,20 @@ fn reply<T>(result: Result<T>) -> RpcResult<T> {
 impl Inference {
     /// Runs one `ModelInferRequest`: names checked first, so an unknown model is
     /// `NOT_FOUND` whatever its inputs, then decoded and queued.
-    pub(crate) async fn infer(&self, mut request: ModelInferRequest) -> Result<InferResponse> {
+    /// Runs a request; `deadline` is the call's gRPC deadline, which bounds the
+    /// request's time in the queue like `parameters.timeout` (the shorter wins).
+    pub(crate) async fn infer(
+        &self,
+        mut request: ModelInferRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<InferResponse> {
         let version = parse_version(&request.model_version)?;
         let model = std::mem::take(&mut request.model_name);
         self.runtime.check_servable(&model, version)?;
-        let request = convert::infer_request(request)?;
+        let mut request = convert::infer_request(request)?;
+        if let Some(deadline) = deadline {
+            request.timeout = Some(request.timeout.map_or(deadline, |t| t.min(deadline)));
+        }
         self.runtime.infer(&model, version, request).await
     }
 
@@ -52,8 +61,9 @@ impl Inference {
     pub(crate) async fn infer_encoded(
         &self,
         request: ModelInferRequest,
+        deadline: Option<std::time::Duration>,
     ) -> Result<ModelInferResponse> {
-        let response = convert::infer_response(self.infer(request).await?);
+        let response = convert::infer_response(self.infer(request, deadline).await?);
         let len = response.encoded_len();
         if len > self.max_message_bytes {
             return Err(too_large("response", len, self.max_message_bytes));
@@ -141,7 +151,8 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<ModelInferRequest>,
     ) -> RpcResult<ModelInferResponse> {
-        reply(self.infer_encoded(request.into_inner()).await)
+        let deadline = convert::grpc_timeout(request.metadata());
+        reply(self.infer_encoded(request.into_inner(), deadline).await)
     }
 
     type ModelStreamInferStream =

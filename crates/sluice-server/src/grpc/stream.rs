@@ -89,17 +89,20 @@ async fn answer(service: &Inference, request: ModelInferRequest) -> ModelStreamI
         id: request.id.clone(),
         ..Default::default()
     };
-    let answered = service.infer_encoded(request).await.and_then(|response| {
-        let answer = ModelStreamInferResponse {
-            error_message: String::new(),
-            infer_response: Some(response),
-        };
-        let len = answer.encoded_len();
-        if len > service.max_message_bytes {
-            return Err(too_large("response", len, service.max_message_bytes));
-        }
-        Ok(answer)
-    });
+    let answered = service
+        .infer_encoded(request, None)
+        .await
+        .and_then(|response| {
+            let answer = ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(response),
+            };
+            let len = answer.encoded_len();
+            if len > service.max_message_bytes {
+                return Err(too_large("response", len, service.max_message_bytes));
+            }
+            Ok(answer)
+        });
     match answered {
         Ok(answer) => answer,
         Err(e) => {

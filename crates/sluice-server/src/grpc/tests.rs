@@ -354,7 +354,7 @@ async fn responses_past_the_limit_are_refused() {
         shutdown: tokio::sync::watch::channel(false).1,
     };
     let err = service
-        .infer_encoded(mlp_request("r", 1))
+        .infer_encoded(mlp_request("r", 1), None)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
