@@ -9,11 +9,11 @@
 //! inputs that share a sequence length stay tied) or gets a fresh one; that
 //! symbolic plan serves every shape the config allows. Because tract runs fixed shapes several times faster on
 //! convolutional networks, a batching model also gets one plan per *planned* batch
-//! size ([`BatchPlans`], the `tract_planned_batch_sizes` parameter). Each plan is
-//! timed once at load, and a batch runs as the cheapest sequence of planned runs:
-//! padded up to one larger plan, or cut into several smaller ones when tract's
-//! per-item cost grows with the batch (it does on convnets); the outputs are sliced
-//! and joined back, invisible to the scheduler. tract's errors become `Error`s and its panics are caught at the
+//! size ([`BatchPlans`], the `tract_planned_batch_sizes` parameter). The plans are
+//! timed once at load, and a batch runs as the cheapest sequence of runs: padded up
+//! to one larger plan, cut into several smaller ones when tract's per-item cost
+//! grows with the batch (it does on convnets), or on the symbolic plan; the outputs
+//! are sliced and joined back, invisible to the scheduler. tract's errors become `Error`s and its panics are caught at the
 //! backend boundary: a model that fails to load or a run that fails is an error for
 //! that model or request, never a crash of the server.
 

@@ -2,10 +2,13 @@
 //!
 //! tract optimizes much better when every dimension is known: on convolutional
 //! networks a plan for a fixed batch runs several times faster than the plan with
-//! a symbolic batch `N` (see BENCHMARKS.md, "Engines"). So a batching model gets one
-//! optimized plan per *planned* batch size, and the instance pads a batch up to the
-//! next planned size and slices the outputs back; the symbolic plan stays as the
-//! fallback for sizes with no plan close enough.
+//! a symbolic batch `N` (see BENCHMARKS.md, "Engines"). But a fixed plan for a
+//! large batch is not always cheaper per item than several runs of a small one (on
+//! convnets tract's cost per item *grows* with the batch), and for some models the
+//! symbolic plan is the fastest at large batches. So a batching model gets one
+//! optimized plan per *planned* batch size, every plan is timed once at load, and a
+//! [`Schedule`] says, for every batch size, which runs to make: one padded run,
+//! several smaller runs, or the symbolic plan.
 
 use std::collections::BTreeSet;
 
