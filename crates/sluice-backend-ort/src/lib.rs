@@ -107,7 +107,7 @@ impl OrtBackend {
             Error::unavailable(format!(
                 "ONNX Runtime panicked while loading '{}': {}",
                 library.display(),
-                panic_message(&panic)
+                sluice_core::panic_message(panic.as_ref())
             ))
         })??;
         *slot = Some((library.clone(), opened.clone()));
@@ -197,7 +197,7 @@ impl Backend for OrtBackend {
             catch_unwind(AssertUnwindSafe(|| self.load_model(spec))).map_err(|panic| {
                 Error::internal(format!(
                     "ONNX Runtime panicked while loading: {}",
-                    panic_message(&panic)
+                    sluice_core::panic_message(panic.as_ref())
                 ))
             })??;
         Ok(Arc::new(loaded))
@@ -395,7 +395,7 @@ impl LoadedModel for OrtModel {
                 catch_unwind(AssertUnwindSafe(|| self.session(threads))).map_err(|panic| {
                     Error::internal(format!(
                         "ONNX Runtime panicked while creating a session: {}",
-                        panic_message(&panic)
+                        sluice_core::panic_message(panic.as_ref())
                     ))
                 })??
             }
@@ -457,19 +457,9 @@ impl Instance for OrtInstance {
         result.unwrap_or_else(|panic| {
             Err(Error::internal(format!(
                 "ONNX Runtime panicked while running the model: {}",
-                panic_message(&panic)
+                sluice_core::panic_message(panic.as_ref())
             )))
         })
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
     }
 }
 

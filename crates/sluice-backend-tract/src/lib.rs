@@ -74,7 +74,7 @@ impl Backend for TractBackend {
             catch_unwind(AssertUnwindSafe(|| load(spec, self.config))).map_err(|panic| {
                 Error::internal(format!(
                     "tract panicked while loading: {}",
-                    panic_message(&panic)
+                    sluice_core::panic_message(panic.as_ref())
                 ))
             })??;
         Ok(Arc::new(loaded))
@@ -613,7 +613,7 @@ impl TractInstance {
             ))),
             Err(panic) => Err(Error::internal(format!(
                 "tract panicked while running the model: {}",
-                panic_message(&panic)
+                sluice_core::panic_message(panic.as_ref())
             ))),
         }
     }
@@ -636,15 +636,5 @@ impl Instance for TractInstance {
         }
         let outputs = self.run_on(&inputs, None)?;
         self.convert(&outputs, None)
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
     }
 }

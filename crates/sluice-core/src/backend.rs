@@ -47,3 +47,14 @@ pub trait Instance: Send {
     /// A failure of the engine on this batch is an `Err`, never a panic.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
 }
+
+/// The message of a caught panic, for the error that replaces it at a backend boundary.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
