@@ -131,7 +131,7 @@ impl Repository {
         })?;
         let mut names: Vec<String> = entries
             .filter_map(std::result::Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| e.path().is_dir()) // follows symlinks, as Triton does
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .collect();
@@ -250,7 +250,7 @@ fn version_folders(dir: &Path) -> Result<Vec<u64>> {
         .map_err(|e| Error::invalid(format!("cannot read model folder: {e}")))?;
     Ok(entries
         .filter_map(std::result::Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
         .collect())
 }

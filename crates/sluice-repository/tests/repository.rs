@@ -173,3 +173,18 @@ fn a_missing_repository_is_an_error() {
     let err = Repository::open("/definitely/not/here", RepositoryOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[cfg(unix)]
+#[test]
+fn symlinked_model_and_version_folders_are_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tempfile::tempdir().unwrap();
+    model_dir(real.path(), "m", IO, &[1]);
+    std::os::unix::fs::symlink(real.path().join("m"), tmp.path().join("linked")).unwrap();
+    let repo = Repository::open(tmp.path(), RepositoryOptions::default()).unwrap();
+    assert_eq!(repo.model_names().unwrap(), vec!["linked"]);
+    // The config names no model, so the model takes the (link's) folder name.
+    let model = repo.read_model("linked").unwrap();
+    assert_eq!(model.config.name, "linked");
+    assert_eq!(model.versions.len(), 1);
+}
