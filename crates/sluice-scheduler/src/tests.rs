@@ -17,6 +17,7 @@ struct Doubler {
     entered: Arc<AtomicU64>,
     gate: Option<std::sync::mpsc::Receiver<()>>,
     sleep: Duration,
+    slow_ones: bool,
 }
 
 impl Instance for Doubler {
@@ -25,8 +26,13 @@ impl Instance for Doubler {
         if let Some(gate) = &self.gate {
             let _ = gate.recv();
         }
-        std::thread::sleep(self.sleep);
         let x = &inputs[0];
+        if self.slow_ones && x.data[..4] == 1.0f32.to_le_bytes() {
+            // A run whose first value is 1.0 takes 150 ms (ordering tests).
+            std::thread::sleep(Duration::from_millis(150));
+        } else {
+            std::thread::sleep(self.sleep);
+        }
         let values: Vec<f32> = x
             .data
             .chunks(4)
@@ -88,6 +94,7 @@ fn pool_with(
                 entered: Arc::clone(&probe.entered),
                 gate,
                 sleep,
+                slow_ones: false,
             }) as Box<dyn Instance>
         })
         .collect();
@@ -144,6 +151,7 @@ fn execute_splits_a_batch_per_request() {
         entered: Arc::default(),
         gate: None,
         sleep: Duration::ZERO,
+        slow_ones: false,
     };
     let out = execute(&mut d, &[request(&[1.0]), request(&[2.0, 3.0])]).unwrap();
     assert_eq!(*probe.runs.lock().unwrap(), vec![3]);
@@ -271,36 +279,46 @@ async fn a_queued_request_times_out_without_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preserve_ordering_answers_in_arrival_order_across_instances() {
-    // Two instances; the first batch is held on a gate so the second finishes first.
-    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-    let (pool, probe) = pool_with(
-        batching(1, Delay::Static(Duration::ZERO), true),
-        vec![Some(gate_rx), None],
-        Duration::ZERO,
-    );
-    let pool = Arc::new(pool);
-    let order = Arc::new(Mutex::new(Vec::new()));
+    // Two instances; the first request takes 150 ms, the second none, so the second
+    // finishes first on the other instance and its answer must wait.
+    let probe = Probe::default();
+    let instances: Vec<Box<dyn Instance>> = (0..2)
+        .map(|_| {
+            Box::new(Doubler {
+                runs: Arc::clone(&probe.runs),
+                entered: Arc::clone(&probe.entered),
+                gate: None,
+                sleep: Duration::ZERO,
+                slow_ones: true,
+            }) as Box<dyn Instance>
+        })
+        .collect();
+    let config = batching(1, Delay::Static(Duration::ZERO), true);
+    let pool = Arc::new(InstancePool::start(config, instances).unwrap());
+    let answered = Arc::new(Mutex::new(Vec::new()));
     let spawn = |v: f32| {
         let pool = Arc::clone(&pool);
-        let order = Arc::clone(&order);
+        let answered = Arc::clone(&answered);
         tokio::spawn(async move {
             let out = pool.infer(request(&[v]), NO_OPTIONS).await;
-            order.lock().unwrap().push(v);
+            answered.lock().unwrap().push(v);
             out
         })
     };
     let a = spawn(1.0);
     wait_for(|| probe.entered.load(Ordering::SeqCst) >= 1).await;
     let b = spawn(2.0);
+    // b ran (its run is recorded) while a is still running...
     wait_for(|| probe.runs.lock().unwrap().len() == 1).await;
+    assert_eq!(*probe.runs.lock().unwrap(), vec![1]);
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // ...yet b's answer waits for a's.
     assert!(
-        order.lock().unwrap().is_empty(),
+        answered.lock().unwrap().is_empty(),
         "the second answer waits for the first"
     );
-    gate_tx.send(()).unwrap();
-    assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
-    assert_eq!(*order.lock().unwrap(), vec![1.0, 2.0]);
+    assert_eq!(values(&a.await.unwrap().unwrap()[0]), vec![2.0]);
+    assert_eq!(values(&b.await.unwrap().unwrap()[0]), vec![4.0]);
 }
 
 #[tokio::test]
