@@ -17,6 +17,8 @@ between protocols come from the same conditions.
 
 Every payload is checked once before it is timed (outputs against numpy / ONNX Runtime),
 because h2load counts HTTP statuses only and a gRPC error still arrives as HTTP 200.
+Besides latency and throughput, the server's CPU time per request (from /proc, for the
+measured part of each run) is reported: on shared cores it is steadier than throughput.
 
 Needs the repository's test venv and `h2load` (Debian: `apt-get install nghttp2-client`):
 
@@ -156,7 +158,13 @@ def verify(case, http_url, grpc_url):
     close(np.array(r.json()["outputs"][0]["data"], np.float32), "HTTP JSON")
 
 
-def h2load(args, url, data, headers, clients, h1):
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def h2load(args, url, data, headers, clients, h1, server_pid):
     cmd = ["h2load", "-D", str(args.duration), "--warm-up-time", str(args.warmup), "-c", str(clients),
            "-m", "1", "-t", "1", "-d", str(data)]
     if h1:
@@ -164,15 +172,19 @@ def h2load(args, url, data, headers, clients, h1):
     for h in headers:
         cmd += ["-H", h]
     cmd.append(url)
+    cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # Server CPU over the whole run, warm-up included, scaled to the measured part.
+    cpu = (cpu_seconds(server_pid) - cpu_before) * args.duration / (args.duration + args.warmup)
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
                      out)
     if int(done.group(3)) or int(done.group(4)) or int(done.group(2)) == 0:
         sys.exit(f"h2load saw failures:\n{out}")
     m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    n = int(done.group(2))
     return {"rps": rps, "min": to_ms(m.group(1)), "mean": to_ms(m.group(3)), "sd": to_ms(m.group(4)),
-            "max": to_ms(m.group(2)), "n": int(done.group(2))}
+            "max": to_ms(m.group(2)), "n": n, "cpu_us": cpu / n * 1e6}
 
 
 def median(results):
@@ -225,21 +237,24 @@ def main():
                     runs = {name: [] for name, *_ in protocols}
                     for _ in range(args.rounds):
                         for name, url, data, headers, h1 in protocols:
-                            runs[name].append(h2load(args, url, tmp / data, headers, clients, h1))
+                            runs[name].append(h2load(args, url, tmp / data, headers, clients, h1,
+                                                     server.proc.pid))
                     base = median(runs["gRPC"])
                     for name, *_ in protocols:
                         r = median(runs[name])
                         rows.append((label, name, clients, r, r["rps"] / base["rps"]))
                         each = ", ".join(f"{x['rps']:.0f}" for x in runs[name])
                         print(f"{label:38} {name:12} c={clients}: {r['rps']:9.1f} req/s  "
-                              f"mean {r['mean']:.3f} ms  (rounds: {each})", file=sys.stderr)
+                              f"mean {r['mean']:.3f} ms  server {r['cpu_us']:.0f} us/req  (rounds: {each})",
+                              file=sys.stderr)
         finally:
             server.stop()
-    lines = ["| input | protocol | clients | requests/s | vs gRPC | mean latency (ms) | sd (ms) | min (ms) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| input | protocol | clients | requests/s | vs gRPC | mean latency (ms) | sd (ms) | min (ms) "
+             "| server CPU per request (µs) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, name, clients, r, ratio in rows:
         lines.append(f"| {label} | {name} | {clients} | {r['rps']:.0f} | {ratio:.2f}x | {r['mean']:.3f} | "
-                     f"{r['sd']:.3f} | {r['min']:.3f} |")
+                     f"{r['sd']:.3f} | {r['min']:.3f} | {r['cpu_us']:.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

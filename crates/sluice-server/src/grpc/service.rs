@@ -39,9 +39,9 @@ fn reply<T>(result: Result<T>) -> RpcResult<T> {
 
 impl Inference {
     /// Runs one `ModelInferRequest`: names checked first, so an unknown model is
-    /// `NOT_FOUND` whatever its inputs, then decoded and queued.
-    /// Runs a request; `deadline` is the call's gRPC deadline, which bounds the
-    /// request's time in the queue like `parameters.timeout` (the shorter wins).
+    /// `NOT_FOUND` whatever its inputs, then decoded and queued. `deadline` is the
+    /// call's gRPC deadline, which bounds the request's time in the queue like
+    /// `parameters.timeout` (the shorter wins).
     pub(crate) async fn infer(
         &self,
         mut request: ModelInferRequest,
