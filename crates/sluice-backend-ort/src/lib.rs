@@ -194,12 +194,7 @@ impl Backend for OrtBackend {
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
         let loaded =
-            catch_unwind(AssertUnwindSafe(|| self.load_model(spec))).map_err(|panic| {
-                Error::internal(format!(
-                    "ONNX Runtime panicked while loading: {}",
-                    sluice_core::panic_message(panic.as_ref())
-                ))
-            })??;
+            sluice_core::catch_panics("ONNX Runtime", "loading", || self.load_model(spec))?;
         Ok(Arc::new(loaded))
     }
 }

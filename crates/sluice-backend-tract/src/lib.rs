@@ -70,13 +70,7 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
-        let loaded =
-            catch_unwind(AssertUnwindSafe(|| load(spec, self.config))).map_err(|panic| {
-                Error::internal(format!(
-                    "tract panicked while loading: {}",
-                    sluice_core::panic_message(panic.as_ref())
-                ))
-            })??;
+        let loaded = sluice_core::catch_panics("tract", "loading", || load(spec, self.config))?;
         Ok(Arc::new(loaded))
     }
 }

@@ -58,3 +58,14 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "unknown panic".to_owned()
     }
 }
+
+/// Runs `f`, turning a panic inside it into an internal error
+/// ("{engine} panicked while {action}: ..."), for use at a backend boundary.
+pub fn catch_panics<T>(engine: &str, action: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(crate::Error::internal(format!(
+            "{engine} panicked while {action}: {}",
+            panic_message(panic.as_ref())
+        )))
+    })
+}

@@ -16,7 +16,9 @@ mod request;
 mod signature;
 mod tensor;
 
-pub use backend::{panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel};
+pub use backend::{
+    catch_panics, panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel,
+};
 pub use config::{
     DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, TensorConfig,
     VersionPolicy,

@@ -363,9 +363,10 @@ impl<T: Pending> State<T> {
 
     /// How long to hold a batch of `rows` rows for more, from the learned latency, the
     /// arrival rate and the queued deadlines. Holding idles the instance, so it only
-    /// pays when more requests are due soon (at least one per run), the engine runs a
-    /// bigger batch for little more than this one (per the learned latencies), and the
-    /// wait is short next to the run itself; otherwise the batcher is work-conserving:
+    /// pays when more requests are due soon (at least one per run), the load is under
+    /// half the engine's best throughput, the engine runs a bigger batch for little more
+    /// than this one (per the learned latencies), and the wait is short next to the run
+    /// itself; otherwise the batcher is work-conserving:
     /// under load, batches grow from the requests that queue while the engine runs.
     fn adaptive_delay(&self, rows: usize, max: Duration, now: Instant) -> Duration {
         let Some(service) = self.latency.estimate(rows) else {
@@ -373,6 +374,12 @@ impl<T: Pending> State<T> {
         };
         let rate = self.arrivals.rate(now);
         if rate * service.as_secs_f64() < 1.0 {
+            return Duration::ZERO;
+        }
+        // Past half the engine's best throughput, every idle moment is capacity lost:
+        // batches grow from the backlog anyway.
+        let capacity = self.latency.best_throughput().unwrap_or(f64::INFINITY) * self.instances as f64;
+        if rate > 0.5 * capacity {
             return Duration::ZERO;
         }
         let bigger = (rows * 2).min(self.config.max_batch_size).max(rows + 1);

@@ -268,23 +268,21 @@ fn adaptive_waits_only_when_load_makes_it_pay() {
     push(&mut s, "b", 1, t0 + ms(10));
     push(&mut s, "c", 1, t0 + ms(20));
     assert_eq!(names(&s.next(t0 + ms(20)).batch), ["b", "c"]);
-    // Dense arrivals (one per 100 µs): hold the batch, at most one service time.
+    // Dense arrivals (one per 1.5 ms: a third of the engine's best 2000 rows/s, and
+    // more than one per run): a fresh request is held for company, at most half a run.
     let mut t = t0 + ms(30);
-    for n in ["d", "e", "f", "g", "h", "i", "j", "k", "l", "m"] {
-        t += us(100);
+    for n in ["d", "e", "f", "g", "h", "i", "j", "k"] {
+        t += us(1500);
         push(&mut s, n, 1, t);
     }
-    let mut s2 = s; // all 10 queued, 8 fit: full batch goes at once
-    assert_eq!(names(&s2.next(t).batch).len(), 8);
-    let step = s2.next(t);
-    assert!(step.batch.is_none(), "2 rows left, more are expected soon");
+    assert_eq!(names(&s.next(t).batch).len(), 8, "a full batch goes at once");
+    t += us(100);
+    push(&mut s, "l", 1, t);
+    let step = s.next(t);
+    assert!(step.batch.is_none(), "one row queued, more are expected soon");
     let wake = step.wake_at.expect("a wake-up time");
-    assert!(
-        wake > t && wake <= t + ms(2),
-        "waits less than half a run: {:?}",
-        wake - t
-    );
-    assert_eq!(s2.next(wake).batch.map(|b| b.len()), Some(2));
+    assert!(wake > t && wake <= t + ms(2), "waits at most half a run: {:?}", wake - t);
+    assert_eq!(names(&s.next(wake).batch), ["l"]);
 }
 
 #[test]
@@ -354,6 +352,20 @@ fn latency_model_interpolates() {
     assert_eq!(m.estimate(1), Some(ms(2)));
     assert_eq!(m.estimate(8), Some(ms(8)));
     assert!((m.best_throughput().unwrap() - 1000.0).abs() < 1e-6);
+}
+
+#[test]
+fn adaptive_never_waits_near_capacity() {
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(8, &[], Delay::Adaptive { max: ms(5) }), 1);
+    s.record(1, ms(2));
+    s.record(8, ms(4)); // best: 2000 rows/s
+    let mut t = t0;
+    for n in ["a", "b", "c"] {
+        t += us(100); // 10 000 rows/s offered
+        push(&mut s, n, 1, t);
+    }
+    assert_eq!(names(&s.next(t).batch), ["a", "b", "c"], "overloaded: dispatch at once");
 }
 
 #[test]

@@ -11,6 +11,9 @@
 //!
 //! Needs `models-extra/batching` (`.venv/bin/python scripts/make_batching_models.py`).
 //! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3).
+//! With `BENCH_SERVER_CPUS=0` the server is a separate `sluice serve` pinned to CPU 0
+//! (`taskset`); run the benchmark itself pinned elsewhere, e.g.
+//! `BENCH_SERVER_CPUS=0 taskset -c 1 cargo bench -p sluice --bench batching`.
 
 mod common;
 
@@ -52,8 +55,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (base, _runtime) = tokio.block_on(start_server(&repo));
-    println!("Each measurement {secs} s; server and client share this process and its cores.\n");
+    let server_cpus = std::env::var("BENCH_SERVER_CPUS").ok();
+    let (base, _server, _runtime) = match &server_cpus {
+        Some(cpus) => {
+            let (base, process) = common::spawn_server(&repo, cpus);
+            println!("Each measurement {secs} s; `sluice serve` pinned to CPU {cpus}, the load generator elsewhere.\n");
+            (base, Some(process), None)
+        }
+        None => {
+            let (base, runtime) = tokio.block_on(start_server(&repo));
+            println!(
+                "Each measurement {secs} s; server and client share this process and its cores.\n"
+            );
+            (base, None, Some(runtime))
+        }
+    };
     for model in &MODELS {
         let name = |variant: &str| format!("{}_{variant}", model.base);
         // Ceiling.
@@ -130,9 +146,10 @@ fn main() {
             model.dims,
             Some(objective),
         );
-        let before = rss_mib();
+        let server_pid = _server.as_ref().map(common::ServerProcess::pid);
+        let before = rss_mib(server_pid);
         let s = tokio.block_on(open_loop(&request, best * 2.0, window * 3, objective));
-        let after = rss_mib();
+        let after = rss_mib(server_pid);
         let total = s.ok + s.rejected + s.other;
         let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
         println!(

@@ -303,12 +303,78 @@ pub async fn open_loop(
     s
 }
 
-/// Resident memory of this process, in MiB.
-pub fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// Resident memory of a process (this one when `None`), in MiB.
+pub fn rss_mib(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_owned(),
+        |p| format!("/proc/{p}/status"),
+    );
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A `sluice serve` child process (killed on drop).
+pub struct ServerProcess {
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// The server's process id (under `taskset`, which execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real `sluice serve` on `repo`, pinned to `cpus` with `taskset` (e.g. "0"),
+/// so the load generator (this process, pinned elsewhere) does not share its cores.
+/// Returns the base URL.
+pub fn spawn_server(repo: &Path, cpus: &str) -> (String, ServerProcess) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("taskset")
+        .args([
+            "-c",
+            cpus,
+            env!("CARGO_BIN_EXE_sluice"),
+            "serve",
+            "--model-repository",
+        ])
+        .arg(repo)
+        .args([
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--ort-library",
+            "off",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("taskset and the sluice binary");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("sluice exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("HTTP server listening on ").nth(1) {
+            break rest.rsplit(':').next().unwrap().trim().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (format!("http://127.0.0.1:{port}"), ServerProcess { child })
 }
