@@ -378,7 +378,8 @@ impl<T: Pending> State<T> {
         }
         // Past half the engine's best throughput, every idle moment is capacity lost:
         // batches grow from the backlog anyway.
-        let capacity = self.latency.best_throughput().unwrap_or(f64::INFINITY) * self.instances as f64;
+        let capacity =
+            self.latency.best_throughput().unwrap_or(f64::INFINITY) * self.instances as f64;
         if rate > 0.5 * capacity {
             return Duration::ZERO;
         }

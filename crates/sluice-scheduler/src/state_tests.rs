@@ -275,13 +275,24 @@ fn adaptive_waits_only_when_load_makes_it_pay() {
         t += us(1500);
         push(&mut s, n, 1, t);
     }
-    assert_eq!(names(&s.next(t).batch).len(), 8, "a full batch goes at once");
+    assert_eq!(
+        names(&s.next(t).batch).len(),
+        8,
+        "a full batch goes at once"
+    );
     t += us(100);
     push(&mut s, "l", 1, t);
     let step = s.next(t);
-    assert!(step.batch.is_none(), "one row queued, more are expected soon");
+    assert!(
+        step.batch.is_none(),
+        "one row queued, more are expected soon"
+    );
     let wake = step.wake_at.expect("a wake-up time");
-    assert!(wake > t && wake <= t + ms(2), "waits at most half a run: {:?}", wake - t);
+    assert!(
+        wake > t && wake <= t + ms(2),
+        "waits at most half a run: {:?}",
+        wake - t
+    );
     assert_eq!(names(&s.next(wake).batch), ["l"]);
 }
 
@@ -365,7 +376,11 @@ fn adaptive_never_waits_near_capacity() {
         t += us(100); // 10 000 rows/s offered
         push(&mut s, n, 1, t);
     }
-    assert_eq!(names(&s.next(t).batch), ["a", "b", "c"], "overloaded: dispatch at once");
+    assert_eq!(
+        names(&s.next(t).batch),
+        ["a", "b", "c"],
+        "overloaded: dispatch at once"
+    );
 }
 
 #[test]
