@@ -97,3 +97,43 @@ def test_queue_timeout_priority_and_bound(tmp_path):
         assert [results[k].status_code for k in ("first", "q0", "q1")] == [200, 200, 200]
     finally:
         assert s.stop() == 0
+
+
+def test_a_request_whose_client_disconnects_never_runs(tmp_path):
+    """Three requests to a one-instance slow model: the middle one's client hangs up while
+    it is queued. The third finishes after about two runs (the middle one was dropped),
+    not three. With the connection kept open the same timeline takes three runs."""
+    import json
+    import socket
+    import time
+
+    size = make_slow_model(tmp_path, steps=32)
+    s = Server(tmp_path)
+    try:
+        x = np.ones((1, size), dtype=np.float32)
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, size], "datatype": "FP32",
+                                       "data": x.flatten().tolist()}]}).encode()
+
+        def post():
+            r = requests.post(f"{s.base}/v2/models/slow/infer", data=body, timeout=60)
+            assert r.status_code == 200, r.text[:200]
+
+        t = time.monotonic()
+        post()
+        one = time.monotonic() - t
+        t0 = time.monotonic()
+        first = threading.Thread(target=post)
+        first.start()
+        time.sleep(one * 0.1)
+        sock = socket.create_connection(("127.0.0.1", s.http_port))
+        sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: sluice\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(one * 0.1)
+        sock.close()  # the client goes away while its request is queued
+        time.sleep(one * 0.1)
+        post()
+        runs = (time.monotonic() - t0) / one
+        first.join(30)
+        assert runs < 2.6, f"the third request finished after {runs:.2f} runs: the abandoned one ran"
+    finally:
+        assert s.stop() == 0
