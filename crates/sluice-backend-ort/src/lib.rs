@@ -203,15 +203,7 @@ impl OrtBackend {
     fn load_model(&self, spec: &LoadSpec<'_>) -> Result<OrtModel> {
         let config = spec.config;
         let path = spec.model_file;
-        if !path.is_file() {
-            return Err(Error::invalid(format!(
-                "model file '{}/{}' does not exist",
-                spec.version,
-                path.file_name()
-                    .map(|f| f.to_string_lossy())
-                    .unwrap_or_default()
-            )));
-        }
+        spec.check_file_exists()?;
         for (kind, t) in config
             .input
             .iter()

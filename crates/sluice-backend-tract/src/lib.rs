@@ -94,15 +94,7 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
     let config = spec.config;
     let sizes = plans::planned_sizes(backend.batch_plans, config)?;
     let path = spec.model_file;
-    if !path.is_file() {
-        return Err(Error::invalid(format!(
-            "model file '{}/{}' does not exist",
-            spec.version,
-            path.file_name()
-                .map(|f| f.to_string_lossy())
-                .unwrap_or_default()
-        )));
-    }
+    spec.check_file_exists()?;
     let mut model = tract_onnx::onnx()
         .model_for_path(path)
         .map_err(tract_err("tract cannot read the ONNX file"))?;

@@ -23,6 +23,25 @@ pub struct LoadSpec<'a> {
     pub config: &'a ModelConfig,
 }
 
+impl LoadSpec<'_> {
+    /// An error naming `<version>/<file>` when the model file is missing, so every
+    /// backend reports it the same way.
+    pub fn check_file_exists(&self) -> Result<()> {
+        if self.model_file.is_file() {
+            return Ok(());
+        }
+        let file = self
+            .model_file
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default();
+        Err(crate::Error::invalid(format!(
+            "model file '{}/{file}' does not exist",
+            self.version
+        )))
+    }
+}
+
 /// A prepared model. Instances share whatever the engine allows them to (weights,
 /// optimized plans); each instance owns its mutable run state.
 pub trait LoadedModel: Send + Sync {
