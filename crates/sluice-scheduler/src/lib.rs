@@ -194,11 +194,12 @@ impl InstancePool {
             }
             match state.enqueue(Job { request, reply }, rows, options, enqueued) {
                 Ok((_, deadline)) => deadline,
-                Err((_, error)) => {
-                    let counter = if error.message().contains(state::EARLY_REJECTION) {
-                        &self.shared.stats.rejected_deadline
-                    } else {
-                        &self.shared.stats.rejected
+                Err((_, error, reason)) => {
+                    let counter = match reason {
+                        state::Rejection::Deadline => &self.shared.stats.rejected_deadline,
+                        state::Rejection::Invalid | state::Rejection::QueueFull => {
+                            &self.shared.stats.rejected
+                        }
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Err(error);

@@ -10,9 +10,16 @@ use sluice_core::{Error, ErrorKind};
 
 use crate::config::{Batching, Delay, DynamicBatching, SchedulerConfig, TimeoutAction};
 
-/// Words every early (deadline) rejection message carries, so callers can tell it from
-/// a full queue.
-pub const EARLY_REJECTION: &str = "rejected early";
+/// Why `enqueue` refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request asks for something the model does not have (a priority level).
+    Invalid,
+    /// Its priority level's queue is full.
+    QueueFull,
+    /// Its timeout cannot be met given the work ahead of it (adaptive mode).
+    Deadline,
+}
 
 /// What the state needs to know of a queued item.
 pub trait Pending {
@@ -120,7 +127,7 @@ impl<T: Pending> State<T> {
         rows: usize,
         options: JobOptions,
         now: Instant,
-    ) -> Result<(u64, Option<Instant>), (T, Error)> {
+    ) -> Result<(u64, Option<Instant>), (T, Error, Rejection)> {
         let levels = self.queues.len();
         let level = if options.priority == 0 {
             self.config.default_level
@@ -132,7 +139,7 @@ impl<T: Pending> State<T> {
                 "priority {} is outside 1..={levels} for model {}",
                 options.priority, self.config.label
             ));
-            return Err((payload, e));
+            return Err((payload, e, Rejection::Invalid));
         }
         let policy = self.config.levels[level - 1];
         if self.queues[level - 1].len() >= policy.max_queue_size {
@@ -151,7 +158,7 @@ impl<T: Pending> State<T> {
                     self.config.label, policy.max_queue_size
                 ),
             );
-            return Err((payload, e));
+            return Err((payload, e, Rejection::QueueFull));
         }
         let timeout = match options.timeout {
             Some(t) if policy.allow_timeout_override || policy.default_timeout.is_none() => Some(t),
@@ -164,13 +171,13 @@ impl<T: Pending> State<T> {
                     let e = Error::new(
                         ErrorKind::ResourceExhausted,
                         format!(
-                            "model {} cannot answer within the request's timeout of {} µs (about {} µs of work is ahead of it); {EARLY_REJECTION}",
+                            "model {} cannot answer within the request's timeout of {} µs (about {} µs of work is ahead of it); rejected early",
                             self.config.label,
                             timeout.unwrap_or_default().as_micros(),
                             (done - now).as_micros()
                         ),
                     );
-                    return Err((payload, e));
+                    return Err((payload, e, Rejection::Deadline));
                 }
             }
         }

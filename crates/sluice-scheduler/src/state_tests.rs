@@ -146,7 +146,8 @@ fn priorities_are_served_in_order() {
     s.enqueue(Item::new("high"), 1, opts(1), t0).unwrap();
     assert_eq!(names(&s.next(t0).batch), ["high", "default"]);
     assert_eq!(names(&s.next(t0).batch), ["low"]);
-    let (_, err) = s.enqueue(Item::new("bad"), 1, opts(4), t0).unwrap_err();
+    let (_, err, reason) = s.enqueue(Item::new("bad"), 1, opts(4), t0).unwrap_err();
+    assert_eq!(reason, Rejection::Invalid);
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
@@ -215,9 +216,10 @@ fn the_queue_bound_rejects_at_once() {
     let mut s = State::new(SchedulerConfig::simple("m:1", 0, 2), 1);
     push(&mut s, "a", 1, t0);
     push(&mut s, "b", 1, t0);
-    let (item, err) = s
+    let (item, err, reason) = s
         .enqueue(Item::new("c"), 1, JobOptions::default(), t0)
         .unwrap_err();
+    assert_eq!(reason, Rejection::QueueFull);
     assert_eq!(item.0, "c");
     assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
     assert!(err.message().contains("full"), "{err}");
@@ -334,7 +336,7 @@ fn adaptive_wait_respects_deadlines_and_rejects_hopeless_requests() {
         s.enqueue(Item::new("x"), 8, JobOptions::default(), t0)
             .unwrap();
     }
-    let (_, err) = s
+    let (_, err, reason) = s
         .enqueue(
             Item::new("late"),
             1,
@@ -345,6 +347,7 @@ fn adaptive_wait_respects_deadlines_and_rejects_hopeless_requests() {
             t0,
         )
         .unwrap_err();
+    assert_eq!(reason, Rejection::Deadline);
     assert_eq!(
         err.kind(),
         ErrorKind::ResourceExhausted,
