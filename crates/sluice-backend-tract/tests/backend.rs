@@ -23,12 +23,7 @@ fn repo(rel: &str) -> Repository {
 fn load(rel: &str, name: &str) -> sluice_core::Result<std::sync::Arc<dyn LoadedModel>> {
     let source = repo(rel).read_model(name)?;
     let v = &source.versions[0];
-    TractBackend::new().load(&LoadSpec {
-        model_name: name,
-        version: v.version,
-        model_file: &v.model_file,
-        config: &source.config,
-    })
+    TractBackend::new().load(&source.load_spec(v))
 }
 
 fn f32s(name: &str, shape: Vec<usize>, values: impl IntoIterator<Item = f32>) -> Tensor {
@@ -98,14 +93,7 @@ fn planned_and_symbolic_plans_agree_row_for_row() {
         let planned = load("examples/models", model).unwrap();
         let source = repo("examples/models").read_model(model).unwrap();
         let v = &source.versions[0];
-        let plain = symbolic
-            .load(&LoadSpec {
-                model_name: model,
-                version: v.version,
-                model_file: &v.model_file,
-                config: &source.config,
-            })
-            .unwrap();
+        let plain = symbolic.load(&source.load_spec(v)).unwrap();
         let (mut a, mut b) = (
             planned.instance(&opts(1)).unwrap(),
             plain.instance(&opts(1)).unwrap(),

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_backend_tract::{BatchPlans, TractBackend, TractConfig};
-use sluice_core::{Backend, DataType, InstanceOptions, LoadSpec, Tensor, TensorConfig};
+use sluice_core::{Backend, DataType, InstanceOptions, Tensor, TensorConfig};
 use sluice_repository::{Repository, RepositoryOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,12 +81,7 @@ fn main() -> anyhow::Result<()> {
     let version = source.versions.last().context("no version")?;
     let started = Instant::now();
     let loaded = backend
-        .load(&LoadSpec {
-            model_name: &args.model,
-            version: version.version,
-            model_file: &version.model_file,
-            config: &source.config,
-        })
+        .load(&source.load_spec(version))
         .map_err(anyhow::Error::msg)?;
     let load_s = started.elapsed().as_secs_f64();
     let max = usize::try_from(source.config.max_batch_size).unwrap_or(0);

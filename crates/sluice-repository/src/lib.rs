@@ -17,7 +17,7 @@ pub mod pbtxt;
 
 use std::path::{Path, PathBuf};
 
-use sluice_core::{Error, ModelConfig, Result, TensorConfig};
+use sluice_core::{Error, LoadSpec, ModelConfig, Result, TensorConfig};
 
 pub use onnx::{signature as onnx_signature, OnnxSignature, OnnxTensor};
 
@@ -88,6 +88,18 @@ pub struct ModelSource {
     pub origin: ConfigOrigin,
     /// Selected versions, ascending.
     pub versions: Vec<ModelVersion>,
+}
+
+impl ModelSource {
+    /// What a backend needs to load `version` of this model with its config as read.
+    pub fn load_spec<'a>(&'a self, version: &'a ModelVersion) -> LoadSpec<'a> {
+        LoadSpec {
+            model_name: &self.name,
+            version: version.version,
+            model_file: &version.model_file,
+            config: &self.config,
+        }
+    }
 }
 
 /// One version folder.

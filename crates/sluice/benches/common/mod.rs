@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use sluice_backend_tract::TractBackend;
-use sluice_core::{Backend, DataType, InstanceOptions, LoadSpec, Tensor};
+use sluice_core::{Backend, DataType, InstanceOptions, Tensor};
 use sluice_repository::{Repository, RepositoryOptions};
 use sluice_runtime::{Backends, Runtime, RuntimeConfig};
 
@@ -91,14 +91,7 @@ pub fn raw_engine(repo: &Path, model: &str, rows: usize, seconds: Duration) -> S
         .read_model(model)
         .unwrap();
     let v = &source.versions[0];
-    let loaded = TractBackend::new()
-        .load(&LoadSpec {
-            model_name: model,
-            version: v.version,
-            model_file: &v.model_file,
-            config: &source.config,
-        })
-        .unwrap();
+    let loaded = TractBackend::new().load(&source.load_spec(v)).unwrap();
     let mut instance = loaded
         .instance(&InstanceOptions {
             index: 0,
