@@ -74,7 +74,7 @@ class Server:
     def __init__(self, repository):
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--model-repository", str(repository), "--http-address", "127.0.0.1",
-             "--http-port", "0", "--grpc-port", "0", "--log", "info"],
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log", "info"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.ports = {}
         seen = threading.Event()

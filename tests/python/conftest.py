@@ -2,7 +2,8 @@
 
 The binary is `target/release/sluice` (built by scripts/test.sh); set SLUICE_BIN to
 use another. Servers bind port 0; the chosen ports are read from the log lines
-"gRPC server listening on ADDR" and "HTTP server listening on ADDR".
+"gRPC server listening on ADDR", "metrics server listening on ADDR" and
+"HTTP server listening on ADDR" (always the last of them).
 """
 
 import os
@@ -20,7 +21,7 @@ BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
 EXAMPLES = ROOT / "examples" / "models"
 BROKEN = ROOT / "tests" / "data" / "broken_models"
 
-LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
+LISTEN = re.compile(r"(HTTP|gRPC|metrics) server listening on [^:\s]+:(\d+)")
 
 
 class Server:
@@ -34,6 +35,8 @@ class Server:
             grpc = _supports_grpc()
         if grpc:
             args += ["--grpc-port", "0"]
+        if "--allow-metrics" not in extra_args:
+            args += ["--metrics-port", "0"]
         args += list(extra_args)
         self.lines = []
         self.ports = {}
@@ -47,6 +50,7 @@ class Server:
             raise RuntimeError("sluice exited:\n" + "\n".join(self.lines))
         self.http_port = self.ports["HTTP"]
         self.grpc_port = self.ports.get("gRPC")
+        self.metrics_port = self.ports.get("metrics")
         self.http_url = f"127.0.0.1:{self.http_port}"
         self.base = f"http://{self.http_url}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None

@@ -151,9 +151,8 @@ def test_repository_index(client):
     assert all(m.state == "READY" and m.version == "1" for m in index)
 
 
-def test_statistics_and_load_unload_are_unimplemented(client):
-    for call in [lambda: client.get_inference_statistics("mlp"),
-                 lambda: client.load_model("mlp"),
+def test_load_unload_are_unimplemented(client):
+    for call in [lambda: client.load_model("mlp"),
                  lambda: client.unload_model("mlp")]:
         with pytest.raises(InferenceServerException) as e:
             call()

@@ -121,7 +121,7 @@ def test_default_backend_onnxruntime(start_server):
     assert backend_of(s, "cnn") == "onnxruntime"
     # Without the library, asking for it by default is an error at start-up.
     r = subprocess.run([str(BIN), "serve", "--model-repository", str(EXAMPLES), "--http-port", "0",
-                        "--grpc-port", "0", "--default-backend", "onnxruntime",
+                        "--grpc-port", "0", "--metrics-port", "0", "--default-backend", "onnxruntime",
                         "--ort-library", "/nonexistent/libonnxruntime.so"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_core::{
     Backend, Error, InferRequest, InferResponse, InstanceOptions, LoadSpec, ModelConfig,
@@ -20,7 +20,8 @@ use sluice_core::{
 };
 pub use sluice_repository::RepositoryOptions;
 use sluice_repository::{ModelSource, Repository};
-use sluice_scheduler::{InstancePool, JobOptions, PoolStats, SchedulerConfig};
+pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
+use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
 
 /// Settings of the runtime, validated by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,19 @@ pub struct ModelMetadata {
 struct Served {
     signature: Arc<ModelSignature>,
     pool: InstancePool,
+    load_duration: Duration,
+}
+
+/// Statistics of one ready model version.
+#[derive(Debug, Clone)]
+pub struct VersionStats {
+    pub name: String,
+    pub version: u64,
+    pub stats: Arc<PoolStats>,
+    /// Requests waiting in its queue now.
+    pub queue_len: usize,
+    /// How long loading it took (engine load, instances, scheduler).
+    pub load_duration: Duration,
 }
 
 enum VersionSlot {
@@ -192,7 +206,8 @@ impl Runtime {
         for v in &source.versions {
             let started = Instant::now();
             let slot = match self.load_version(backend.as_ref(), &config, name, v) {
-                Ok(served) => {
+                Ok(mut served) => {
+                    served.load_duration = started.elapsed();
                     tracing::info!(
                         model = name,
                         version = v.version,
@@ -288,6 +303,7 @@ impl Runtime {
         Ok(Served {
             signature: Arc::new(ModelSignature::from_config(config)),
             pool,
+            load_duration: Duration::ZERO,
         })
     }
 
@@ -475,7 +491,17 @@ impl Runtime {
             priority: request.priority,
             timeout: request.timeout,
         };
-        let valid = served.signature.validate(request)?;
+        let arrived = Instant::now();
+        let valid = match served.signature.validate(request) {
+            Ok(valid) => valid,
+            Err(e) => {
+                served
+                    .pool
+                    .stats()
+                    .record(Outcome::Invalid, arrived.elapsed());
+                return Err(e);
+            }
+        };
         let id = valid.id.clone();
         let wanted = valid.outputs.clone();
         let mut all: Vec<Option<Tensor>> = served
@@ -500,21 +526,68 @@ impl Runtime {
         })
     }
 
-    /// Counters of a served version, if it is ready.
-    pub fn with_stats<T>(
-        &self,
-        name: &str,
-        version: Option<u64>,
-        f: impl FnOnce(&PoolStats) -> T,
-    ) -> Result<T> {
-        let (slot, v) = self.resolve(name, version)?;
-        let ModelSlot::Loaded { versions, .. } = slot.as_ref() else {
-            unreachable!("resolved")
+    /// Counts a request for a servable model that was refused before it reached
+    /// [`Runtime::infer`] (a body or message that could not be decoded) as invalid.
+    pub fn record_invalid(&self, name: &str, version: Option<u64>, elapsed: Duration) {
+        if let Ok(mut versions) = self.stats(Some(name), version) {
+            // With no version named, the request was meant for the newest one.
+            if let Some(v) = versions.pop() {
+                v.stats.record(Outcome::Invalid, elapsed);
+            }
+        }
+    }
+
+    /// Statistics of the ready versions of every model (`name` `None`), of one
+    /// model, or of one version. Errors like [`Runtime::infer`] for an unknown model
+    /// or a version that is not ready.
+    pub fn stats(&self, name: Option<&str>, version: Option<u64>) -> Result<Vec<VersionStats>> {
+        let one = |name: &str, v: u64, served: &Served| VersionStats {
+            name: name.to_owned(),
+            version: v,
+            stats: Arc::clone(served.pool.stats()),
+            queue_len: served.pool.queue_len(),
+            load_duration: served.load_duration,
         };
-        let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
-            unreachable!("resolved")
+        let ready = |name: &str, slot: &ModelSlot| -> Vec<VersionStats> {
+            let ModelSlot::Loaded { versions, .. } = slot else {
+                return Vec::new();
+            };
+            versions
+                .iter()
+                .filter_map(|(&v, s)| match s {
+                    VersionSlot::Ready(served) => Some(one(name, v, served)),
+                    VersionSlot::Failed(_) => None,
+                })
+                .collect()
         };
-        Ok(f(served.pool.stats()))
+        match (name, version) {
+            (None, _) => {
+                let models = self
+                    .inner
+                    .models
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Ok(models
+                    .iter()
+                    .flat_map(|(name, slot)| ready(name, slot))
+                    .collect())
+            }
+            (Some(name), None) => {
+                // Resolving first gives the usual error when nothing is ready.
+                let (slot, _) = self.resolve(name, None)?;
+                Ok(ready(name, &slot))
+            }
+            (Some(name), Some(v)) => {
+                let (slot, v) = self.resolve(name, Some(v))?;
+                let ModelSlot::Loaded { versions, .. } = slot.as_ref() else {
+                    unreachable!("resolved")
+                };
+                let Some(VersionSlot::Ready(served)) = versions.get(&v) else {
+                    unreachable!("resolved")
+                };
+                Ok(vec![one(name, v, served)])
+            }
+        }
     }
 
     /// Stops accepting requests (readiness turns false). Queued requests still finish.

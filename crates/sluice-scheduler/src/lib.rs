@@ -15,10 +15,11 @@
 
 pub mod config;
 pub mod state;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,49 +30,7 @@ use tokio::sync::oneshot;
 pub use config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
 pub use state::JobOptions;
 use state::{Entry, Pending, State};
-
-/// Counters of one pool, readable while it serves (the metrics issue exports them).
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    pub success: AtomicU64,
-    /// Engine failures (error or panic), per request.
-    pub failure: AtomicU64,
-    /// Rejected at once: queue full.
-    pub rejected: AtomicU64,
-    /// Rejected at once: the deadline could not be met (adaptive mode).
-    pub rejected_deadline: AtomicU64,
-    /// Timed out while queued.
-    pub timeouts: AtomicU64,
-    /// Dropped because the client went away.
-    pub cancelled: AtomicU64,
-    /// Engine runs, and the requests and rows they carried.
-    pub executions: AtomicU64,
-    pub inferences: AtomicU64,
-    pub rows: AtomicU64,
-    pub queue_ns: AtomicU64,
-    pub compute_ns: AtomicU64,
-    /// Engine runs per batch size in rows (index = rows).
-    pub batch_sizes: Vec<AtomicU64>,
-}
-
-impl PoolStats {
-    fn new(max_rows: usize) -> Self {
-        PoolStats {
-            batch_sizes: (0..=max_rows.max(1)).map(|_| AtomicU64::new(0)).collect(),
-            ..Default::default()
-        }
-    }
-
-    /// `(rows, runs)` for every batch size seen.
-    pub fn batch_size_counts(&self) -> Vec<(usize, u64)> {
-        self.batch_sizes
-            .iter()
-            .enumerate()
-            .map(|(rows, n)| (rows, n.load(Ordering::Relaxed)))
-            .filter(|&(_, n)| n > 0)
-            .collect()
-    }
-}
+pub use stats::{Histogram, HistogramSnapshot, Outcome, PoolStats};
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>>>;
 /// A reply and what to send on it; `None` for a request whose client went away.
@@ -100,7 +59,7 @@ struct Shared {
     label: String,
     state: Mutex<State<Job>>,
     wake: Condvar,
-    stats: PoolStats,
+    stats: Arc<PoolStats>,
     in_order: Option<Mutex<InOrder>>,
 }
 
@@ -145,7 +104,7 @@ impl InstancePool {
         instances: Vec<Box<dyn Instance>>,
     ) -> Result<InstancePool> {
         let label = config.label.clone();
-        let stats = PoolStats::new(config.max_batch_size);
+        let stats = Arc::new(PoolStats::new(config.max_batch_size));
         let in_order = config
             .preserve_ordering()
             .then(|| Mutex::new(InOrder::default()));
@@ -168,7 +127,7 @@ impl InstancePool {
         Ok(InstancePool { shared, threads })
     }
 
-    pub fn stats(&self) -> &PoolStats {
+    pub fn stats(&self) -> &Arc<PoolStats> {
         &self.shared.stats
     }
 
@@ -181,6 +140,25 @@ impl InstancePool {
     /// order, for this request's rows). Never blocks the async runtime: a full queue or a
     /// deadline that cannot be met is answered at once.
     pub async fn infer(&self, request: ValidRequest, options: JobOptions) -> Result<Vec<Tensor>> {
+        let tracker = Tracker::start(&self.shared.stats);
+        let result = self.queue_and_wait(request, options).await;
+        tracker.finish(match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) => match e.kind() {
+                ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
+                ErrorKind::DeadlineExceeded => Outcome::Timeout,
+                ErrorKind::InvalidArgument => Outcome::Invalid,
+                _ => Outcome::Backend,
+            },
+        });
+        result
+    }
+
+    async fn queue_and_wait(
+        &self,
+        request: ValidRequest,
+        options: JobOptions,
+    ) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
         let rows = request.rows;
         let enqueued = Instant::now();
@@ -195,13 +173,12 @@ impl InstancePool {
             match state.enqueue(Job { request, reply }, rows, options, enqueued) {
                 Ok((_, deadline)) => deadline,
                 Err((_, error, reason)) => {
-                    let counter = match reason {
-                        state::Rejection::Deadline => &self.shared.stats.rejected_deadline,
-                        state::Rejection::Invalid | state::Rejection::QueueFull => {
-                            &self.shared.stats.rejected
-                        }
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    if reason == state::Rejection::Deadline {
+                        self.shared
+                            .stats
+                            .rejected_early
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(error);
                 }
             }
@@ -213,7 +190,7 @@ impl InstancePool {
                 self.shared.label
             )))
         };
-        let result = match deadline {
+        match deadline {
             None => answer.await.unwrap_or_else(|_| stopped()),
             // The client hears of its timeout on time even while every instance is busy;
             // dropping `answer` marks the queued job cancelled, so it never runs.
@@ -224,14 +201,7 @@ impl InstancePool {
                     deadline.saturating_duration_since(enqueued),
                 )),
             },
-        };
-        if result
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::DeadlineExceeded)
-        {
-            self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
-        result
     }
 
     /// Stops taking requests, runs what is queued, and joins the instance threads.
@@ -258,11 +228,8 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
     loop {
         let now = Instant::now();
         let step = state.next(now);
+        // Their callers have gone (and counted them): release their slots.
         for e in step.cancelled {
-            // A job dropped by its own timeout was counted by the caller.
-            if e.deadline.is_none_or(|d| d > now) {
-                shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
             shared.answer(e.seq, None);
         }
         for e in step.expired {
@@ -302,52 +269,72 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
     while let Some(batch) = next_batch(shared) {
         let started = Instant::now();
         let rows: usize = batch.iter().map(|e| e.rows).sum();
-        let stats = &shared.stats;
-        for e in &batch {
-            stats.queue_ns.fetch_add(
-                nanos(started.saturating_duration_since(e.enqueued)),
-                Ordering::Relaxed,
-            );
-        }
+        let queued: Vec<Duration> = batch
+            .iter()
+            .map(|e| started.saturating_duration_since(e.enqueued))
+            .collect();
         let mut slots = Vec::with_capacity(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
         for e in batch {
             slots.push((e.seq, e.payload.reply));
             requests.push(e.payload.request);
         }
-        let result = catch_unwind(AssertUnwindSafe(|| execute(instance.as_mut(), &requests)))
-            .unwrap_or_else(|_| {
-                Err(Error::internal(
-                    "the engine panicked while running this batch",
-                ))
-            });
-        let elapsed = started.elapsed();
-        shared.lock().record(rows, elapsed);
-        stats
-            .compute_ns
-            .fetch_add(nanos(elapsed), Ordering::Relaxed);
-        stats.executions.fetch_add(1, Ordering::Relaxed);
-        stats
-            .inferences
-            .fetch_add(slots.len() as u64, Ordering::Relaxed);
-        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        if let Some(counter) = stats.batch_sizes.get(rows) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        let mut phases = [Duration::ZERO; 3];
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            execute(instance.as_mut(), &requests, &mut phases)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::internal(
+                "the engine panicked while running this batch",
+            ))
+        });
+        shared.lock().record(rows, started.elapsed());
+        shared.stats.record_run(rows, &queued, phases);
         match result {
             Ok(per_request) => {
                 for ((seq, reply), outputs) in slots.into_iter().zip(per_request) {
-                    stats.success.fetch_add(1, Ordering::Relaxed);
                     shared.answer(seq, Some((reply, Ok(outputs))));
                 }
             }
             Err(error) => {
                 tracing::warn!(model = %shared.label, %error, "batch failed");
                 for (seq, reply) in slots {
-                    stats.failure.fetch_add(1, Ordering::Relaxed);
                     shared.answer(seq, Some((reply, Err(error.clone()))));
                 }
             }
+        }
+    }
+}
+
+/// Counts a request in flight until it ends; one dropped before it ends (its client
+/// went away) counts as cancelled.
+struct Tracker<'a> {
+    stats: &'a PoolStats,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Tracker<'a> {
+    fn start(stats: &'a PoolStats) -> Self {
+        stats.start();
+        Tracker {
+            stats,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.stats.finish(outcome, self.started.elapsed());
+    }
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats
+                .finish(Outcome::Cancelled, self.started.elapsed());
         }
     }
 }
@@ -362,12 +349,14 @@ fn timed_out(label: &str, waited: Duration) -> Error {
     )
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Gathers the requests into one batch, runs it, and splits the outputs per request.
-fn execute(instance: &mut dyn Instance, requests: &[ValidRequest]) -> Result<Vec<Vec<Tensor>>> {
+/// Gathers the requests into one batch, runs it, and splits the outputs per request;
+/// `phases` receives the time of each of the three steps reached.
+fn execute(
+    instance: &mut dyn Instance,
+    requests: &[ValidRequest],
+    phases: &mut [Duration; 3],
+) -> Result<Vec<Vec<Tensor>>> {
+    let t0 = Instant::now();
     let input_count = requests[0].inputs.len();
     let inputs = (0..input_count)
         .map(|i| {
@@ -375,7 +364,12 @@ fn execute(instance: &mut dyn Instance, requests: &[ValidRequest]) -> Result<Vec
             Tensor::concat_rows(&parts)
         })
         .collect::<Result<Vec<_>>>()?;
-    let outputs = instance.run(inputs)?;
+    let t1 = Instant::now();
+    phases[0] = t1 - t0;
+    let outputs = instance.run(inputs);
+    let t2 = Instant::now();
+    phases[1] = t2 - t1;
+    let outputs = outputs?;
     if requests.len() == 1 {
         return Ok(vec![outputs]);
     }
@@ -386,6 +380,7 @@ fn execute(instance: &mut dyn Instance, requests: &[ValidRequest]) -> Result<Vec
             slot.push(part);
         }
     }
+    phases[2] = t2.elapsed();
     Ok(per_request)
 }
 

@@ -139,8 +139,13 @@ async fn engine_errors_and_panics_become_errors_and_the_pool_keeps_serving() {
         .unwrap_err();
     assert!(err.message().contains("panicked"), "{err}");
     assert!(pool.infer(request(&[3.0]), NO_OPTIONS).await.is_ok());
-    assert_eq!(pool.stats().failure.load(Ordering::Relaxed), 2);
-    assert_eq!(pool.stats().success.load(Ordering::Relaxed), 1);
+    let stats = pool.stats();
+    assert_eq!(stats.outcome(Outcome::Backend), 2);
+    assert_eq!(stats.outcome(Outcome::Success), 1);
+    assert_eq!(stats.success.get().0, 1);
+    assert_eq!(stats.fail.get().0, 2);
+    assert_eq!(stats.executions.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.in_flight(), 0);
 }
 
 #[test]
@@ -153,7 +158,14 @@ fn execute_splits_a_batch_per_request() {
         sleep: Duration::ZERO,
         slow_ones: false,
     };
-    let out = execute(&mut d, &[request(&[1.0]), request(&[2.0, 3.0])]).unwrap();
+    let mut phases = [Duration::ZERO; 3];
+    let out = execute(
+        &mut d,
+        &[request(&[1.0]), request(&[2.0, 3.0])],
+        &mut phases,
+    )
+    .unwrap();
+    assert!(phases[1] > Duration::ZERO, "the engine run is timed");
     assert_eq!(*probe.runs.lock().unwrap(), vec![3]);
     assert_eq!(values(&out[0][0]), vec![2.0]);
     assert_eq!(values(&out[1][0]), vec![4.0, 6.0]);
@@ -189,8 +201,17 @@ async fn a_full_queue_rejects_at_once_and_cancelled_jobs_never_run() {
         vec![1, 1],
         "the cancelled job must not run"
     );
-    assert_eq!(pool.stats().cancelled.load(Ordering::Relaxed), 1);
-    assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
+    let stats = pool.stats();
+    assert_eq!(stats.outcome(Outcome::Cancelled), 1);
+    assert_eq!(stats.outcome(Outcome::Rejected), 1);
+    assert_eq!(stats.outcome(Outcome::Success), 2);
+    assert_eq!(stats.inferences.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.queue.get().0,
+        2,
+        "queue time of executed requests only"
+    );
+    assert_eq!(stats.in_flight(), 0);
 }
 
 fn batching(max: usize, delay: Delay, preserve_ordering: bool) -> SchedulerConfig {
@@ -274,7 +295,8 @@ async fn a_queued_request_times_out_without_running() {
         vec![1],
         "the timed-out request never ran"
     );
-    assert_eq!(pool.stats().timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.stats().outcome(Outcome::Timeout), 1);
+    assert_eq!(pool.stats().outcome(Outcome::Cancelled), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

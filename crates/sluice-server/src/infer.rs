@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
-use sluice_core::{Error, ErrorKind};
+use sluice_core::{Error, ErrorKind, InferRequest};
 
-use crate::codec::{decode_request, encode_response};
+use crate::codec::{decode_request, encode_response, OutputPlan};
 use crate::models::parse_version;
 use crate::{ApiError, AppState};
 
@@ -50,21 +50,14 @@ async fn run(
 ) -> Result<Response, ApiError> {
     // An unknown or unavailable model is reported before the body is read.
     s.runtime.check_servable(model, version)?;
-    let body = read_body(headers, body, s.config.max_body_bytes).await?;
-    let header_len = match headers.get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "Inference-Header-Content-Length must be a non-negative integer",
-                    )
-                })?,
-        ),
+    let started = std::time::Instant::now();
+    let (request, plan) = match receive(s, headers, body).await {
+        Ok(received) => received,
+        Err(e) => {
+            s.runtime.record_invalid(model, version, started.elapsed());
+            return Err(e);
+        }
     };
-    let (request, plan) = decode_request(&body, header_len)?;
     let response = s.runtime.infer(model, version, request).await?;
     let encoded = encode_response(&response, &plan)?;
     if encoded.binary.is_empty() {
@@ -90,6 +83,29 @@ async fn run(
     r.headers_mut()
         .insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(r)
+}
+
+/// Reads and decodes the body of an inference request.
+async fn receive(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(InferRequest, OutputPlan), ApiError> {
+    let body = read_body(headers, body, s.config.max_body_bytes).await?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Inference-Header-Content-Length must be a non-negative integer",
+                    )
+                })?,
+        ),
+    };
+    Ok(decode_request(&body, header_len)?)
 }
 
 /// Reads the whole body, refusing bodies over `limit` (413) and compressed bodies.

@@ -15,7 +15,11 @@ mod error;
 pub mod grpc;
 mod health;
 mod infer;
+mod logging;
+mod metrics;
 mod models;
+mod stats;
+mod trace;
 mod wire;
 
 use std::net::SocketAddr;
@@ -25,18 +29,24 @@ use sluice_runtime::Runtime;
 
 pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
 pub use grpc::{grpc_service, serve_grpc, GrpcConfig, GrpcService};
+pub use logging::{LogControl, LogHandle};
+pub use metrics::{metrics_app, render as render_metrics, MetricsConfig};
+pub use trace::{parse_traceparent, TraceContextLayer, TraceParent};
 
 /// Settings of the HTTP server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
+    /// The live log filter behind `v2/logging`; without one that endpoint answers 503.
+    pub log_control: Option<LogHandle>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: 64 * 1024 * 1024,
+            log_control: None,
         }
     }
 }
@@ -55,8 +65,11 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .merge(health::router())
         .merge(models::router())
         .merge(infer::router())
+        .merge(stats::router())
+        .merge(logging::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+        .layer(TraceContextLayer)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight

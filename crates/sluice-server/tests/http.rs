@@ -245,7 +245,13 @@ async fn errors_are_json_with_the_right_status() {
 async fn bodies_over_the_limit_get_413() {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     let rt = RUNTIME.get_or_init(|| runtime("examples/models")).clone();
-    let small = app(rt, HttpConfig { max_body_bytes: 64 });
+    let small = app(
+        rt,
+        HttpConfig {
+            max_body_bytes: 64,
+            ..HttpConfig::default()
+        },
+    );
     let r = post(
         small.clone(),
         "/v2/models/mixed/infer",

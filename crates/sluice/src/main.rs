@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_runtime::{Runtime, RuntimeConfig};
-use sluice_server::{GrpcConfig, HttpConfig};
+use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
 mod engines;
 
@@ -88,6 +88,22 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
     strict_readiness: bool,
 
+    /// Serve Prometheus metrics on `--metrics-port` (`GET /metrics`).
+    #[arg(long, env = "SLUICE_ALLOW_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_metrics: bool,
+
+    /// Address to listen on for metrics (default: the HTTP address).
+    #[arg(long, env = "SLUICE_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::IpAddr>,
+
+    /// Metrics port (0 picks a free port; the chosen one is logged).
+    #[arg(long, env = "SLUICE_METRICS_PORT", default_value_t = 8002)]
+    metrics_port: u16,
+
+    /// Also export Triton's metric names (`nv_inference_*`) for existing dashboards.
+    #[arg(long, env = "SLUICE_METRICS_TRITON_COMPAT")]
+    metrics_triton_compat: bool,
+
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -110,22 +126,66 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logs(args: &ServeArgs) -> anyhow::Result<()> {
+/// Installs the log subscriber with a filter that `v2/logging` can replace live.
+fn init_logs(args: &ServeArgs) -> anyhow::Result<LogHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let format = match args.log_format {
+        LogFormat::Text => {
+            registry.with(output).init();
+            "text"
+        }
+        LogFormat::Json => {
+            registry.with(output.json()).init();
+            "json"
+        }
+    };
+    Ok(LogHandle(std::sync::Arc::new(LiveFilter {
+        handle,
+        format,
+    })))
+}
+
+/// The installed filter, behind `v2/logging` and gRPC `LogSettings`.
+struct LiveFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    format: &'static str,
+}
+
+impl LogControl for LiveFilter {
+    fn filter(&self) -> String {
+        self.handle
+            .with_current(ToString::to_string)
+            .unwrap_or_default()
     }
-    Ok(())
+    fn max_level(&self) -> tracing::level_filters::LevelFilter {
+        self.handle
+            .with_current(|f| f.max_level_hint())
+            .ok()
+            .flatten()
+            .unwrap_or(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn set_filter(&self, filter: &str) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+    fn format(&self) -> &'static str {
+        self.format
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logs(&args)?;
+    let logs = init_logs(&args)?;
     anyhow::ensure!(
         args.intra_op_threads > 0,
         "--intra-op-threads must be at least 1"
@@ -141,6 +201,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.grpc_max_message_bytes > 0,
         "--grpc-max-message-bytes must be at least 1"
+    );
+    anyhow::ensure!(
+        !args.allow_metrics
+            || args.metrics_port == 0
+            || (args.metrics_port != args.http_port && args.metrics_port != args.grpc_port)
+            || args.metrics_address.is_some_and(|a| a != args.http_address),
+        "--metrics-port ({}) must differ from --http-port and --grpc-port",
+        args.metrics_port
     );
     anyhow::ensure!(
         args.grpc_port == 0
@@ -184,6 +252,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {grpc_addr} for gRPC"))?;
         let local = grpc_listener.local_addr()?;
         tracing::info!("gRPC server listening on {local}");
+        let metrics_listener = if args.allow_metrics {
+            let addr = SocketAddr::new(
+                args.metrics_address.unwrap_or(args.http_address),
+                args.metrics_port,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            tracing::info!("metrics server listening on {}", listener.local_addr()?);
+            Some(listener)
+        } else {
+            None
+        };
         let addr = SocketAddr::new(args.http_address, args.http_port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -194,12 +275,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runtime.clone(),
             HttpConfig {
                 max_body_bytes: args.max_body_bytes,
+                log_control: Some(logs.clone()),
             },
         );
         let grpc = sluice_server::grpc_service(
             runtime.clone(),
             GrpcConfig {
                 max_message_bytes: args.grpc_max_message_bytes,
+                log_control: Some(logs),
             },
         );
         // One signal stops both servers; each then finishes its in-flight requests.
@@ -229,7 +312,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .context("gRPC server failed")
         };
-        tokio::try_join!(http, grpc)?;
+        let metrics = async {
+            let Some(listener) = metrics_listener else {
+                return anyhow::Ok(());
+            };
+            let app = sluice_server::metrics_app(
+                runtime.clone(),
+                MetricsConfig {
+                    triton_compat: args.metrics_triton_compat,
+                },
+            );
+            sluice_server::serve(listener, app, until_stopped())
+                .await
+                .context("metrics server failed")
+        };
+        tokio::try_join!(http, grpc, metrics)?;
         let runtime = runtime.clone();
         tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
         tracing::info!("stopped");

@@ -37,16 +37,19 @@ use service::Inference;
 const READINESS_POLL: Duration = Duration::from_millis(250);
 
 /// Settings of the gRPC server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GrpcConfig {
     /// Largest message accepted or sent, in bytes; larger ones get `RESOURCE_EXHAUSTED`.
     pub max_message_bytes: usize,
+    /// The live log filter behind `LogSettings`; without one it answers `UNAVAILABLE`.
+    pub log_control: Option<crate::LogHandle>,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             max_message_bytes: 64 * 1024 * 1024,
+            log_control: None,
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
         runtime: runtime.clone(),
         max_message_bytes: limit,
         shutdown: shutting_down,
+        log_control: config.log_control,
     })
     .max_decoding_message_size(limit)
     // Responses are checked against the limit before encoding, with a clearer
@@ -131,6 +135,7 @@ pub async fn serve_grpc(
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(crate::TraceContextLayer)
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: http::Response<tonic::body::Body>| {
                 rewrite_size_error(response.headers_mut(), max_message_bytes);

@@ -6,13 +6,13 @@ use sluice_proto::inference::grpc_inference_service_server::GrpcInferenceService
 use sluice_proto::inference::model_metadata_response::TensorMetadata;
 use sluice_proto::inference::repository_index_response::ModelIndex;
 use sluice_proto::inference::{
-    ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
-    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
-    ModelStatisticsRequest, ModelStatisticsResponse, ModelStreamInferResponse,
-    RepositoryIndexRequest, RepositoryIndexResponse, RepositoryModelLoadRequest,
-    RepositoryModelLoadResponse, RepositoryModelUnloadRequest, RepositoryModelUnloadResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse,
+    LogSettingsRequest, LogSettingsResponse, ModelConfigRequest, ModelConfigResponse,
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse,
+    RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 use sluice_runtime::{ModelState, Runtime};
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +29,7 @@ pub(crate) struct Inference {
     pub runtime: Runtime,
     pub max_message_bytes: usize,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub log_control: Option<crate::LogHandle>,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -50,7 +51,11 @@ impl Inference {
         let version = parse_version(&request.model_version)?;
         let model = std::mem::take(&mut request.model_name);
         self.runtime.check_servable(&model, version)?;
-        let mut request = convert::infer_request(request)?;
+        let started = std::time::Instant::now();
+        let mut request = convert::infer_request(request).inspect_err(|_| {
+            self.runtime
+                .record_invalid(&model, version, started.elapsed());
+        })?;
         if let Some(deadline) = deadline {
             request.timeout = Some(request.timeout.map_or(deadline, |t| t.min(deadline)));
         }
@@ -183,11 +188,74 @@ impl GrpcInferenceService for Inference {
 
     async fn model_statistics(
         &self,
-        _: Request<ModelStatisticsRequest>,
+        request: Request<ModelStatisticsRequest>,
     ) -> RpcResult<ModelStatisticsResponse> {
-        Err(Status::unimplemented(
-            "ModelStatistics is not implemented yet: Sluice does not serve the statistics extension",
-        ))
+        let request = request.into_inner();
+        let model = (!request.name.is_empty()).then_some(request.name.as_str());
+        let version = match convert::parse_version(&request.version) {
+            Ok(v) => v,
+            Err(e) => return reply(Err(e)),
+        };
+        if model.is_none() && version.is_some() {
+            return reply(Err(sluice_core::Error::invalid(
+                "a version needs a model name",
+            )));
+        }
+        reply(
+            crate::stats::model_statistics(&self.runtime, model, version)
+                .map(|model_stats| ModelStatisticsResponse { model_stats }),
+        )
+    }
+
+    async fn log_settings(
+        &self,
+        request: Request<LogSettingsRequest>,
+    ) -> RpcResult<LogSettingsResponse> {
+        use sluice_proto::inference::log_settings_request::setting_value::ParameterChoice as In;
+        use sluice_proto::inference::log_settings_response::setting_value::ParameterChoice as Out;
+        use sluice_proto::inference::log_settings_response::SettingValue;
+
+        use crate::logging::{current, update, Setting};
+        let Some(control) = &self.log_control else {
+            return reply(Err(sluice_core::Error::unavailable(
+                "log settings are not available in this server",
+            )));
+        };
+        let control = control.0.as_ref();
+        let mut updates = Vec::new();
+        for (key, value) in request.into_inner().settings {
+            let setting = match value.parameter_choice {
+                Some(In::BoolParam(b)) => Setting::Bool(b),
+                Some(In::Uint32Param(n)) => Setting::U32(n),
+                Some(In::StringParam(s)) => Setting::Str(s),
+                None => {
+                    return reply(Err(sluice_core::Error::invalid(format!(
+                        "log setting '{key}' has no value"
+                    ))))
+                }
+            };
+            updates.push((key, setting));
+        }
+        if let Err(e) = update(control, updates) {
+            return reply(Err(e));
+        }
+        let settings = current(control)
+            .into_iter()
+            .map(|(k, v)| {
+                let choice = match v {
+                    Setting::Bool(b) => Out::BoolParam(b),
+                    Setting::U32(n) => Out::Uint32Param(n),
+                    Setting::Str(s) => Out::StringParam(s),
+                };
+                (
+                    k.to_owned(),
+                    SettingValue {
+                        parameter_choice: Some(choice),
+                    },
+                )
+            })
+            .collect();
+        reply(Ok(LogSettingsResponse { settings }))
     }
 
     async fn repository_index(

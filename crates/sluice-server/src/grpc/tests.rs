@@ -200,12 +200,28 @@ async fn health_metadata_config_and_index() {
     assert_eq!(names, vec!["cnn", "digits", "mixed", "mlp"]);
     assert!(index.models.iter().all(|m| m.state == "READY"));
 
-    let err = client
+    let stats = client
         .model_statistics(ModelStatisticsRequest::default())
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ModelStatistics"), "{err:?}");
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = stats.model_stats.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["cnn", "digits", "mixed", "mlp"]);
+    for (request, code) in [
+        (("nope", ""), Code::NotFound),
+        (("mlp", "7"), Code::NotFound),
+        (("mlp", "x"), Code::InvalidArgument),
+        (("", "1"), Code::InvalidArgument),
+    ] {
+        let err = client
+            .model_statistics(ModelStatisticsRequest {
+                name: request.0.into(),
+                version: request.1.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err:?}");
+    }
 }
 
 #[tokio::test]
@@ -320,6 +336,7 @@ async fn shutdown_ends_open_streams() {
 async fn messages_past_the_limit_are_resource_exhausted() {
     let config = GrpcConfig {
         max_message_bytes: 8 * 1024,
+        ..GrpcConfig::default()
     };
     let server = TestServer::start(shared_runtime(), config).await;
     let mut client = server.client();
@@ -352,6 +369,7 @@ async fn responses_past_the_limit_are_refused() {
         runtime: shared_runtime(),
         max_message_bytes: 60,
         shutdown: tokio::sync::watch::channel(false).1,
+        log_control: None,
     };
     let err = service
         .infer_encoded(mlp_request("r", 1), None)

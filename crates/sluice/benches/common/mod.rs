@@ -350,6 +350,8 @@ pub fn spawn_server(repo: &Path, cpus: &str) -> (String, ServerProcess) {
             "0",
             "--grpc-port",
             "0",
+            "--metrics-port",
+            "0",
             "--ort-library",
             "off",
         ])
