@@ -15,6 +15,17 @@ if [ ! -x .venv/bin/python ]; then
   step "creating the Python venv (.venv)"
   "$PYTHON" -m venv .venv
 fi
+# Prometheus and promtool (Debian's prometheus package) for the metrics tests: promtool
+# checks the exposition format, a real Prometheus scrapes running servers.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  step "installing Debian's prometheus package (promtool, prometheus)"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export SLUICE_REQUIRE_PROMETHEUS=1
+
 step "installing Python test requirements"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 

@@ -131,9 +131,9 @@ impl InstancePool {
         &self.shared.stats
     }
 
-    /// Requests waiting in the queue now.
+    /// Requests waiting in the queue now (not counting those whose caller is gone).
     pub fn queue_len(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.lock().waiting()
     }
 
     /// Queues a request and waits for its outputs (all of the model's outputs, in config

@@ -108,6 +108,12 @@ impl<T: Pending> State<T> {
         self.len() == 0
     }
 
+    /// Requests waiting whose callers still wait for them (entries whose caller went
+    /// away or timed out stay until an instance next looks at the queue).
+    pub fn waiting(&self) -> usize {
+        self.ordered().filter(|e| !e.payload.is_cancelled()).count()
+    }
+
     /// Stop waiting for fuller batches: everything queued is dispatched as soon as an
     /// instance is free (shutdown).
     pub fn close(&mut self) {
