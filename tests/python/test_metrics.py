@@ -408,3 +408,103 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
     finally:
         prom.terminate()
         prom.wait(30)
+
+
+# ---- OpenTelemetry export -----------------------------------------------------------------
+
+def _fields(buf):
+    """(field number, wire type, value) of one protobuf message, written out by hand."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            value, i = buf[i:i + length], i + length
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+        yield number, wire, value
+
+
+def _varint(buf, i):
+    shift = result = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, i
+
+
+def spans_of(export_request):
+    """Spans of an OTLP ExportTraceServiceRequest: resource_spans(1) > scope_spans(2) >
+    spans(2) with trace_id(1), span_id(2), parent_span_id(4), name(5)."""
+    spans = []
+    for n, _, resource_spans in _fields(export_request):
+        if n != 1:
+            continue
+        for n2, _, scope_spans in _fields(resource_spans):
+            if n2 != 2:
+                continue
+            for n3, _, span in _fields(scope_spans):
+                if n3 != 2:
+                    continue
+                f = {k: v for k, _, v in _fields(span)}
+                spans.append({"trace_id": f[1].hex(), "span_id": f[2].hex(),
+                              "parent_span_id": f.get(4, b"").hex(), "name": f[5].decode()})
+    return spans
+
+
+def test_request_spans_are_exported_over_otlp(tmp_path):
+    import http.server
+    from conftest import Server
+
+    received = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, self.headers["content-type"], body))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        s = Server(EXAMPLES, "--otlp-endpoint", f"http://127.0.0.1:{collector.server_address[1]}")
+        try:
+            r = requests.post(f"{s.base}/v2/models/mlp/infer", json=mlp_body(1),
+                              headers={"traceparent": TRACEPARENT}, timeout=30)
+            assert r.status_code == 200
+            g = grpcclient.InferenceServerClient(s.grpc_url)
+            i = grpcclient.InferInput("input", [1, 784], "FP32")
+            i.set_data_from_numpy(np.ones((1, 784), np.float32))
+            g.infer("mlp", [i], headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+            # Untraced requests make no span.
+            assert requests.post(f"{s.base}/v2/models/mlp/infer", json=mlp_body(1), timeout=30).status_code == 200
+        finally:
+            assert s.stop() == 0  # stopping flushes the exporter
+        assert received, "nothing reached the collector"
+        assert all(path == "/v1/traces" and ctype == "application/x-protobuf" for path, ctype, _ in received)
+        spans = [sp for _, _, body in received for sp in spans_of(body)]
+        by_trace = {sp["trace_id"]: sp for sp in spans}
+        assert len(spans) == 2, spans
+        http_span = by_trace["4bf92f3577b34da6a3ce929d0e0e4736"]
+        assert http_span["parent_span_id"] == "00f067aa0ba902b7" and http_span["name"] == "request"
+        grpc_span = by_trace["0af7651916cd43dd8448eb211c80319c"]
+        assert grpc_span["parent_span_id"] == "b7ad6b7169203331"
+        assert http_span["span_id"] not in ("", "00f067aa0ba902b7")
+    finally:
+        collector.shutdown()

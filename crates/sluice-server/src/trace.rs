@@ -87,14 +87,19 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
         let span = match parent {
-            Some(p) => tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                trace_id = %p.trace_id,
-                parent_id = %p.parent_id,
-                sampled = p.sampled,
-            ),
+            Some(p) => {
+                let span = tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    trace_id = %p.trace_id,
+                    parent_id = %p.parent_id,
+                    sampled = p.sampled,
+                );
+                #[cfg(feature = "otlp")]
+                otel::join(&span, &p);
+                span
+            }
             None => tracing::Span::none(),
         };
         let future = {
@@ -102,6 +107,32 @@ where
             self.inner.call(request)
         };
         future.instrument(span)
+    }
+}
+
+/// With OpenTelemetry export on, the request span becomes a child of the caller's
+/// span in the caller's trace.
+#[cfg(feature = "otlp")]
+mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    pub fn join(span: &tracing::Span, parent: &super::TraceParent) {
+        let (Ok(trace_id), Ok(span_id)) = (
+            TraceId::from_hex(&parent.trace_id),
+            SpanId::from_hex(&parent.parent_id),
+        ) else {
+            return;
+        };
+        let flags = if parent.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
 }
 

@@ -15,6 +15,8 @@ use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
 mod engines;
+#[cfg(feature = "otlp")]
+mod otlp;
 
 /// Sluice: an inference server for ONNX models that speaks KServe v2 / Triton's protocol.
 #[derive(Parser, Debug)]
@@ -104,6 +106,12 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_METRICS_TRITON_COMPAT")]
     metrics_triton_compat: bool,
 
+    /// OpenTelemetry collector for request spans (OTLP/HTTP, e.g.
+    /// `http://127.0.0.1:4318`); requests that carry a W3C `traceparent` are exported
+    /// as children of the caller's span. Needs the `otlp` cargo feature (default).
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -126,8 +134,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Installs the log subscriber with a filter that `v2/logging` can replace live.
-fn init_logs(args: &ServeArgs) -> anyhow::Result<LogHandle> {
+/// What must live as long as the server: the live log filter, and the OTLP
+/// exporter (flushed when dropped).
+struct Logs {
+    control: LogHandle,
+    #[cfg(feature = "otlp")]
+    _exporter: Option<otlp::Exporter>,
+}
+
+/// Installs the log subscriber with a filter that `v2/logging` can replace live,
+/// and the OTLP exporter when asked for.
+fn init_logs(args: &ServeArgs) -> anyhow::Result<Logs> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter =
@@ -136,7 +153,22 @@ fn init_logs(args: &ServeArgs) -> anyhow::Result<LogHandle> {
     let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let registry = tracing_subscriber::registry().with(filter);
+    #[cfg(feature = "otlp")]
+    let (export, exporter) = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, exporter) = otlp::layer(endpoint)?;
+            (Some(layer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    #[cfg(not(feature = "otlp"))]
+    anyhow::ensure!(
+        args.otlp_endpoint.is_none(),
+        "--otlp-endpoint needs a sluice built with the `otlp` cargo feature"
+    );
+    #[cfg(not(feature = "otlp"))]
+    let export: Option<tracing_subscriber::layer::Identity> = None;
+    let registry = tracing_subscriber::registry().with(filter).with(export);
     let format = match args.log_format {
         LogFormat::Text => {
             registry.with(output).init();
@@ -147,10 +179,11 @@ fn init_logs(args: &ServeArgs) -> anyhow::Result<LogHandle> {
             "json"
         }
     };
-    Ok(LogHandle(std::sync::Arc::new(LiveFilter {
-        handle,
-        format,
-    })))
+    Ok(Logs {
+        control: LogHandle(std::sync::Arc::new(LiveFilter { handle, format })),
+        #[cfg(feature = "otlp")]
+        _exporter: exporter,
+    })
 }
 
 /// The installed filter, behind `v2/logging` and gRPC `LogSettings`.
@@ -275,14 +308,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runtime.clone(),
             HttpConfig {
                 max_body_bytes: args.max_body_bytes,
-                log_control: Some(logs.clone()),
+                log_control: Some(logs.control.clone()),
             },
         );
         let grpc = sluice_server::grpc_service(
             runtime.clone(),
             GrpcConfig {
                 max_message_bytes: args.grpc_max_message_bytes,
-                log_control: Some(logs),
+                log_control: Some(logs.control.clone()),
             },
         );
         // One signal stops both servers; each then finishes its in-flight requests.
