@@ -10,11 +10,17 @@ Variants: `off` (no dynamic batching: one request per run), `d0`, `d1ms`, `d5ms`
 static `max_queue_delay`), `adaptive` (Sluice's learned delay). All: max_batch_size 32,
 one instance.
 
-    .venv/bin/python scripts/make_batching_models.py
+With `--resnet50`, also `models-extra/batching-resnet50/resnet50_*`: the ResNet-50-shaped
+model of `scripts/make_bench_models.py` (made first if missing) with the same variants and
+max_batch_size 8 (a batch of 8 already takes about a second on one core with tract).
+
+    .venv/bin/python scripts/make_batching_models.py [--resnet50]
 """
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +64,8 @@ def wide_mlp(path):
     onnx.save(model, str(path))
 
 
-def config(name, inp, inp_dims, out, out_dims, variant):
-    return (f'name: "{name}"\nbackend: "tract"\nmax_batch_size: 32\n'
+def config(name, inp, inp_dims, out, out_dims, variant, max_batch=32):
+    return (f'name: "{name}"\nbackend: "tract"\nmax_batch_size: {max_batch}\n'
             f'input [ {{ name: "{inp}" data_type: TYPE_FP32 dims: {inp_dims} }} ]\n'
             f'output [ {{ name: "{out}" data_type: TYPE_FP32 dims: {out_dims} }} ]\n'
             f'instance_group [ {{ count: 1 }} ]\n' + VARIANTS[variant])
@@ -83,6 +89,24 @@ def main():
             (OUT / name / "config.pbtxt").write_text(config(name, *io, variant))
     wide_file.unlink()
     print(f"wrote {len(VARIANTS) * 2} models to {OUT.relative_to(ROOT)}")
+    if "--resnet50" in sys.argv[1:]:
+        resnet50()
+
+
+def resnet50():
+    src = ROOT / "models-bench" / "resnet50" / "1" / "model.onnx"
+    if not src.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bench_models.py")], check=True)
+    out = ROOT / "models-extra" / "batching-resnet50"
+    if out.exists():
+        shutil.rmtree(out)
+    for variant in VARIANTS:
+        name = f"resnet50_{variant}"
+        (out / name / "1").mkdir(parents=True)
+        os.link(src, out / name / "1" / "model.onnx")
+        (out / name / "config.pbtxt").write_text(
+            config(name, "image", "[ 3, 224, 224 ]", "logits", "[ 1000 ]", variant, max_batch=8))
+    print(f"wrote {len(VARIANTS)} models to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

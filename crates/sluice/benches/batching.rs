@@ -10,7 +10,11 @@
 //! - Overload at twice the ceiling: every request answered (200 or 429), memory, recovery.
 //!
 //! Needs `models-extra/batching` (`.venv/bin/python scripts/make_batching_models.py`).
-//! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3).
+//! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3;
+//! `BENCH_OVERLOAD_SECONDS`, default 3 × that).
+//! The ResNet-50-shaped model: `make_batching_models.py --resnet50`, then
+//! `BENCH_REPO=models-extra/batching-resnet50 BENCH_MODELS=resnet50` (its cells last
+//! 10 × `BENCH_SECONDS`: one batch of 8 takes about a second on one core).
 //! With `BENCH_SERVER_CPUS=0` the server is a separate `sluice serve` pinned to CPU 0
 //! (`taskset`); run the benchmark itself pinned elsewhere, e.g.
 //! `BENCH_SERVER_CPUS=0 taskset -c 1 cargo bench -p sluice --bench batching`.
@@ -27,29 +31,55 @@ struct Model {
     base: &'static str,
     input: &'static str,
     dims: &'static [usize],
+    /// Batch sizes the raw-engine ceiling is measured at.
+    ceiling_batches: &'static [usize],
+    /// Each measurement lasts this many times `BENCH_SECONDS`.
+    slowness: u32,
 }
 
-const MODELS: [Model; 2] = [
+const MODELS: [Model; 3] = [
     Model {
         base: "wide",
         input: "input",
         dims: &[1024],
+        ceiling_batches: &[1, 8, 32],
+        slowness: 1,
     },
     Model {
         base: "cnn",
         input: "image",
         dims: &[3, 32, 32],
+        ceiling_batches: &[1, 8, 32],
+        slowness: 1,
+    },
+    Model {
+        base: "resnet50",
+        input: "image",
+        dims: &[3, 224, 224],
+        ceiling_batches: &[1, 8],
+        slowness: 10,
     },
 ];
 
 fn main() {
-    let repo = common::workspace_path("models-extra/batching");
+    let repo = common::workspace_path(
+        &std::env::var("BENCH_REPO").unwrap_or_else(|_| "models-extra/batching".into()),
+    );
     assert!(
         repo.is_dir(),
         "run `.venv/bin/python scripts/make_batching_models.py` first"
     );
+    let wanted = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "wide,cnn".into());
+    let models: Vec<&Model> = wanted
+        .split(',')
+        .map(|name| {
+            MODELS
+                .iter()
+                .find(|m| m.base == name.trim())
+                .unwrap_or_else(|| panic!("unknown model '{name}' in BENCH_MODELS"))
+        })
+        .collect();
     let secs = seconds_from_env(3.0);
-    let window = Duration::from_secs_f64(secs);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,8 +100,13 @@ fn main() {
             (base, None, Some(runtime))
         }
     };
-    for model in &MODELS {
+    for model in models {
         let name = |variant: &str| format!("{}_{variant}", model.base);
+        let window = Duration::from_secs_f64(secs * f64::from(model.slowness));
+        let overload = std::env::var("BENCH_OVERLOAD_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(window * 3, Duration::from_secs_f64);
         // Ceiling.
         let mut best = 0.0f64;
         let mut batch1 = Duration::ZERO;
@@ -79,7 +114,7 @@ fn main() {
             "## {}\n\n| raw engine batch | items/s | p50 ms |\n|---|---|---|",
             model.base
         );
-        for rows in [1, 8, 32] {
+        for &rows in model.ceiling_batches {
             let mut s = raw_engine(&repo, &name("off"), rows, window);
             let p50 = s.percentile(0.5);
             if rows == 1 {
@@ -148,14 +183,14 @@ fn main() {
         );
         let server_pid = _server.as_ref().map(common::ServerProcess::pid);
         let before = rss_mib(server_pid);
-        let s = tokio.block_on(open_loop(&request, best * 2.0, window * 3, objective));
+        let s = tokio.block_on(open_loop(&request, best * 2.0, overload, objective));
         let after = rss_mib(server_pid);
         let total = s.ok + s.rejected + s.other;
         let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
         println!(
             "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other (timeouts: 504); RSS {before:.0} -> {after:.0} MiB. \
              Right after, at 30 %: p99 {:.2} ms, {} of {} ok.\n",
-            secs * 3.0,
+            overload.as_secs_f64(),
             s.ok,
             s.rejected,
             s.other,
