@@ -19,7 +19,7 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ type Answer = Option<(Reply, Result<Vec<Tensor>>)>;
 struct Job {
     request: ValidRequest,
     reply: Reply,
+    /// Set (under the state lock) when an instance takes the job: from then on its
+    /// queue timeout no longer applies.
+    started: Arc<AtomicBool>,
 }
 
 impl Pending for Job {
@@ -160,6 +163,7 @@ impl InstancePool {
         options: JobOptions,
     ) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
+        let started = Arc::new(AtomicBool::new(false));
         let rows = request.rows;
         let enqueued = Instant::now();
         let deadline = {
@@ -170,7 +174,12 @@ impl InstancePool {
                     self.shared.label
                 )));
             }
-            match state.enqueue(Job { request, reply }, rows, options, enqueued) {
+            let job = Job {
+                request,
+                reply,
+                started: Arc::clone(&started),
+            };
+            match state.enqueue(job, rows, options, enqueued) {
                 Ok((_, deadline)) => deadline,
                 Err((_, error, reason)) => {
                     if reason == state::Rejection::Deadline {
@@ -192,15 +201,31 @@ impl InstancePool {
         };
         match deadline {
             None => answer.await.unwrap_or_else(|_| stopped()),
-            // The client hears of its timeout on time even while every instance is busy;
-            // dropping `answer` marks the queued job cancelled, so it never runs.
-            Some(deadline) => match tokio::time::timeout_at(deadline.into(), answer).await {
-                Ok(answer) => answer.unwrap_or_else(|_| stopped()),
-                Err(_) => Err(timed_out(
-                    &self.shared.label,
-                    deadline.saturating_duration_since(enqueued),
-                )),
-            },
+            // The timeout bounds the time in the queue (Triton's semantics): the client
+            // hears of it on time even while every instance is busy, and dropping
+            // `answer` under the state lock marks the queued job cancelled, so it never
+            // runs. A job an instance has already taken runs to its answer.
+            Some(deadline) => {
+                let mut answer = Some(answer);
+                if let Some(waiting) = answer.as_mut() {
+                    if let Ok(result) = tokio::time::timeout_at(deadline.into(), waiting).await {
+                        return result.unwrap_or_else(|_| stopped());
+                    }
+                }
+                {
+                    let _state = self.shared.lock();
+                    if !started.load(Ordering::Acquire) {
+                        answer = None;
+                    }
+                }
+                match answer {
+                    Some(running) => running.await.unwrap_or_else(|_| stopped()),
+                    None => Err(timed_out(
+                        &self.shared.label,
+                        deadline.saturating_duration_since(enqueued),
+                    )),
+                }
+            }
         }
     }
 
@@ -237,6 +262,9 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
             shared.answer(e.seq, Some((e.payload.reply, Err(error))));
         }
         if let Some(batch) = step.batch {
+            for e in &batch {
+                e.payload.started.store(true, Ordering::Release);
+            }
             if !state.is_empty() {
                 // More work: let another free instance look at it.
                 shared.wake.notify_one();

@@ -365,3 +365,27 @@ async fn shutdown_runs_what_is_queued() {
     assert_eq!(values(&pending.await.unwrap().unwrap()[0]), vec![10.0]);
     assert_eq!(*probe.runs.lock().unwrap(), vec![1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_timeout_bounds_the_queue_not_a_run_that_has_started() {
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+    let (pool, probe) = pool(4, Some(gate_rx));
+    let pool = Arc::new(pool);
+    let options = JobOptions {
+        priority: 0,
+        timeout: Some(Duration::from_millis(30)),
+    };
+    let running = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move { pool.infer(request(&[1.5]), options).await })
+    };
+    // It is in the engine (blocked on the gate) when its timeout passes...
+    wait_for(|| probe.entered.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    gate_tx.send(()).unwrap();
+    // ...and still gets its answer: the engine's work is not thrown away.
+    let out = running.await.unwrap().unwrap();
+    assert_eq!(values(&out[0]), vec![3.0]);
+    assert_eq!(pool.stats().outcome(Outcome::Success), 1);
+    assert_eq!(pool.stats().outcome(Outcome::Timeout), 0);
+}

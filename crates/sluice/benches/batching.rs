@@ -12,6 +12,7 @@
 //! Needs `models-extra/batching` (`.venv/bin/python scripts/make_batching_models.py`).
 //! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3;
 //! `BENCH_OVERLOAD_SECONDS`, default 3 × that).
+//! `BENCH_PARTS=closed,open,overload` picks the measurements after the ceiling.
 //! The ResNet-50-shaped model: `make_batching_models.py --resnet50`, then
 //! `BENCH_REPO=models-extra/batching-resnet50 BENCH_MODELS=resnet50` (its cells last
 //! 10 × `BENCH_SECONDS`: one batch of 8 takes about a second on one core).
@@ -121,25 +122,30 @@ fn main() {
                 batch1 = p50;
             }
             best = best.max(s.per_second());
-            println!("| {rows} | {:.0} | {:.2} |", s.per_second(), ms(p50));
+            println!("| {rows} | {} | {:.2} |", per_s(s.per_second()), ms(p50));
         }
-        println!("\nceiling = {best:.0} items/s\n");
+        println!("\nceiling = {} items/s\n", per_s(best));
 
         // Closed loop.
-        println!("| clients | batching | req/s | of ceiling | p50 ms | p99 ms |\n|---|---|---|---|---|---|");
-        for clients in [1, 8, 32, 64] {
-            for variant in ["off", "adaptive"] {
-                let request =
-                    BinaryRequest::new(&base, &name(variant), model.input, model.dims, None);
-                let mut s = tokio.block_on(closed_loop(&request, clients, window));
-                let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
-                println!(
-                    "| {clients} | {variant} | {:.0} | {:.2} | {:.2} | {:.2} |",
-                    s.per_second(),
-                    s.per_second() / best,
-                    ms(p50),
-                    ms(p99)
-                );
+        let part = |p: &str| {
+            std::env::var("BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|x| x == p))
+        };
+        if part("closed") {
+            println!("| clients | batching | req/s | of ceiling | p50 ms | p99 ms |\n|---|---|---|---|---|---|");
+            for clients in [1, 8, 32, 64] {
+                for variant in ["off", "adaptive"] {
+                    let request =
+                        BinaryRequest::new(&base, &name(variant), model.input, model.dims, None);
+                    let mut s = tokio.block_on(closed_loop(&request, clients, window));
+                    let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+                    println!(
+                        "| {clients} | {variant} | {} | {:.2} | {:.2} | {:.2} |",
+                        per_s(s.per_second()),
+                        s.per_second() / best,
+                        ms(p50),
+                        ms(p99)
+                    );
+                }
             }
         }
 
@@ -149,7 +155,7 @@ fn main() {
             "\nOpen loop, objective (and request timeout) {:.1} ms\n\n| load | delay | offered/s | goodput/s | p50 ms | p99 ms | 429 | timeouts |\n|---|---|---|---|---|---|---|---|",
             ms(objective)
         );
-        for load in [0.5, 0.8, 0.95] {
+        for load in [0.5, 0.8, 0.95].into_iter().filter(|_| part("open")) {
             for variant in ["d0", "d1ms", "d5ms", "adaptive"] {
                 let request = BinaryRequest::new(
                     &base,
@@ -162,9 +168,10 @@ fn main() {
                 let mut s = tokio.block_on(open_loop(&request, rate, window, objective));
                 let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
                 println!(
-                    "| {:.0} % | {variant} | {rate:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                    "| {:.0} % | {variant} | {} | {} | {:.2} | {:.2} | {} | {} |",
                     load * 100.0,
-                    s.goodput(),
+                    per_s(rate),
+                    per_s(s.goodput()),
                     ms(p50),
                     ms(p99),
                     s.rejected,
@@ -174,6 +181,9 @@ fn main() {
         }
 
         // Overload, then recovery.
+        if !part("overload") {
+            continue;
+        }
         let request = BinaryRequest::new(
             &base,
             &name("adaptive"),
@@ -198,5 +208,14 @@ fn main() {
             calm.ok,
             calm.ok + calm.rejected + calm.other
         );
+    }
+}
+
+/// A rate with the precision it deserves: one decimal below 100/s.
+fn per_s(x: f64) -> String {
+    if x < 100.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.0}")
     }
 }
