@@ -15,6 +15,7 @@ mod error;
 pub mod grpc;
 mod health;
 mod infer;
+mod listener;
 mod logging;
 mod metrics;
 mod models;
@@ -22,13 +23,12 @@ mod stats;
 mod trace;
 mod wire;
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use sluice_runtime::Runtime;
 
 pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
 pub use grpc::{grpc_service, serve_grpc, GrpcConfig, GrpcService};
+pub use listener::LimitedListener;
 pub use logging::{LogControl, LogHandle};
 pub use metrics::{metrics_app, render as render_metrics, MetricsConfig};
 pub use trace::{parse_traceparent, TraceContextLayer, TraceParent};
@@ -73,15 +73,17 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish.
+/// requests finish. At most `max_connections` connections are open at once (0: no
+/// limit); see [`LimitedListener`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        LimitedListener::new(listener, max_connections),
+        router.into_make_service(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -195,18 +195,20 @@ fn main() {
         let before = rss_mib(server_pid);
         let s = tokio.block_on(open_loop(&request, best * 2.0, overload, objective));
         let after = rss_mib(server_pid);
-        let total = s.ok + s.rejected + s.other;
+        let total = s.ok + s.rejected + s.other + s.errors;
         let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
         println!(
-            "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other (timeouts: 504); RSS {before:.0} -> {after:.0} MiB. \
+            "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other ({} of them timeouts: 504), {} without an answer; RSS {before:.0} -> {after:.0} MiB. \
              Right after, at 30 %: p99 {:.2} ms, {} of {} ok.\n",
             overload.as_secs_f64(),
             s.ok,
             s.rejected,
             s.other,
+            s.timeouts,
+            s.errors,
             ms(calm.percentile(0.99)),
             calm.ok,
-            calm.ok + calm.rejected + calm.other
+            calm.ok + calm.rejected + calm.other + calm.errors
         );
     }
 }

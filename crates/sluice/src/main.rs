@@ -51,6 +51,11 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
 
+    /// HTTP connections open at once; past it new connections wait in the kernel's
+    /// backlog until one closes, which bounds memory under a flood (0: no limit).
+    #[arg(long, env = "SLUICE_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    http_max_connections: usize,
+
     /// Address to listen on for gRPC (default: the HTTP address).
     #[arg(long, env = "SLUICE_GRPC_ADDRESS")]
     grpc_address: Option<std::net::IpAddr>,
@@ -336,7 +341,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         let http = async {
-            sluice_server::serve(listener, router, until_stopped())
+            sluice_server::serve(listener, router, args.http_max_connections, until_stopped())
                 .await
                 .context("HTTP server failed")
         };
@@ -355,7 +360,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     triton_compat: args.metrics_triton_compat,
                 },
             );
-            sluice_server::serve(listener, app, until_stopped())
+            sluice_server::serve(listener, app, 64, until_stopped())
                 .await
                 .context("metrics server failed")
         };

@@ -24,7 +24,12 @@ pub struct Summary {
     pub latencies: Vec<Duration>,
     pub ok: usize,
     pub rejected: usize,
+    /// Answered with another status (504: timed out in the queue).
     pub other: usize,
+    /// Answered 504 (among `other`).
+    pub timeouts: usize,
+    /// No answer: the connection failed or closed.
+    pub errors: usize,
     /// Successful answers within the latency objective.
     pub good: usize,
 }
@@ -52,6 +57,8 @@ impl Summary {
         self.ok += other.ok;
         self.rejected += other.rejected;
         self.other += other.other;
+        self.timeouts += other.timeouts;
+        self.errors += other.errors;
         self.good += other.good;
     }
 }
@@ -151,6 +158,7 @@ pub async fn start_server(repo: &Path) -> (String, Runtime) {
     tokio::spawn(sluice_server::serve(
         listener,
         router,
+        4096,
         std::future::pending(),
     ));
     (format!("http://{addr}"), runtime)
@@ -227,6 +235,11 @@ fn count(s: &mut Summary, status: u16, latency: Duration, objective: Duration) {
             }
         }
         429 => s.rejected += 1,
+        0 => s.errors += 1,
+        504 => {
+            s.timeouts += 1;
+            s.other += 1;
+        }
         _ => s.other += 1,
     }
 }
@@ -265,7 +278,13 @@ pub async fn open_loop(
     seconds: Duration,
     objective: Duration,
 ) -> Summary {
-    let client = client(256);
+    // At most this many requests in flight on as many kept-alive connections, as
+    // wrk2 does: a request due while all are busy waits here, and that wait counts in
+    // its latency (measured from its scheduled time), so nothing is hidden; without
+    // the cap a flood opens a connection per request and runs out of ports.
+    let connections = 1024;
+    let client = client(connections);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connections));
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut uniform = move || {
         rng ^= rng << 13;
@@ -281,7 +300,9 @@ pub async fn open_loop(
         let request = request.clone();
         let client = client.clone();
         let scheduled = at;
+        let slots = std::sync::Arc::clone(&slots);
         tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
             let status = request.send(&client).await;
             (status, scheduled.elapsed())
         }));
