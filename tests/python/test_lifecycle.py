@@ -8,11 +8,12 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import onnx
 import requests
 from onnx import TensorProto, helper
 
-from conftest import BIN, Server
+from conftest import BIN, EXAMPLES, Server
 
 
 def make_slow_model(root, steps=8, rows=512, size=1024):
@@ -98,3 +99,32 @@ def test_help_documents_flags_and_env_vars():
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0
     assert "not a folder" in bad.stderr
+
+
+def test_connections_past_the_cap_wait_for_a_free_slot(start_server):
+    import socket
+
+    s = start_server(EXAMPLES, "--http-max-connections", "2")
+    port = s.http_port
+    request = f"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+    def connect():
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c.sendall(request)
+        return c
+
+    # Two kept-alive connections, each answered, hold both slots.
+    held = [connect(), connect()]
+    for c in held:
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+    # A third connects (the kernel's backlog takes it) but is not served yet...
+    third = connect()
+    third.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        third.recv(4096)
+    # ...until a slot frees: then it is answered, nothing lost.
+    held.pop().close()
+    third.settimeout(10)
+    assert third.recv(4096).startswith(b"HTTP/1.1 200")
+    for c in held + [third]:
+        c.close()
