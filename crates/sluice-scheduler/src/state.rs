@@ -172,15 +172,15 @@ impl<T: Pending> State<T> {
         };
         let deadline = timeout.map(|t| now + t);
         if let (Some(deadline), true) = (deadline, self.is_adaptive()) {
-            if let Some(done) = self.estimated_completion(level, rows, now) {
-                if done > deadline {
+            if let Some(start) = self.estimated_start(level, now) {
+                if start > deadline {
                     let e = Error::new(
                         ErrorKind::ResourceExhausted,
                         format!(
-                            "model {} cannot answer within the request's timeout of {} µs (about {} µs of work is ahead of it); rejected early",
+                            "model {} cannot start this request within its timeout of {} µs (about {} µs of work is ahead of it); rejected early",
                             self.config.label,
                             timeout.unwrap_or_default().as_micros(),
-                            (done - now).as_micros()
+                            (start - now).as_micros()
                         ),
                     );
                     return Err((payload, e, Rejection::Deadline));
@@ -417,11 +417,17 @@ impl<T: Pending> State<T> {
     }
 
     /// When a new request at `level` would finish, from the work ahead of it.
-    fn estimated_completion(&self, level: usize, rows: usize, now: Instant) -> Option<Instant> {
-        let own = self.latency.estimate(rows)?;
-        let throughput = self.latency.best_throughput()? * self.instances as f64;
+    /// When a request queued now at `level` is likely to start: after the rows ahead
+    /// of it run at the best throughput seen. The timeout bounds the time in the queue,
+    /// so this (not its completion) decides an early rejection; with nothing ahead it
+    /// is `now`, whatever the latency model has learned.
+    fn estimated_start(&self, level: usize, now: Instant) -> Option<Instant> {
         let ahead: usize = self.queues[..level].iter().flatten().map(|e| e.rows).sum();
-        Some(now + Duration::from_secs_f64(ahead as f64 / throughput) + own)
+        if ahead == 0 {
+            return Some(now);
+        }
+        let throughput = self.latency.best_throughput()? * self.instances as f64;
+        Some(now + Duration::from_secs_f64(ahead as f64 / throughput))
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {

@@ -354,6 +354,15 @@ fn adaptive_wait_respects_deadlines_and_rejects_hopeless_requests() {
         "shed like a full queue (429)"
     );
     assert!(err.message().contains("rejected early"), "{err}");
+    // With nothing ahead, a request starts at once: never rejected early, even with a
+    // timeout shorter than one run (the timeout bounds the queue, not the run).
+    let mut s = State::new(dynamic(8, &[], Delay::Adaptive { max: ms(5) }), 1);
+    s.record(8, ms(4));
+    let tight = JobOptions {
+        priority: 0,
+        timeout: Some(us(10)),
+    };
+    assert!(s.enqueue(Item::new("alone"), 1, tight, t0).is_ok());
 }
 
 #[test]
