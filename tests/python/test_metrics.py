@@ -351,7 +351,7 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(EXAMPLES / "mlp", repo / "mlp")
-    make_slow_model(repo, steps=16)
+    make_slow_model(repo, steps=48)
     a = start_server(repo)
     b = start_server(repo)
     targets = {f"127.0.0.1:{a.metrics_port}": "a", f"127.0.0.1:{b.metrics_port}": "b"}

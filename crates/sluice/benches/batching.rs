@@ -196,20 +196,31 @@ fn main() {
         let s = tokio.block_on(open_loop(&request, best * 2.0, overload, objective));
         let after = rss_mib(server_pid);
         let total = s.ok + s.rejected + s.other + s.errors;
-        let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
         println!(
-            "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other ({} of them timeouts: 504), {} without an answer; RSS {before:.0} -> {after:.0} MiB. \
-             Right after, at 30 %: p99 {:.2} ms, {} of {} ok.\n",
+            "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other ({} of them timeouts: 504), {} without an answer; RSS {before:.0} -> {after:.0} MiB.",
             overload.as_secs_f64(),
             s.ok,
             s.rejected,
             s.other,
             s.timeouts,
             s.errors,
-            ms(calm.percentile(0.99)),
-            calm.ok,
-            calm.ok + calm.rejected + calm.other + calm.errors
         );
+        // Recovery: 30 % load at once, twice in a row.
+        for round in ["right after", "then"] {
+            let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
+            let (p50, p99) = (calm.percentile(0.5), calm.percentile(0.99));
+            println!(
+                "{round}, at 30 % for {:.0} s: {} of {} ok, {} rejected, {} timed out, p50 {:.2} ms, p99 {:.2} ms",
+                window.as_secs_f64(),
+                calm.ok,
+                calm.ok + calm.rejected + calm.other + calm.errors,
+                calm.rejected,
+                calm.timeouts,
+                ms(p50),
+                ms(p99),
+            );
+        }
+        println!();
     }
 }
 
