@@ -24,6 +24,7 @@ fn runtime(rel: &str) -> Runtime {
         intra_op_threads: 1,
         queue_capacity: 16,
         strict_readiness: true,
+        lifecycle: sluice_runtime::LifecycleConfig::default(),
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
@@ -91,7 +92,11 @@ async fn health_and_server_metadata() {
     assert_eq!(r.json()["name"], "sluice");
     assert_eq!(
         r.json()["extensions"],
-        json!(["binary_tensor_data", "model_configuration"])
+        json!([
+            "binary_tensor_data",
+            "model_configuration",
+            "model_repository"
+        ])
     );
 }
 
