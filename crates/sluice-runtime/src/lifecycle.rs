@@ -430,7 +430,11 @@ impl Runtime {
                     .filter_map(|e| e.serving.as_ref())
                     .map(|l| l.memory_bytes())
                     .sum();
-                if used.saturating_add(need) <= budget {
+                let loaded_count = models.values().filter(|e| e.serving.is_some()).count();
+                // The last loaded model stays even when it alone is over the budget:
+                // evicting it would only make its next request reload it.
+                let last_one = keep.is_empty() && loaded_count <= 1;
+                if used.saturating_add(need) <= budget || last_one {
                     self.inner.over_budget.store(false, Ordering::Release);
                     return;
                 }
