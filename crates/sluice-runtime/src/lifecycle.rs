@@ -177,12 +177,18 @@ impl Runtime {
             return Err(Error::unavailable("the server is shutting down"));
         }
         self.set_phase(name, Phase::Loading);
-        let result = self.load_locked(name, options);
+        // Taken before reading, so a change made during the load is seen by the next scan.
+        let fingerprint = if options.files.is_empty() {
+            self.inner.repository.fingerprint(name).ok()
+        } else {
+            None
+        };
+        let result = self.load_locked(name, options, fingerprint);
         let old = match result {
             Ok(old) => old,
             Err(e) => {
                 tracing::error!(model = name, reason = %e, "model load failed");
-                self.load_failed(name, &e);
+                self.load_failed(name, &e, fingerprint);
                 return Err(e);
             }
         };
@@ -196,11 +202,13 @@ impl Runtime {
 
     /// Records a failed load: a model that serves keeps serving; one that does not is
     /// unavailable with the reason (and one that does not exist is forgotten).
-    fn load_failed(&self, name: &str, error: &Error) {
+    fn load_failed(&self, name: &str, error: &Error, fingerprint: Option<u64>) {
         let exists = self.inner.repository.root().join(name).is_dir();
         let mut models = self.models_mut();
         if let Some(e) = models.get_mut(name) {
             e.phase = Phase::Idle;
+            // Poll mode retries only once these files change again.
+            e.fingerprint = fingerprint;
             if e.serving.is_none() {
                 if !exists && error.kind() == sluice_core::ErrorKind::NotFound {
                     models.remove(name);
@@ -215,14 +223,18 @@ impl Runtime {
 
     /// Reads and loads a model beside the serving one and swaps it in. Returns the
     /// replaced one, to drain once the loader lock is released.
-    fn load_locked(&self, name: &str, options: &LoadOptions) -> Result<Option<Replaced>> {
+    fn load_locked(
+        &self,
+        name: &str,
+        options: &LoadOptions,
+        fingerprint: Option<u64>,
+    ) -> Result<Option<Replaced>> {
         let repo = &self.inner.repository;
         let files_dir;
-        let (source, dir, fingerprint) = if options.files.is_empty() {
+        let (source, dir) = if options.files.is_empty() {
             let dir = repo.model_dir(name)?;
-            let fingerprint = repo.fingerprint(name).ok();
             let source = repo.read_model_at(name, &dir, options.config.as_deref())?;
-            (source, dir, fingerprint)
+            (source, dir)
         } else {
             let Some(config) = options.config.as_deref() else {
                 return Err(Error::invalid(
@@ -232,7 +244,7 @@ impl Runtime {
             files_dir = write_files(&options.files)?;
             let dir = files_dir.path().to_path_buf();
             let source = repo.read_model_at(name, &dir, Some(config))?;
-            (source, dir, None)
+            (source, dir)
         };
         let cx = BuildContext {
             backends: &self.inner.backends,
@@ -304,9 +316,6 @@ impl Runtime {
         let old_ready = old.as_ref().map_or(0, |o| o.ready().count());
         if new_ready == 0 && old_ready > 0 {
             let reason = first_failure(&loaded);
-            if let Some(e) = self.models_mut().get_mut(name) {
-                e.fingerprint = fingerprint;
-            }
             return Err(Error::unavailable(format!(
                 "model '{name}' keeps serving its previous versions: the new ones failed to load: {reason}"
             )));
