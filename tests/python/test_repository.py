@@ -432,28 +432,57 @@ def test_warmup_runs_before_ready_and_bad_warmup_fails_the_load(tmp_path):
 
 
 def test_request_waits_for_a_model_that_is_loading(tmp_path):
-    """A request that arrives while its model loads waits and is answered."""
+    """A request that arrives while its model loads waits and is answered; one whose
+    timeout passes first gets 504. The load is held open deterministically: its warmup
+    data file is a named pipe that the test writes only after both requests are sent."""
+    import os
     repo = tmp_path / "repo"
-    # Many warmup runs of a wide model make the load take a while.
-    warmup = [{"name": "slow", "batch_size": 8, "count": 400,
-               "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [WIDTH], "random_data": True}}}]
-    data = tagged_model(3, hidden=2048)
-    write_model(repo, "slowload", 1, data, tagged_config("slowload", model_warmup=warmup))
+    warmup = [{"name": "gated", "batch_size": 1,
+               "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [WIDTH], "input_data_file": "gate.bin"}}}]
+    data = tagged_model(3)
+    write_model(repo, "gated", 1, data, tagged_config("gated", model_warmup=warmup))
+    (repo / "gated" / "warmup").mkdir()
+    gate = repo / "gated" / "warmup" / "gate.bin"
+    os.mkfifo(gate)
     s = Server(repo, "--model-control-mode", "explicit")
     try:
         http = httpclient.InferenceServerClient(s.http_url, network_timeout=300)
-        loader = threading.Thread(target=lambda: http.load_model("slowload"))
+        loader = threading.Thread(target=lambda: http.load_model("gated"))
         loader.start()
-        assert wait_until(lambda: index_of(s).get(("slowload", None), {}).get("state") == "LOADING", timeout=60)
+        assert wait_until(lambda: index_of(s).get(("gated", None), {}).get("state") == "LOADING", timeout=60)
         x = np.ones((1, WIDTH), np.float32)
-        c = httpclient.InferenceServerClient(s.http_url, network_timeout=300)
-        version, y = http_infer(c, "slowload", x)  # sent while LOADING
+        body = {"inputs": [{"name": "x", "shape": [1, WIDTH], "datatype": "FP32", "data": x.flatten().tolist()}]}
+        # Bounded by its timeout (µs): the load cannot finish before the gate opens.
+        r = requests.post(f"{s.base}/v2/models/gated/infer",
+                          json={**body, "parameters": {"timeout": 50_000}}, timeout=60)
+        assert r.status_code == 504, r.text
+        assert "still loading" in r.json()["error"]
+        # With a long timeout (and without one) it waits for the load and is answered.
+        answer = {}
+        waiter = threading.Thread(target=lambda: answer.update(
+            r=requests.post(f"{s.base}/v2/models/gated/infer",
+                            json={**body, "parameters": {"timeout": 300_000_000}}, timeout=300)))
+        waiter.start()
+        time.sleep(0.3)  # let the request reach the server (not an assertion on timing)
+        assert not answer
+        assert index_of(s)[("gated", None)]["state"] == "LOADING"
+        gate.write_bytes(np.zeros(WIDTH, np.float32).tobytes())  # opens the gate
         loader.join()
+        waiter.join()
+        assert answer["r"].status_code == 200, answer["r"].text
+        out = answer["r"].json()
+        assert out["model_version"] == "1"
         oracle = Oracle()
         oracle.add(1, data)
-        assert version == 1
-        assert_close(y, oracle.run(1, x), rtol=1e-3, what="slowload")
+        y = np.array(out["outputs"][0]["data"], np.float32).reshape(1, WIDTH)
+        assert_close(y, oracle.run(1, x), what="gated")
     finally:
+        if not gate.exists() or loader.is_alive():
+            try:
+                fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+                os.close(fd)
+            except OSError:
+                pass
         assert s.stop() == 0, s.log()
 
 
