@@ -1,7 +1,7 @@
 """Model lifecycle timings (issue 7), in one run on one machine:
 
 1. Load time of each example model and of ResNet-50 (`models-bench/resnet50`, from
-   `scripts/make_bench_models.py`): the wall time of tritonclient's `load_model` in
+   `scripts/make_bench_models.py`; once on ONNX Runtime, once on tract): the wall time of tritonclient's `load_model` in
    explicit mode (read, engine load, instances, batch-plan measurement, warmup) and the
    server's own `load_duration_ms` from the repository index, against the peer: creating
    an ONNX Runtime `InferenceSession` for the same file in this Python process.
@@ -56,6 +56,10 @@ def load_times(rounds):
     resnet = BENCH / "resnet50"
     if resnet.is_dir():
         shutil.copytree(resnet, repo / "resnet50")
+        # The same file on tract (the config names no backend, so ONNX Runtime takes it).
+        shutil.copytree(resnet, repo / "resnet50_tract")
+        cfg = (resnet / "config.pbtxt").read_text().replace('name: "resnet50"', 'name: "resnet50_tract"')
+        (repo / "resnet50_tract" / "config.pbtxt").write_text(cfg + 'backend: "tract"\n')
     s = Server(repo, "--model-control-mode", "explicit")
     rows = []
     try:
