@@ -256,6 +256,14 @@ impl Entry {
         }
     }
 
+    /// Nothing serves, but requests are served through a load on first use (evicted,
+    /// or not yet loaded under a memory budget), whether or not that load runs now.
+    fn on_demand(&self) -> bool {
+        self.serving.is_none()
+            && self.autoload
+            && matches!(self.absent, Absent::NotLoaded | Absent::Evicted)
+    }
+
     /// Nothing serves but a request may start a load.
     fn startable(&self) -> bool {
         self.serving.is_none()
@@ -344,10 +352,7 @@ impl Runtime {
                 .versions
                 .values()
                 .all(|v| matches!(v, VersionSlot::Ready(_))),
-            None => {
-                e.phase == Phase::Idle && matches!(e.absent, Absent::Evicted | Absent::Unloaded)
-                    || e.startable()
-            }
+            None => e.on_demand() || e.absent == Absent::Unloaded,
         })
     }
 
@@ -535,7 +540,8 @@ impl Runtime {
     pub fn model_ready(&self, name: &str, version: Option<u64>) -> Result<bool> {
         match self.lookup(name, version) {
             Lookup::Ready(..) | Lookup::Start => Ok(true),
-            Lookup::Wait => Ok(false),
+            // Reloading after an eviction is invisible to clients; other loads are not ready yet.
+            Lookup::Wait => Ok(self.models().get(name).is_some_and(Entry::on_demand)),
             Lookup::Fail(e) if e.kind() == sluice_core::ErrorKind::NotFound => Err(e),
             Lookup::Fail(_) => Ok(false),
         }
