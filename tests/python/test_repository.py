@@ -387,6 +387,13 @@ def test_poll_mode_applies_changes_and_keeps_last_good_version(tmp_path):
         version, y = http_infer(http, "polled", x)
         assert version == 2
         assert_close(y, oracle.run(2, x), what="polled v2 after a broken v3")
+        # A broken config: the reload fails with the reason, version 2 keeps serving.
+        shutil.rmtree(repo / "polled" / "3")
+        (repo / "polled" / "config.json").write_text('{"max_batch_size": "eight"}')
+        assert wait_until(lambda: 'invalid type: string \\"eight\\"' in s.log()
+                          or 'invalid type: string "eight"' in s.log(), timeout=30), s.log()
+        assert http_infer(http, "polled", x)[0] == 2
+        (repo / "polled" / "config.json").write_text(json.dumps(tagged_config("polled")))
         # A new model folder is picked up; a removed one is unloaded.
         write_model(repo, "added", 1, tagged_model(5), tagged_config("added"))
         assert wait_until(lambda: http.is_model_ready("added"), timeout=30), s.log()
