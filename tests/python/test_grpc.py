@@ -151,13 +151,16 @@ def test_repository_index(client):
     assert all(m.state == "READY" and m.version == "1" for m in index)
 
 
-def test_load_unload_are_unimplemented(client):
+def test_load_unload_need_explicit_mode(client):
+    """The shared server runs in the default control mode (none): the repository API
+    refuses changes with a message naming the flag (test_repository.py covers explicit mode)."""
     for call in [lambda: client.load_model("mlp"),
                  lambda: client.unload_model("mlp")]:
         with pytest.raises(InferenceServerException) as e:
             call()
-        assert e.value.status() == "StatusCode.UNIMPLEMENTED"
-        assert "not implemented yet" in e.value.message()
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "--model-control-mode explicit" in e.value.message()
+    assert client.is_model_ready("mlp")
 
 
 # ---- inference -------------------------------------------------------------------------

@@ -151,16 +151,39 @@ impl Repository {
         Ok(names)
     }
 
+    /// The folder of a model (the name is checked to be one plain path component).
+    pub fn model_dir(&self, name: &str) -> Result<PathBuf> {
+        check_model_name(name)?;
+        Ok(self.root.join(name))
+    }
+
     /// Reads one model: its config (parsed, auto-completed, validated) and versions.
     pub fn read_model(&self, name: &str) -> Result<ModelSource> {
+        self.read_model_at(name, &self.model_dir(name)?, None)
+    }
+
+    /// Reads a model from `dir` (its repository folder, or a folder of files given in a
+    /// load request), with `config_json` (Triton's JSON form) in place of the folder's
+    /// config file when given.
+    pub fn read_model_at(
+        &self,
+        name: &str,
+        dir: &Path,
+        config_json: Option<&str>,
+    ) -> Result<ModelSource> {
         check_model_name(name)?;
-        let dir = self.root.join(name);
         if !dir.is_dir() {
             return Err(Error::not_found(format!(
                 "no model '{name}' in the repository"
             )));
         }
-        let (mut config, origin) = read_config(&dir)?;
+        let (mut config, origin) = match config_json {
+            Some(text) => (
+                ModelConfig::from_json(text).map_err(|e| e.context("config override"))?,
+                ConfigOrigin::Json,
+            ),
+            None => read_config(dir)?,
+        };
         if config.name.is_empty() {
             config.name = name.to_owned();
         } else if config.name != name {
@@ -174,7 +197,7 @@ impl Repository {
         } else {
             config.default_model_filename.clone()
         };
-        let available = version_folders(&dir)?;
+        let available = version_folders(dir)?;
         if available.is_empty() {
             return Err(Error::invalid(format!(
                 "model '{name}' has no numbered version folder (expected {name}/1/{file_name})"
@@ -211,6 +234,38 @@ impl Repository {
             origin,
             versions,
         })
+    }
+}
+
+impl Repository {
+    /// A summary of what is on disk for a model: names, sizes and modification times
+    /// of its config files, version folders and their files (and `warmup/`). Equal
+    /// fingerprints mean nothing was added, removed or rewritten; poll mode compares them.
+    pub fn fingerprint(&self, name: &str) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let dir = self.model_dir(name)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut stack = vec![(dir.clone(), 0usize)];
+        while let Some((folder, depth)) = stack.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&folder)
+                .map_err(|e| Error::not_found(format!("cannot read model '{name}': {e}")))?
+                .filter_map(std::result::Result::ok)
+                .collect();
+            entries.sort_by_key(std::fs::DirEntry::file_name);
+            for entry in entries {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                path.strip_prefix(&dir).unwrap_or(&path).hash(&mut hasher);
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
+                if meta.is_dir() && depth < 2 {
+                    stack.push((path, depth + 1));
+                }
+            }
+        }
+        Ok(hasher.finish())
     }
 }
 

@@ -19,6 +19,7 @@ mod listener;
 mod logging;
 mod metrics;
 mod models;
+mod repository;
 mod stats;
 mod trace;
 mod wire;
@@ -64,6 +65,7 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
     Router::new()
         .merge(health::router())
         .merge(models::router())
+        .merge(repository::router())
         .merge(infer::router())
         .merge(stats::router())
         .merge(logging::router())

@@ -171,6 +171,12 @@ fn native(out: &mut Writer, versions: &[VersionStats]) {
         v.load_duration.as_secs_f64()
     });
     out.family(
+        "sluice_model_memory_bytes",
+        "gauge",
+        "Resident memory the model version took when it loaded (measured; see README).",
+    );
+    each(out, "sluice_model_memory_bytes", &|v| v.memory_bytes as f64);
+    out.family(
         "sluice_inference_requests_total",
         "counter",
         "Inference requests by outcome: success, rejected (queue full or deadline unreachable), timeout, cancelled, backend (engine failure), invalid.",

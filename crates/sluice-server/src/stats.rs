@@ -103,7 +103,11 @@ fn to_proto(v: &VersionStats) -> ModelStatistics {
                 compute_output: duration(b.compute_output.get()),
             })
             .collect(),
-        memory_usage: Vec::new(),
+        memory_usage: vec![sluice_proto::inference::MemoryUsage {
+            r#type: "CPU".to_owned(),
+            id: 0,
+            byte_size: v.memory_bytes,
+        }],
         response_stats: Default::default(),
     }
 }
@@ -138,6 +142,10 @@ fn to_json(m: &ModelStatistics) -> Value {
             "compute_infer": duration_json(b.compute_infer.as_ref()),
             "compute_output": duration_json(b.compute_output.as_ref()),
         })).collect::<Vec<_>>(),
-        "memory_usage": [],
+        "memory_usage": m.memory_usage.iter().map(|u| json!({
+            "type": u.r#type,
+            "id": u.id,
+            "byte_size": u.byte_size,
+        })).collect::<Vec<_>>(),
     })
 }

@@ -24,6 +24,7 @@ fn runtime(rel: &str) -> Runtime {
         intra_op_threads: 1,
         queue_capacity: 16,
         strict_readiness: true,
+        lifecycle: sluice_runtime::LifecycleConfig::default(),
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
@@ -91,7 +92,11 @@ async fn health_and_server_metadata() {
     assert_eq!(r.json()["name"], "sluice");
     assert_eq!(
         r.json()["extensions"],
-        json!(["binary_tensor_data", "model_configuration"])
+        json!([
+            "binary_tensor_data",
+            "model_configuration",
+            "model_repository"
+        ])
     );
 }
 
@@ -324,4 +329,161 @@ async fn broken_repository_reports_reasons_and_serves_the_rest() {
     )
     .await;
     assert_eq!(r.json()["outputs"][0]["data"], json!([1.0, 2.0, 3.0, 4.0]));
+}
+
+fn explicit(load: &[&str]) -> Router {
+    let config = RuntimeConfig {
+        repository: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models"),
+        repository_options: RepositoryOptions::default(),
+        default_backend: "tract".into(),
+        intra_op_threads: 1,
+        queue_capacity: 16,
+        strict_readiness: true,
+        lifecycle: sluice_runtime::LifecycleConfig {
+            mode: sluice_runtime::ControlMode::Explicit,
+            startup_models: load.iter().map(|&m| m.to_owned()).collect(),
+            ..sluice_runtime::LifecycleConfig::default()
+        },
+    };
+    let rt = Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap();
+    app(rt, HttpConfig::default())
+}
+
+fn state_of(index: &Value, name: &str) -> (String, String) {
+    let row = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {index}"));
+    (
+        row["state"].as_str().unwrap().to_owned(),
+        row["reason"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn repository_load_unload_and_index_states() {
+    let app = explicit(&["mlp"]);
+    let index = post(app.clone(), "/v2/repository/index", "").await.json();
+    assert_eq!(state_of(&index, "mlp").0, "READY");
+    assert_eq!(
+        state_of(&index, "digits"),
+        ("UNAVAILABLE".into(), "not loaded".into())
+    );
+    let r = get(app.clone(), "/v2/models/digits/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let r = post(app.clone(), "/v2/repository/models/digits/load", "").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = get(app.clone(), "/v2/models/digits/ready").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let index = post(app.clone(), "/v2/repository/index", r#"{"ready": true}"#)
+        .await
+        .json();
+    let names: Vec<_> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("digits"), json!("mlp")]);
+    assert!(index[0]["memory_bytes"].as_u64().unwrap() > 0);
+
+    let r = post(
+        app.clone(),
+        "/v2/repository/models/digits/unload",
+        r#"{"parameters": {"unload_dependents": true}}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let index = post(app.clone(), "/v2/repository/index", "").await.json();
+    assert_eq!(
+        state_of(&index, "digits"),
+        ("UNAVAILABLE".into(), "unloaded".into())
+    );
+    let r = post(app.clone(), "/v2/models/digits/infer", "{}").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["error"].as_str().unwrap().contains("unloaded"));
+}
+
+#[tokio::test]
+async fn repository_bad_requests() {
+    let app = explicit(&[]);
+    let cases = [
+        (
+            "/v2/repository/models/..%2Fx/load",
+            "",
+            StatusCode::BAD_REQUEST,
+            "not a valid model name",
+        ),
+        (
+            "/v2/repository/models/%2Fetc/load",
+            "",
+            StatusCode::BAD_REQUEST,
+            "not a valid model name",
+        ),
+        (
+            "/v2/repository/models/nope/load",
+            "",
+            StatusCode::NOT_FOUND,
+            "no model 'nope'",
+        ),
+        (
+            "/v2/repository/models/nope/unload",
+            "",
+            StatusCode::NOT_FOUND,
+            "unknown model 'nope'",
+        ),
+        (
+            "/v2/repository/models/mlp/load",
+            "{",
+            StatusCode::BAD_REQUEST,
+            "invalid load request",
+        ),
+        (
+            "/v2/repository/models/mlp/load",
+            r#"{"parameters": {"config": 3}}"#,
+            StatusCode::BAD_REQUEST,
+            "must be a JSON string",
+        ),
+        (
+            "/v2/repository/models/mlp/load",
+            r#"{"parameters": {"config": "{\"max_batch_size\": -1}"}}"#,
+            StatusCode::BAD_REQUEST,
+            "max_batch_size must be >= 0",
+        ),
+        (
+            "/v2/repository/models/mlp/unload",
+            r#"{"parameters": {"unload_dependents": "yes"}}"#,
+            StatusCode::BAD_REQUEST,
+            "must be a boolean",
+        ),
+        (
+            "/v2/repository/index",
+            r#"{"ready": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid index request",
+        ),
+    ];
+    for (uri, body, status, expect) in cases {
+        let r = post(app.clone(), uri, body).await;
+        assert_eq!(r.status, status, "{uri} {body}: {:?}", r.body);
+        let message = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(message.contains(expect), "{uri} {body}: {message}");
+    }
+    // None of it loaded anything.
+    let index = post(app.clone(), "/v2/repository/index", r#"{"ready": true}"#)
+        .await
+        .json();
+    assert_eq!(index, json!([]));
+}
+
+#[tokio::test]
+async fn load_and_unload_need_explicit_mode() {
+    let r = post(examples(), "/v2/repository/models/mlp/unload", "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"].as_str().unwrap().contains("explicit"));
+    let r = get(examples(), "/v2/models/mlp/ready").await;
+    assert_eq!(r.status, StatusCode::OK);
 }

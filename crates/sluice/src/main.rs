@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_runtime::{Runtime, RuntimeConfig};
+use sluice_runtime::{ControlMode, LifecycleConfig, Runtime, RuntimeConfig};
 use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
 mod engines;
@@ -117,6 +117,28 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
 
+    /// How the set of loaded models changes: `none` loads every model at start and
+    /// never changes it; `poll` also applies what changes in the repository;
+    /// `explicit` loads only `--load-model` models and then what the repository API
+    /// loads and unloads (Triton's model control modes).
+    #[arg(long, env = "SLUICE_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlModeArg::None)]
+    model_control_mode: ControlModeArg,
+
+    /// Explicit mode: a model to load at start (repeat the flag; `*` loads all).
+    #[arg(long = "load-model", env = "SLUICE_LOAD_MODEL", value_delimiter = ',')]
+    load_model: Vec<String>,
+
+    /// Poll mode: seconds between repository scans (fractions allowed). A change is
+    /// applied once two scans in a row see the same files.
+    #[arg(long, env = "SLUICE_REPOSITORY_POLL_SECS", default_value_t = 15.0)]
+    repository_poll_secs: f64,
+
+    /// Memory the loaded models may take together, in bytes (measured per version at
+    /// load). With a budget, models load on first use and the least recently used
+    /// idle ones are unloaded to stay under it; requests to them wait for the reload.
+    #[arg(long, env = "SLUICE_MODEL_MEMORY_BUDGET")]
+    model_memory_budget: Option<u64>,
+
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -124,6 +146,13 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `sluice=debug,info` (RUST_LOG syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ControlModeArg {
+    None,
+    Poll,
+    Explicit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -256,6 +285,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.http_port,
         args.http_address
     );
+    anyhow::ensure!(
+        args.repository_poll_secs.is_finite() && args.repository_poll_secs > 0.0,
+        "--repository-poll-secs must be a positive number of seconds"
+    );
+    anyhow::ensure!(
+        args.load_model.is_empty() || args.model_control_mode == ControlModeArg::Explicit,
+        "--load-model needs --model-control-mode explicit"
+    );
+    anyhow::ensure!(
+        args.model_memory_budget != Some(0),
+        "--model-memory-budget must be at least 1 byte"
+    );
+    let lifecycle = LifecycleConfig {
+        mode: match args.model_control_mode {
+            ControlModeArg::None => ControlMode::None,
+            ControlModeArg::Poll => ControlMode::Poll,
+            ControlModeArg::Explicit => ControlMode::Explicit,
+        },
+        startup_models: args.load_model.clone(),
+        poll_interval: std::time::Duration::from_secs_f64(args.repository_poll_secs),
+        memory_budget: args.model_memory_budget,
+    };
     let config = RuntimeConfig {
         repository: args.model_repository.clone(),
         repository_options: sluice_repository_options(args.default_max_batch_size),
@@ -263,6 +314,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         intra_op_threads: args.intra_op_threads,
         queue_capacity: args.queue_capacity,
         strict_readiness: args.strict_readiness,
+        lifecycle,
     };
     let backends = engines::backends(&args.engines, &args.default_backend)?;
     tracing::info!(repository = %args.model_repository.display(), "loading models");

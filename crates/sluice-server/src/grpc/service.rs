@@ -8,13 +8,14 @@ use sluice_proto::inference::repository_index_response::ModelIndex;
 use sluice_proto::inference::{
     LogSettingsRequest, LogSettingsResponse, ModelConfigRequest, ModelConfigResponse,
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
-    ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
-    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse,
-    RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
-    RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
-    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    ModelReadyRequest, ModelReadyResponse, ModelRepositoryParameter, ModelStatisticsRequest,
+    ModelStatisticsResponse, ModelStreamInferResponse, RepositoryIndexRequest,
+    RepositoryIndexResponse, RepositoryModelLoadRequest, RepositoryModelLoadResponse,
+    RepositoryModelUnloadRequest, RepositoryModelUnloadResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
+    ServerReadyResponse,
 };
-use sluice_runtime::{ModelState, Runtime};
+use sluice_runtime::Runtime;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -263,17 +264,9 @@ impl GrpcInferenceService for Inference {
         request: Request<RepositoryIndexRequest>,
     ) -> RpcResult<RepositoryIndexResponse> {
         let request = request.into_inner();
-        if !request.repository_name.is_empty() {
-            return reply(Err(sluice_core::Error::unsupported(format!(
-                "repository '{}': named repositories are not supported; leave repository_name empty",
-                request.repository_name
-            ))));
-        }
-        let models = self
-            .runtime
-            .index()
+        check_repository_name(&request.repository_name)?;
+        let models = crate::repository::index_rows(&self.runtime, request.ready)
             .into_iter()
-            .filter(|e| !request.ready || e.state == ModelState::Ready)
             .map(|e| ModelIndex {
                 name: e.name,
                 version: e.version.map(|v| v.to_string()).unwrap_or_default(),
@@ -286,19 +279,59 @@ impl GrpcInferenceService for Inference {
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> RpcResult<RepositoryModelLoadResponse> {
-        Err(Status::unimplemented(
-            "RepositoryModelLoad is not implemented yet: Sluice loads every model of the repository at start-up",
-        ))
+        let request = request.into_inner();
+        check_repository_name(&request.repository_name)?;
+        let result = async {
+            let options = crate::repository::load_options(params(request.parameters))?;
+            crate::repository::run_load(self.runtime.clone(), request.model_name, options).await
+        }
+        .await;
+        reply(result.map(|()| RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> RpcResult<RepositoryModelUnloadResponse> {
-        Err(Status::unimplemented(
-            "RepositoryModelUnload is not implemented yet: Sluice loads every model of the repository at start-up",
-        ))
+        let request = request.into_inner();
+        check_repository_name(&request.repository_name)?;
+        let result = async {
+            crate::repository::check_unload_params(params(request.parameters))?;
+            crate::repository::run_unload(self.runtime.clone(), request.model_name).await
+        }
+        .await;
+        reply(result.map(|()| RepositoryModelUnloadResponse {}))
     }
+}
+
+/// Sluice serves one repository: a named one is refused.
+fn check_repository_name(name: &str) -> std::result::Result<(), Status> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    Err(grpc_status(&sluice_core::Error::unsupported(format!(
+        "repository '{name}': named repositories are not supported; leave repository_name empty"
+    ))))
+}
+
+/// Repository parameters in the protocol-neutral form.
+fn params(
+    map: std::collections::HashMap<String, ModelRepositoryParameter>,
+) -> Vec<(String, crate::repository::Param)> {
+    use crate::repository::Param;
+    use sluice_proto::inference::model_repository_parameter::ParameterChoice;
+    map.into_iter()
+        .map(|(k, v)| {
+            let p = match v.parameter_choice {
+                Some(ParameterChoice::BoolParam(_)) => Param::Bool,
+                Some(ParameterChoice::Int64Param(_)) => Param::Int,
+                Some(ParameterChoice::StringParam(s)) => Param::Str(s),
+                Some(ParameterChoice::BytesParam(b)) => Param::Bytes(b.to_vec()),
+                None => Param::Str(String::new()),
+            };
+            (k, p)
+        })
+        .collect()
 }

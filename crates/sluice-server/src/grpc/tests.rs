@@ -32,6 +32,7 @@ fn runtime() -> Runtime {
         intra_op_threads: 1,
         queue_capacity: 64,
         strict_readiness: true,
+        lifecycle: sluice_runtime::LifecycleConfig::default(),
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }

@@ -138,6 +138,7 @@ pub async fn start_server(repo: &Path) -> (String, Runtime) {
         intra_op_threads: 1,
         queue_capacity: 1024,
         strict_readiness: true,
+        lifecycle: sluice_runtime::LifecycleConfig::default(),
     };
     let repo = repo.to_path_buf();
     let runtime = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,219 @@
+//! Turning a [`ModelSource`] into something that serves: the backend choice, one
+//! instance pool per version, warmup, and the measured load time and memory.
+//!
+//! Key decision: memory is measured, not guessed: the process's resident set is read
+//! before and after a version is loaded, instantiated and warmed up (loads are
+//! serialized, so the delta belongs to that version). Because an allocator may reuse
+//! memory freed by an earlier unload (the delta then undercounts), the model file's
+//! size is the floor (the weights are in memory once loaded), and the runtime
+//! remembers the first measurement of each file: a reload of the same file after an
+//! eviction reports the larger of the two, so budget decisions do not drift.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sluice_core::{Backend, Error, InstanceOptions, ModelConfig, ModelSignature, Result};
+use sluice_repository::{ModelSource, ModelVersion};
+use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
+
+use crate::{warmup, Backends};
+
+/// One ready version: its pool and what it cost to load.
+pub(crate) struct Served {
+    pub signature: Arc<ModelSignature>,
+    pub pool: InstancePool,
+    pub load_duration: Duration,
+    pub memory_bytes: u64,
+    /// Which file this version was loaded from, to reuse it when nothing changed.
+    pub file: FileKey,
+}
+
+/// A model file as it was when loaded: path, size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileKey {
+    path: std::path::PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileKey {
+    pub fn of(path: &Path) -> FileKey {
+        let meta = std::fs::metadata(path).ok();
+        FileKey {
+            path: path.to_path_buf(),
+            len: meta.as_ref().map_or(0, std::fs::Metadata::len),
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+pub(crate) enum VersionSlot {
+    Ready(Arc<Served>),
+    Failed(String),
+}
+
+/// A model as it serves: its completed config and its versions.
+pub(crate) struct Loaded {
+    pub config: Arc<ModelConfig>,
+    pub platform: String,
+    pub versions: BTreeMap<u64, VersionSlot>,
+    /// Tick of the runtime's LRU clock at the last request (or the load).
+    pub last_used: AtomicU64,
+}
+
+impl Loaded {
+    pub fn ready(&self) -> impl Iterator<Item = (u64, &Arc<Served>)> {
+        self.versions.iter().filter_map(|(&v, s)| match s {
+            VersionSlot::Ready(served) => Some((v, served)),
+            VersionSlot::Failed(_) => None,
+        })
+    }
+    pub fn memory_bytes(&self) -> u64 {
+        self.ready().map(|(_, s)| s.memory_bytes).sum()
+    }
+    /// No request holds any of its versions (only the registry does).
+    pub fn idle(&self) -> bool {
+        self.ready().all(|(_, s)| Arc::strong_count(s) == 1)
+    }
+}
+
+/// Settings a load needs from the runtime config.
+pub(crate) struct BuildContext<'a> {
+    pub backends: &'a Backends,
+    pub default_backend: &'a str,
+    pub intra_op_threads: usize,
+    pub queue_capacity: usize,
+}
+
+/// Picks the backend of a model and completes its config with it.
+pub(crate) fn pick_backend(
+    cx: &BuildContext<'_>,
+    source: &ModelSource,
+) -> Result<(Arc<dyn Backend>, ModelConfig, String)> {
+    let mut config = source.config.clone();
+    let wanted = match (config.backend.as_str(), config.platform.as_str()) {
+        ("", "" | "onnxruntime_onnx") | ("onnxruntime", _) => {
+            if cx.backends.get("onnxruntime").is_some() {
+                "onnxruntime"
+            } else {
+                cx.default_backend
+            }
+        }
+        ("", other) => {
+            return Err(Error::unsupported(format!(
+                "platform '{other}' is not supported (Sluice serves ONNX models)"
+            )))
+        }
+        (backend, _) => backend,
+    };
+    let backend = cx.backends.get(wanted).ok_or_else(|| {
+        Error::unsupported(format!(
+            "backend '{wanted}' is not available in this server (available: {:?})",
+            cx.backends.names()
+        ))
+    })?;
+    if config.backend.is_empty() {
+        config.backend = backend.name().to_owned();
+    }
+    let platform = if config.platform.is_empty() {
+        format!("{}_onnx", backend.name())
+    } else {
+        config.platform.clone()
+    };
+    Ok((Arc::clone(backend), config, platform))
+}
+
+/// Loads one version: engine, instances, pool, warmup. Ready only when all succeeded.
+pub(crate) fn load_version(
+    cx: &BuildContext<'_>,
+    backend: &dyn Backend,
+    config: &ModelConfig,
+    source: &ModelSource,
+    version: &ModelVersion,
+    model_dir: &Path,
+) -> Result<Served> {
+    let started = Instant::now();
+    let file = FileKey::of(&version.model_file);
+    let rss_before = crate::memory::resident_bytes();
+    let spec = sluice_core::LoadSpec {
+        config,
+        ..source.load_spec(version)
+    };
+    let loaded = backend.load(&spec)?;
+    let intra_op_threads = match config.parameter("intra_op_thread_count") {
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter intra_op_thread_count must be a positive integer, got '{v}'"
+                ))
+            })?,
+        None => cx.intra_op_threads,
+    };
+    let instances = (0..config.instance_count())
+        .map(|index| {
+            loaded.instance(&InstanceOptions {
+                index,
+                intra_op_threads,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    drop(loaded);
+    let scheduler = SchedulerConfig::from_model_config(
+        format!("{}:{}", source.name, version.version),
+        config,
+        cx.queue_capacity,
+    )?;
+    let signature = Arc::new(ModelSignature::from_config(config));
+    let pool = InstancePool::start(scheduler, instances)?;
+    run_warmup(config, &signature, &pool, model_dir)?;
+    let rss_after = crate::memory::resident_bytes();
+    let measured = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => a.saturating_sub(b),
+        _ => 0,
+    };
+    Ok(Served {
+        signature,
+        pool,
+        load_duration: started.elapsed(),
+        memory_bytes: measured.max(file.len()),
+        file,
+    })
+}
+
+fn run_warmup(
+    config: &ModelConfig,
+    signature: &ModelSignature,
+    pool: &InstancePool,
+    model_dir: &Path,
+) -> Result<()> {
+    let samples = warmup::samples(config, model_dir)?;
+    if samples.is_empty() {
+        return Ok(());
+    }
+    // The pool answers through tokio primitives; a small runtime of its own lets a
+    // blocking loader thread wait for it whether or not it runs inside tokio.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the warmup runtime: {e}")))?;
+    for sample in samples {
+        for _ in 0..sample.count {
+            let valid = signature
+                .validate(sample.request.clone())
+                .map_err(|e| e.context(format!("model_warmup '{}'", sample.name)))?;
+            rt.block_on(pool.infer(valid, JobOptions::default()))
+                .map_err(|e| e.context(format!("model_warmup '{}' failed", sample.name)))?;
+        }
+    }
+    Ok(())
+}

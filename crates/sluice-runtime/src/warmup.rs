@@ -1,0 +1,300 @@
+//! Triton's `model_warmup`: sample requests run through a freshly loaded version
+//! before it turns ready, so the first real request does not pay for first-run costs.
+//!
+//! Key decision: a sample is an ordinary [`InferRequest`] checked against the model's
+//! signature and run through the version's own instance pool, so warmup exercises the
+//! exact path real requests take; a sample that fails fails the load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use sluice_core::{DataType, Error, InferRequest, ModelConfig, Result, Tensor};
+
+/// One warmup sample, ready to run `count` times.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    pub name: String,
+    pub count: u32,
+    pub request: InferRequest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmupConfig {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    batch_size: u32,
+    #[serde(default)]
+    inputs: Inputs,
+    #[serde(default)]
+    count: u32,
+}
+
+/// `inputs` is a map; its JSON form is an object, and some writers give the
+/// `[{key, value}]` list form.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inputs {
+    Map(BTreeMap<String, WarmupInput>),
+    List(Vec<KeyValue>),
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Inputs::Map(BTreeMap::new())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyValue {
+    key: String,
+    value: WarmupInput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmupInput {
+    data_type: String,
+    #[serde(default)]
+    dims: Vec<i64>,
+    #[serde(default)]
+    zero_data: bool,
+    #[serde(default)]
+    random_data: bool,
+    #[serde(default)]
+    input_data_file: String,
+}
+
+/// The samples of a model's `model_warmup`, with data files read from
+/// `<model_dir>/warmup/`.
+pub(crate) fn samples(config: &ModelConfig, model_dir: &Path) -> Result<Vec<Sample>> {
+    let Some(value) = &config.model_warmup else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<WarmupConfig> = match value {
+        serde_json::Value::Array(_) => serde_json::from_value(value.clone()),
+        _ => serde_json::from_value(serde_json::Value::Array(vec![value.clone()])),
+    }
+    .map_err(|e| Error::invalid(format!("model_warmup: {e}")))?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    list.into_iter()
+        .enumerate()
+        .map(|(ix, w)| {
+            let name = if w.name.is_empty() {
+                format!("sample {ix}")
+            } else {
+                w.name
+            };
+            let context = |e: Error| e.context(format!("model_warmup '{name}'"));
+            let batched = config.max_batch_size > 0;
+            let rows = if batched {
+                let b = w.batch_size.max(1);
+                if i64::from(b) > i64::from(config.max_batch_size) {
+                    return Err(context(Error::invalid(format!(
+                        "batch_size {b} exceeds max_batch_size {}",
+                        config.max_batch_size
+                    ))));
+                }
+                Some(b as usize)
+            } else {
+                None
+            };
+            let inputs = match w.inputs {
+                Inputs::Map(m) => m.into_iter().collect::<Vec<_>>(),
+                Inputs::List(l) => l.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            };
+            let tensors = inputs
+                .into_iter()
+                .map(|(input, spec)| tensor(&input, &spec, rows, model_dir, &mut seed))
+                .collect::<Result<Vec<_>>>()
+                .map_err(context)?;
+            Ok(Sample {
+                name,
+                count: w.count.max(1),
+                request: InferRequest {
+                    inputs: tensors,
+                    ..InferRequest::default()
+                },
+            })
+        })
+        .collect()
+}
+
+fn tensor(
+    input: &str,
+    spec: &WarmupInput,
+    rows: Option<usize>,
+    model_dir: &Path,
+    seed: &mut u64,
+) -> Result<Tensor> {
+    let datatype = DataType::from_config_name(&spec.data_type).ok_or_else(|| {
+        Error::invalid(format!(
+            "input '{input}': unknown data_type '{}'",
+            spec.data_type
+        ))
+    })?;
+    let Some(size) = datatype.size() else {
+        return Err(Error::unsupported(format!(
+            "input '{input}': warmup data for {datatype} is not supported"
+        )));
+    };
+    let mut shape = Vec::with_capacity(spec.dims.len() + 1);
+    shape.extend(rows);
+    for &d in &spec.dims {
+        let d = usize::try_from(d)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| Error::invalid(format!("input '{input}': dimension {d} is invalid")))?;
+        shape.push(d);
+    }
+    let bytes = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= 1 << 30)
+        .ok_or_else(|| Error::invalid(format!("input '{input}': shape {shape:?} is too large")))?;
+    let sources = [
+        spec.zero_data,
+        spec.random_data,
+        !spec.input_data_file.is_empty(),
+    ];
+    if sources.iter().filter(|&&s| s).count() != 1 {
+        return Err(Error::invalid(format!(
+            "input '{input}': set exactly one of zero_data, random_data, input_data_file"
+        )));
+    }
+    let data = if spec.zero_data {
+        vec![0u8; bytes]
+    } else if spec.random_data {
+        random(datatype, bytes / size, seed)
+    } else {
+        let file = Path::new(&spec.input_data_file);
+        if file.is_absolute()
+            || file
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::invalid(format!(
+                "input '{input}': input_data_file '{}' must be a plain path inside warmup/",
+                spec.input_data_file
+            )));
+        }
+        let path = model_dir.join("warmup").join(file);
+        let data = std::fs::read(&path).map_err(|e| {
+            Error::invalid(format!(
+                "input '{input}': cannot read warmup/{}: {e}",
+                spec.input_data_file
+            ))
+        })?;
+        if data.len() != bytes {
+            return Err(Error::invalid(format!(
+                "input '{input}': warmup/{} has {} bytes, the shape {shape:?} of {datatype} needs {bytes}",
+                spec.input_data_file,
+                data.len()
+            )));
+        }
+        data
+    };
+    Tensor::new(input, datatype, shape, Bytes::from(data))
+}
+
+/// Random values that are valid for the type: floats uniform in [0, 1), integers
+/// over their whole range, booleans 0 or 1 (random bytes could be NaN or invalid bools).
+fn random(datatype: DataType, count: usize, seed: &mut u64) -> Vec<u8> {
+    let mut next = || {
+        // xorshift64*: reproducible, dependency-free, good enough for warmup data.
+        *seed ^= *seed >> 12;
+        *seed ^= *seed << 25;
+        *seed ^= *seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut out = Vec::with_capacity(count * datatype.size().unwrap_or(1));
+    for _ in 0..count {
+        let r = next();
+        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+        match datatype {
+            DataType::F32 => out.extend_from_slice(&(unit as f32).to_le_bytes()),
+            DataType::F64 => out.extend_from_slice(&unit.to_le_bytes()),
+            DataType::F16 => out.extend_from_slice(&half::f16::from_f64(unit).to_le_bytes()),
+            DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(unit).to_le_bytes()),
+            DataType::Bool => out.push((r & 1) as u8),
+            other => {
+                let size = other.size().unwrap_or(1);
+                out.extend_from_slice(&r.to_le_bytes()[..size]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::TensorConfig;
+
+    fn config(warmup: serde_json::Value) -> ModelConfig {
+        ModelConfig {
+            max_batch_size: 4,
+            input: vec![TensorConfig::new("x", DataType::F32, vec![3])],
+            output: vec![TensorConfig::new("y", DataType::F32, vec![3])],
+            model_warmup: Some(warmup),
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn zero_and_random_samples() {
+        let cfg = config(serde_json::json!([
+            {"name": "z", "batch_size": 2, "count": 3,
+             "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3], "zero_data": true}}},
+            {"batch_size": 1,
+             "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3], "random_data": true}}}
+        ]));
+        let s = samples(&cfg, Path::new(".")).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].count, 3);
+        assert_eq!(s[0].request.inputs[0].shape, vec![2, 3]);
+        assert!(s[0].request.inputs[0].data.iter().all(|&b| b == 0));
+        assert_eq!(s[1].count, 1);
+        let values: Vec<f32> = s[1].request.inputs[0]
+            .data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)), "{values:?}");
+    }
+
+    #[test]
+    fn bad_samples_are_errors() {
+        let cases = [
+            (
+                serde_json::json!({"batch_size": 9, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3], "zero_data": true}}}),
+                "exceeds max_batch_size",
+            ),
+            (
+                serde_json::json!({"inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3]}}}),
+                "exactly one",
+            ),
+            (
+                serde_json::json!({"inputs": {"x": {"data_type": "TYPE_FLOAT", "dims": [3], "zero_data": true}}}),
+                "TYPE_FLOAT",
+            ),
+            (
+                serde_json::json!({"inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3], "input_data_file": "../x"}}}),
+                "plain path",
+            ),
+            (
+                serde_json::json!({"inputs": {"x": {"data_type": "TYPE_FP32", "dims": [3], "input_data_file": "missing.bin"}}}),
+                "cannot read warmup/missing.bin",
+            ),
+            (serde_json::json!({"batchsize": 1}), "batchsize"),
+        ];
+        for (warmup, expect) in cases {
+            let err = samples(&config(warmup), Path::new(".")).unwrap_err();
+            assert!(err.message().contains(expect), "{expect}: {err}");
+        }
+    }
+}
