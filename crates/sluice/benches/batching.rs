@@ -25,7 +25,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    closed_loop, ms, open_loop, raw_engine, rss_mib, seconds_from_env, start_server, BinaryRequest,
+    closed_loop, engine_counts, ms, open_loop, raw_engine, rss_mib, seconds_from_env, start_server,
+    BinaryRequest,
 };
 
 struct Model {
@@ -131,15 +132,18 @@ fn main() {
             std::env::var("BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|x| x == p))
         };
         if part("closed") {
-            println!("| clients | batching | req/s | of ceiling | p50 ms | p99 ms |\n|---|---|---|---|---|---|");
+            println!("| clients | batching | req/s | of ceiling | mean batch | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|");
             for clients in [1, 8, 32, 64] {
                 for variant in ["off", "adaptive"] {
                     let request =
                         BinaryRequest::new(&base, &name(variant), model.input, model.dims, None);
+                    let (runs0, items0) = tokio.block_on(engine_counts(&base, &name(variant)));
                     let mut s = tokio.block_on(closed_loop(&request, clients, window));
+                    let (runs1, items1) = tokio.block_on(engine_counts(&base, &name(variant)));
+                    let mean_batch = (items1 - items0) as f64 / (runs1 - runs0).max(1) as f64;
                     let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
                     println!(
-                        "| {clients} | {variant} | {} | {:.2} | {:.2} | {:.2} |",
+                        "| {clients} | {variant} | {} | {:.2} | {mean_batch:.1} | {:.2} | {:.2} |",
                         per_s(s.per_second()),
                         s.per_second() / best,
                         ms(p50),

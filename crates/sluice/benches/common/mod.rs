@@ -395,3 +395,18 @@ pub fn spawn_server(repo: &Path, cpus: &str) -> (String, ServerProcess) {
     std::thread::spawn(move || for _ in lines {});
     (format!("http://127.0.0.1:{port}"), ServerProcess { child })
 }
+
+/// `(executions, items)` of a model so far, from Triton's statistics extension
+/// (`GET v2/models/{m}/stats`); their difference over a run gives its mean batch size.
+pub async fn engine_counts(base: &str, model: &str) -> (u64, u64) {
+    let client = client(1);
+    let uri: hyper::Uri = format!("{base}/v2/models/{model}/stats").parse().unwrap();
+    let response = client.get(uri).await.expect("stats request");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let m = &stats["model_stats"][0];
+    (
+        m["execution_count"].as_u64().unwrap_or(0),
+        m["inference_count"].as_u64().unwrap_or(0),
+    )
+}
