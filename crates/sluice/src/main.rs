@@ -30,6 +30,9 @@ struct Cli {
 enum Command {
     /// Serve a model repository over HTTP and gRPC (KServe v2).
     Serve(ServeArgs),
+    /// Load a KServe v2 server (Sluice or any other) and measure it: MLPerf scenarios,
+    /// concurrency and rate sweeps, JSON report and plot.
+    Bench(Box<sluice_bench::BenchArgs>),
 }
 
 #[derive(Parser, Debug)]
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => sluice_bench::main(*args),
     }
 }
 
