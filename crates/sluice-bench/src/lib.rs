@@ -143,6 +143,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Open loop: measure at least this many queries per run (the run is longer than
+    /// `--duration` when the rate is too low for that).
+    #[arg(long, default_value_t = 64)]
+    pub min_queries: u64,
+
     /// Seconds to wait for one answer before counting it as failed.
     #[arg(long, default_value_t = 30.0)]
     pub request_timeout: f64,
@@ -396,6 +401,7 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
         phase,
         seed: args.seed,
         max_in_flight: args.max_in_flight,
+        min_queries: args.min_queries,
         progress: !args.quiet,
     };
     let (runs, result) = scenario::run(scenario, &target, &settings).await?;
@@ -421,6 +427,7 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
             "concurrency_range": args.concurrency_range,
             "rate_range": args.rate_range,
             "max_in_flight": args.max_in_flight,
+            "min_queries": args.min_queries,
             "inputs": meta.inputs,
         }),
         runs,

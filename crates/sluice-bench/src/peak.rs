@@ -4,7 +4,7 @@
 //! Key decision: the search is a plain state machine (`next` proposes a rate, `record`
 //! takes the verdict), so it is tested against a simulated server without sockets and
 //! the runner just drives it. Like LoadGen it first doubles the rate from the start
-//! value until a run fails (or halves it until one passes), then bisects between the
+//! value until a run fails (or halves it, at most four times, until one passes), then bisects between the
 //! highest passing and the lowest failing rate until they are within `tolerance`.
 
 /// Where the search is.
@@ -17,7 +17,8 @@ pub struct PeakSearch {
     next: f64,
     /// Relative width at which the search stops.
     tolerance: f64,
-    /// Lowest rate worth trying.
+    /// Lowest rate worth trying (a sixteenth of the start): a start that far above
+    /// what the server meets is a wrong start, not a result.
     floor: f64,
 }
 
@@ -29,7 +30,7 @@ impl PeakSearch {
             upper: None,
             next: start,
             tolerance,
-            floor: start / 1024.0,
+            floor: start / 16.0,
         }
     }
 

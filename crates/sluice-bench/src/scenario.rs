@@ -66,6 +66,8 @@ pub struct Settings {
     pub phase: Phase,
     pub seed: u64,
     pub max_in_flight: usize,
+    /// Open loop: the measured span grows until at least this many queries are due.
+    pub min_queries: u64,
     pub progress: bool,
 }
 
@@ -128,13 +130,17 @@ async fn poisson_run(
     bound: Option<Duration>,
 ) -> anyhow::Result<RunResult> {
     let label = format!("poisson {qps:.1}/s");
-    let span = s.phase.warmup + s.phase.duration;
+    let duration = s
+        .phase
+        .duration
+        .max(Duration::from_secs_f64(s.min_queries as f64 / qps));
+    let span = s.phase.warmup + duration;
     let progress = Progress::new(s.progress, &label, span);
     let schedule = poisson(qps, span, s.seed);
     let o = open_loop(target, schedule, s.phase.warmup, s.max_in_flight, &progress).await?;
     let mut r = result(label, &o);
     r.target_qps = Some(qps);
-    r.scheduled_qps = Some(o.scheduled as f64 / s.phase.duration.as_secs_f64());
+    r.scheduled_qps = Some(o.scheduled as f64 / duration.as_secs_f64());
     r.meets_bound = bound.map(|b| meets(&r, b));
     Ok(r)
 }
