@@ -1,6 +1,6 @@
 """The common hand-made baseline: FastAPI + uvicorn + onnxruntime, speaking KServe v2
 over HTTP with JSON tensors (`GET /v2/health/ready`, `GET /v2/models/{m}`,
-`GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`).
+`GET /v2/models/{m}/ready`, `GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`).
 
     bench/out/venvs/fastapi/bin/python bench/peers/fastapi_server.py \
         --model mlp=examples/models/mlp/1/model.onnx --port 8100
@@ -54,6 +54,11 @@ def make_app(models):
         s = get(name)
         return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
                 "inputs": tensors(s.get_inputs()), "outputs": tensors(s.get_outputs())}
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        get(name)
+        return {}
 
     @app.get("/v2/models/{name}/config")
     async def config(name: str):

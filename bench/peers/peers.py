@@ -137,14 +137,14 @@ def ort_library():
     return out.stdout.strip()
 
 
-def command(peer, http_port, grpc_port):
-    """(argv, env, cwd) that start `peer`."""
+def command(peer, http_port, grpc_port, repo=None):
+    """(argv, env, cwd) that start `peer` (Sluice on `repo` when given)."""
     env = dict(os.environ)
     models = [f"--model={m}={onnx_path(m)}" for m in MODELS]
     if peer == "sluice":
         binary = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
         env["ORT_DYLIB_PATH"] = ort_library()
-        return ([str(binary), "serve", "--model-repository", str(sluice_repo()), "--http-address",
+        return ([str(binary), "serve", "--model-repository", str(repo or sluice_repo()), "--http-address",
                  "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
                  "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
     if peer == "fastapi":
@@ -173,10 +173,11 @@ def command(peer, http_port, grpc_port):
 class Peer:
     """A running peer; `url(protocol)` is what `sluice bench --url` takes."""
 
-    def __init__(self, name, cpus=None, log=None):
+    def __init__(self, name, cpus=None, log=None, repo=None, ready_models=None):
         self.name = name
+        self.ready_models = ready_models or MODELS
         self.http_port, self.grpc_port = free_port(), free_port()
-        argv, env, cwd = command(name, self.http_port, self.grpc_port)
+        argv, env, cwd = command(name, self.http_port, self.grpc_port, repo)
         if cpus is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", cpus, *argv]
         self.log = open(log or os.devnull, "w")
@@ -201,16 +202,19 @@ class Peer:
                 with socket.socket() as s:
                     if s.connect_ex(("127.0.0.1", self.grpc_port)) == 0:
                         return
-            else:
-                try:
-                    with urllib.request.urlopen(
-                            f"http://127.0.0.1:{self.http_port}/v2/models/{MODELS[-1]}", timeout=2) as r:
-                        if r.status == 200:
-                            return
-                except OSError:
-                    pass
+            elif all(self.model_ready(m) for m in self.ready_models):
+                return
             time.sleep(0.3)
         raise RuntimeError(f"{self.name} not ready after {timeout} s")
+
+    def model_ready(self, model):
+        # Metadata can answer before the model does (MLServer): ask for readiness.
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/v2/models/{model}/ready"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def pid(self):
         return self.proc.pid
@@ -233,12 +237,13 @@ def main():
     s.add_argument("peer", choices=PEERS)
     s.add_argument("--cpus", help="taskset CPU list for the server, e.g. 0")
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     peer = Peer(a.peer, a.cpus, log="/dev/stderr")
     print(f"{a.peer}: HTTP 127.0.0.1:{peer.http_port}, gRPC 127.0.0.1:{peer.grpc_port}, "
           f"bench with --protocol {PROTOCOL[a.peer]}", flush=True)
     try:
         peer.proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         peer.stop()
