@@ -39,14 +39,14 @@ def pinned(argv, cpus):
     return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
-def perf_analyzer(peer, name, protocol, a):
+def perf_analyzer(peer, name, protocol, level, a):
     sp = peers.site_packages("perf")
     env = dict(os.environ, LD_LIBRARY_PATH=str(sp / "nvidia" / "cuda_runtime" / "lib"))
     out = OUT / "perf_analyzer.csv"
     argv = pinned([str(peers.VENVS / "perf" / "bin" / "perf_analyzer"), "-m", a.model,
                    "-u", peer.url(protocol), "-i", "grpc" if protocol == "grpc" else "http",
-                   "--concurrency-range", a.levels, "--measurement-interval", str(int(a.duration * 1000)),
-                   "--stability-percentage", "50", "--max-trials", "4", "--percentile", "99",
+                   "--concurrency-range", f"{level}:{level}", "--measurement-interval", str(int(a.duration * 1000)),
+                   "--stability-percentage", "100", "--max-trials", "6", "--percentile", "99",
                    "-f", str(out), *SHAPES.get(name, [])], a.client_cpus)
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -57,12 +57,11 @@ def perf_analyzer(peer, name, protocol, a):
     return rows
 
 
-def sluice_bench(peer, protocol, a):
+def sluice_bench(peer, protocol, level, a):
     report = OUT / "crosscheck-report.json"
-    start, end, step = a.levels.split(":")
     argv = pinned([str(BIN), "bench", "--url", peer.url(protocol), "--protocol", protocol,
                    "--model", a.model, "--quiet", "--threads", "1", "--concurrency-range",
-                   f"{start}:{end}:{step}", "--duration", str(a.duration), "--warmup", "1",
+                   f"{level}:{level}", "--duration", str(a.duration), "--warmup", "1",
                    "--report", str(report)], a.client_cpus)
     subprocess.run(argv, check=True, capture_output=True)
     r = json.loads(report.read_text())
@@ -89,15 +88,18 @@ def main():
             failed[name] = f"did not start: {e}"
             continue
         try:
+            start, end, step = map(int, a.levels.split(":"))
             for protocol in PROTOCOLS[name]:
-                try:
-                    pa = perf_analyzer(peer, name, protocol, a)
-                except Exception as e:  # noqa: BLE001
-                    failed[f"{name} {protocol}"] = f"perf_analyzer: {e}"
-                    continue
-                sb = sluice_bench(peer, protocol, a)
-                for c in sorted(sb):
-                    if c not in pa:
+                # Level by level, the two tools back to back, so both see the same
+                # conditions on these shared cores.
+                for c in range(start, end + 1, step):
+                    try:
+                        pa = perf_analyzer(peer, name, protocol, c, a)
+                    except Exception as e:  # noqa: BLE001
+                        failed[f"{name} {protocol}"] = f"perf_analyzer: {e}"
+                        break
+                    sb = sluice_bench(peer, protocol, c, a)
+                    if c not in pa or c not in sb:
                         continue
                     (sr, sp), (pr, pp) = sb[c], pa[c]
                     results.append({"server": name, "protocol": protocol, "clients": c,

@@ -1,5 +1,5 @@
 """The common hand-made baseline: FastAPI + uvicorn + onnxruntime, speaking KServe v2
-over HTTP with JSON tensors (`GET /v2/health/ready`, `GET /v2/models/{m}`,
+over HTTP with JSON tensors (`GET /v2`, `GET /v2/health/ready`, `GET /v2/models/{m}`,
 `GET /v2/models/{m}/ready`, `GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`).
 
     bench/out/venvs/fastapi/bin/python bench/peers/fastapi_server.py \
@@ -48,6 +48,10 @@ def make_app(models):
     @app.get("/v2/health/live")
     async def ready():
         return {}
+
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "fastapi-onnxruntime", "version": "1", "extensions": []}
 
     @app.get("/v2/models/{name}")
     async def metadata(name: str):

@@ -146,7 +146,7 @@ def command(peer, http_port, grpc_port, repo=None):
         env["ORT_DYLIB_PATH"] = ort_library()
         return ([str(binary), "serve", "--model-repository", str(repo or sluice_repo()), "--http-address",
                  "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                 "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
+                 "--metrics-port", "0", "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
     if peer == "fastapi":
         return ([str(venv_python("fastapi")), str(HERE / "fastapi_server.py"), *models,
                  "--port", str(http_port)], env, ROOT)

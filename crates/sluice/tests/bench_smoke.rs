@@ -40,7 +40,7 @@ fn server() -> Server {
             "--grpc-port",
             "0",
         ])
-        .args(["--ort-library", "off"])
+        .args(["--metrics-port", "0", "--ort-library", "off"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice serve");
