@@ -56,30 +56,36 @@ def bench(url, protocol, model, extra, a):
     return json.loads((OUT / "last-report.json").read_text())
 
 
-def measure(peer, protocol, model, a):
+def measure(peer, protocol, model, a, notes):
+    """One cell; a measurement that fails leaves its value empty and says why in `notes`."""
     url = peer.url(protocol)
     cell = {}
+
+    def attempt(key, extra, pick):
+        try:
+            cell[key] = pick(bench(url, protocol, model, extra, a))
+        except RuntimeError as e:
+            cell[key] = None
+            notes.append(f"{peer.name} {model} {protocol} {key}: {e}")
+
     for c in (1, 8):
-        r = bench(url, protocol, model, ["--concurrency-range", f"{c}:{c}"], a)
-        run = r["runs"][0]
-        cell[f"c{c}_rps"] = run["throughput_rps"]
-        cell[f"c{c}_p99"] = run["latency_ms"]["p99"]
-        cell[f"c{c}_errors"] = run["errors"]
-    r = bench(url, protocol, model, ["--scenario", "server", "--target-qps", str(a.rate),
-                                      "--latency-bound-ms", str(a.bound)], a)
-    cell["fixed_p99"] = r["runs"][0]["latency_ms"]["p99"]
-    cell["fixed_errors"] = r["runs"][0]["errors"]
-    r = bench(url, protocol, model, ["--scenario", "server", "--find-peak", "--target-qps",
-                                      str(a.peak_start), "--latency-bound-ms", str(a.bound),
-                                      "--peak-tolerance", "0.1"], a)
-    cell["peak_qps"] = r["result"]["value"]
-    cell["peak_probes"] = [(x["target_qps"], x["latency_ms"]["p99"]) for x in r["runs"]]
+        attempt(f"c{c}_rps", ["--concurrency-range", f"{c}:{c}"], lambda r: r["runs"][0]["throughput_rps"])
+    attempt("fixed_p99", ["--scenario", "server", "--target-qps", str(a.rate), "--latency-bound-ms", str(a.bound)],
+            lambda r: r["runs"][0]["latency_ms"]["p99"])
+    attempt("peak_qps", ["--scenario", "server", "--find-peak", "--target-qps", str(a.peak_start),
+                         "--latency-bound-ms", str(a.bound), "--peak-tolerance", "0.1"],
+            lambda r: r["result"]["value"])
     return cell
 
 
 def machine():
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def fmt(v, digits=0):
@@ -92,16 +98,17 @@ def ratio(s, p, invert=False):
     return f"{(p / s if invert else s / p):.2f}×"
 
 
-def table(results, a, failed):
+def table(results, a, failed, notes):
     cols = METRICS
     lines = [f"| model | server | protocol | req/s, 1 client | req/s, 8 clients | p99 ms at {a.rate:g}/s "
              f"| peak Poisson QPS, p99 ≤ {a.bound:g} ms |", "|---|---|---|---:|---:|---:|---:|"]
     ratios = ["| model | peer | protocol | req/s 1 client | req/s 8 clients | p99 at fixed rate "
               "(peer / Sluice) | peak QPS |", "|---|---|---|---:|---:|---:|---:|"]
     for model in a.models:
-        for key, cell in results.get(model, {}).items():
+        cells = results.get(model, {})
+        for key, cell in sorted(cells.items(), key=lambda kv: (not kv[0].startswith("sluice/"), kv[0])):
             peer, protocol = key.split("/")
-            med = {c: statistics.median(cell[c]) if cell[c] else None for c in cols}
+            med = {c: median(cell[c]) for c in cols}
             lines.append(f"| {model} | {peer} | {protocol} | {fmt(med['c1_rps'])} | {fmt(med['c8_rps'])} "
                          f"| {fmt(med['fixed_p99'], 2)} | {fmt(med['peak_qps'])} |")
             if peer == "sluice":
@@ -109,13 +116,14 @@ def table(results, a, failed):
             sl = results[model].get(f"sluice/{protocol}")
             if not sl:
                 continue
-            s = {c: statistics.median(sl[c]) if sl[c] else None for c in cols}
+            s = {c: median(sl[c]) for c in cols}
             ratios.append(f"| {model} | {peer} | {protocol} | {ratio(s['c1_rps'], med['c1_rps'])} "
                           f"| {ratio(s['c8_rps'], med['c8_rps'])} | {ratio(s['fixed_p99'], med['fixed_p99'], True)} "
                           f"| {ratio(s['peak_qps'], med['peak_qps'])} |")
     text = "\n".join(lines) + "\n\nSluice / peer (same protocol, same run; > 1 means Sluice is better):\n\n" + "\n".join(ratios) + "\n"
-    if failed:
-        text += "\nLeft out:\n\n" + "\n".join(f"- {k}: {v}" for k, v in failed.items()) + "\n"
+    if failed or notes:
+        text += "\nLeft out:\n\n" + "\n".join(
+            [f"- {k}: {v}" for k, v in failed.items()] + [f"- {n}" for n in notes]) + "\n"
     return text
 
 
@@ -140,28 +148,28 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_before = os.getloadavg()
-    results, failed = {}, {}
+    results, failed, notes = {}, {}, []
     for rnd in range(a.rounds):
         for name in names:
             protocols = ["http-json", "grpc"] if name == "sluice" else [peers.PROTOCOL[name]]
             try:
                 peer = peers.Peer(name, a.server_cpus, log=OUT / f"peer-{name}.log")
             except Exception as e:  # noqa: BLE001 - recorded and left out of the table
-                failed[name] = f"did not start: {e}"
+                failed[f"{name}, round {rnd + 1}"] = f"did not start: {e}"
                 print(f"!! {name}: {e}", file=sys.stderr)
                 continue
             try:
                 for model in a.models:
                     for protocol in protocols:
                         print(f"round {rnd + 1}: {name} {model} {protocol}", file=sys.stderr, flush=True)
-                        cell = measure(peer, protocol, model, a)
+                        cell = measure(peer, protocol, model, a, notes)
                         slot = results.setdefault(model, {}).setdefault(
                             f"{name}/{protocol}", {k: [] for k in (*METRICS, "raw")})
                         for k in METRICS:
                             slot[k].append(cell[k])
                         slot["raw"].append(cell)
             except Exception as e:  # noqa: BLE001
-                failed[name] = f"failed while measured: {e}"
+                failed[f"{name}, round {rnd + 1}"] = f"failed while measured: {e}"
                 print(f"!! {name}: {e}", file=sys.stderr)
             finally:
                 peer.stop()
@@ -169,8 +177,8 @@ def main():
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "seconds": round(elapsed), "load_before": load_before,
             "load_after": os.getloadavg(), "args": vars(a)}
-    (OUT / "peers.json").write_text(json.dumps({"meta": meta, "results": results, "failed": failed}, indent=1))
-    text = table(results, a, failed)
+    (OUT / "peers.json").write_text(json.dumps({"meta": meta, "results": results, "failed": failed, "notes": notes}, indent=1))
+    text = table(results, a, failed, notes)
     header = (f"Run {meta['date']} on {meta['machine']}, {round(elapsed)} s; load average "
               f"{load_before[0]:.1f} before, {meta['load_after'][0]:.1f} after (other builds share the cores). "
               f"Command: `python3 bench/compare_peers.py --rounds {a.rounds} --duration {a.duration:g} "

@@ -51,10 +51,16 @@ def onnx_path(model):
     return ROOT / "examples" / "models" / model / "1" / "model.onnx"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """`n` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def venv_python(name):
@@ -109,14 +115,14 @@ def triton_repo():
     return tritonserver, repo, base / "backends"
 
 
-def mlserver_dir(http_port, grpc_port):
+def mlserver_dir(http_port, grpc_port, metrics_port):
     base = OUT / "peers" / "mlserver"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     shutil.copy(HERE / "mlserver_runtime.py", base / "mlserver_runtime.py")
     (base / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port,
-        "metrics_port": free_port(), "debug": False}))
+        "metrics_port": metrics_port, "debug": False}))
     for m in MODELS:
         (base / m).mkdir()
         shutil.copy(onnx_path(m), base / m / "model.onnx")
@@ -137,8 +143,10 @@ def ort_library():
     return out.stdout.strip()
 
 
-def command(peer, http_port, grpc_port, repo=None):
-    """(argv, env, cwd) that start `peer` (Sluice on `repo` when given)."""
+def command(peer, ports, repo=None):
+    """(argv, env, cwd) that start `peer` on `ports` (HTTP, gRPC, metrics), Sluice on
+    `repo` when given."""
+    http_port, grpc_port, metrics_port = ports
     env = dict(os.environ)
     models = [f"--model={m}={onnx_path(m)}" for m in MODELS]
     if peer == "sluice":
@@ -146,7 +154,7 @@ def command(peer, http_port, grpc_port, repo=None):
         env["ORT_DYLIB_PATH"] = ort_library()
         return ([str(binary), "serve", "--model-repository", str(repo or sluice_repo()), "--http-address",
                  "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                 "--metrics-port", "0", "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
+                 "--metrics-port", str(metrics_port), "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
     if peer == "fastapi":
         return ([str(venv_python("fastapi")), str(HERE / "fastapi_server.py"), *models,
                  "--port", str(http_port)], env, ROOT)
@@ -161,10 +169,11 @@ def command(peer, http_port, grpc_port, repo=None):
         return ([str(tritonserver / "bin" / "tritonserver"), "--model-repository", str(repo),
                  "--backend-directory", str(backends), "--http-address", "127.0.0.1",
                  "--http-port", str(http_port), "--grpc-address", "127.0.0.1",
-                 "--grpc-port", str(grpc_port), "--allow-metrics", "false",
+                 "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+                 "--allow-metrics", "false",
                  "--log-verbose", "0"], env, ROOT)
     if peer == "mlserver":
-        base = mlserver_dir(http_port, grpc_port)
+        base = mlserver_dir(http_port, grpc_port, metrics_port)
         env["PYTHONPATH"] = str(base)
         return ([str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(base)], env, base)
     raise SystemExit(f"unknown peer {peer} (known: {', '.join(PEERS)})")
@@ -176,8 +185,8 @@ class Peer:
     def __init__(self, name, cpus=None, log=None, repo=None, ready_models=None):
         self.name = name
         self.ready_models = ready_models or MODELS
-        self.http_port, self.grpc_port = free_port(), free_port()
-        argv, env, cwd = command(name, self.http_port, self.grpc_port, repo)
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        argv, env, cwd = command(name, (self.http_port, self.grpc_port, self.metrics_port), repo)
         if cpus is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", cpus, *argv]
         self.log = open(log or os.devnull, "w")
