@@ -32,7 +32,7 @@ enum Command {
     Serve(ServeArgs),
     /// Load a KServe v2 server (Sluice or any other) and measure it: MLPerf scenarios,
     /// concurrency and rate sweeps, JSON report and plot.
-    Bench(Box<sluice_bench::BenchArgs>),
+    Bench(sluice_bench::BenchArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -168,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => sluice_bench::main(*args),
+        Command::Bench(args) => sluice_bench::main(args),
     }
 }
 

@@ -299,7 +299,7 @@ fn sweeps_peak_search_npy_inputs_and_errors() {
     // Inputs from a .npy file: 2 rows per request, shape taken from the file.
     let npy = dir.path().join("x.npy");
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 784), }".to_owned();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
