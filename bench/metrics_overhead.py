@@ -67,6 +67,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--baseline", type=Path)
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=BIN",
+                    help="another sluice build to measure alongside (metrics on), e.g. an older commit")
     args = ap.parse_args()
     subprocess.run(["bash", "-c", "bench/wrk_mlp.sh http://127.0.0.1:1 >/dev/null 2>&1 || true"], cwd=ROOT)
     assert (ROOT / "bench/out/mlp_post.lua").exists()
@@ -74,6 +76,9 @@ def main():
     configs = {"metrics off": (BIN, ["--allow-metrics", "false"]),
                "metrics on": (BIN, ["--metrics-port", "0"]),
                "on + scraped 4/s": (BIN, ["--metrics-port", "0"])}
+    for item in args.compare:
+        label, binary = item.split("=", 1)
+        configs = {label: (Path(binary), ["--metrics-port", "0"]), **configs}
     if args.baseline:
         configs = {"before statistics": (args.baseline, []), **configs}
     results = {name: [] for name in configs}
