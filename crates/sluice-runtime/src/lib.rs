@@ -495,7 +495,12 @@ impl Runtime {
         version: Option<u64>,
         timeout: Option<Duration>,
     ) -> Result<(Arc<Served>, u64)> {
+        // The common case, a loaded model, needs no subscription to changes.
+        if let Lookup::Ready(served, v) = self.lookup(name, version) {
+            return Ok((served, v));
+        }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // Subscribed before looking again, so a change in between is not missed.
         let mut changes = self.inner.changes.subscribe();
         loop {
             changes.borrow_and_update();

@@ -19,7 +19,7 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,9 +40,6 @@ type Answer = Option<(Reply, Result<Vec<Tensor>>)>;
 struct Job {
     request: ValidRequest,
     reply: Reply,
-    /// Set (under the state lock) when an instance takes the job: from then on its
-    /// queue timeout no longer applies.
-    started: Arc<AtomicBool>,
 }
 
 impl Pending for Job {
@@ -163,7 +160,6 @@ impl InstancePool {
         options: JobOptions,
     ) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
-        let started = Arc::new(AtomicBool::new(false));
         let rows = request.rows;
         let enqueued = Instant::now();
         let deadline = {
@@ -174,13 +170,8 @@ impl InstancePool {
                     self.shared.label
                 )));
             }
-            let job = Job {
-                request,
-                reply,
-                started: Arc::clone(&started),
-            };
-            match state.enqueue(job, rows, options, enqueued) {
-                Ok((_, deadline)) => deadline,
+            match state.enqueue(Job { request, reply }, rows, options, enqueued) {
+                Ok((seq, deadline)) => deadline.map(|d| (seq, d)),
                 Err((_, error, reason)) => {
                     if reason == state::Rejection::Deadline {
                         self.shared
@@ -205,7 +196,7 @@ impl InstancePool {
             // hears of it on time even while every instance is busy, and dropping
             // `answer` under the state lock marks the queued job cancelled, so it never
             // runs. A job an instance has already taken runs to its answer.
-            Some(deadline) => {
+            Some((seq, deadline)) => {
                 let mut answer = Some(answer);
                 if let Some(waiting) = answer.as_mut() {
                     if let Ok(result) = tokio::time::timeout_at(deadline.into(), waiting).await {
@@ -213,8 +204,9 @@ impl InstancePool {
                     }
                 }
                 {
-                    let _state = self.shared.lock();
-                    if !started.load(Ordering::Acquire) {
+                    // Still queued (not taken by an instance): drop it unrun.
+                    let state = self.shared.lock();
+                    if state.is_queued(seq) {
                         answer = None;
                     }
                 }
@@ -262,9 +254,6 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
             shared.answer(e.seq, Some((e.payload.reply, Err(error))));
         }
         if let Some(batch) = step.batch {
-            for e in &batch {
-                e.payload.started.store(true, Ordering::Release);
-            }
             if !state.is_empty() {
                 // More work: let another free instance look at it.
                 shared.wake.notify_one();

@@ -114,6 +114,12 @@ impl<T: Pending> State<T> {
         self.ordered().filter(|e| !e.payload.is_cancelled()).count()
     }
 
+    /// Whether the request `seq` (from [`State::enqueue`]) still waits in the queue,
+    /// i.e. no instance has taken it yet.
+    pub fn is_queued(&self, seq: u64) -> bool {
+        self.ordered().any(|e| e.seq == seq)
+    }
+
     /// Stop waiting for fuller batches: everything queued is dispatched as soon as an
     /// instance is free (shutdown).
     pub fn close(&mut self) {

@@ -53,38 +53,35 @@ pub enum Setting {
 /// The settings as they stand, in Triton's names (and `log_filter`).
 pub fn current(control: &dyn LogControl) -> Vec<(&'static str, Setting)> {
     let max = control.max_level();
-    let verbose = if max >= LevelFilter::TRACE {
-        2
-    } else {
-        u32::from(max >= LevelFilter::DEBUG)
-    };
     vec![
         ("log_file", Setting::Str(String::new())),
         ("log_info", Setting::Bool(max >= LevelFilter::INFO)),
         ("log_warning", Setting::Bool(max >= LevelFilter::WARN)),
         ("log_error", Setting::Bool(max >= LevelFilter::ERROR)),
-        ("log_verbose_level", Setting::U32(verbose)),
+        ("log_verbose_level", Setting::U32(verbose_level(max))),
         ("log_format", Setting::Str(control.format().to_owned())),
         ("log_filter", Setting::Str(control.filter())),
     ]
 }
 
+/// Triton's `log_verbose_level` for a level: 0 up to info, 1 debug, 2 trace.
+fn verbose_level(max: LevelFilter) -> u32 {
+    if max >= LevelFilter::TRACE {
+        2
+    } else {
+        u32::from(max >= LevelFilter::DEBUG)
+    }
+}
+
 /// Applies `updates` all together, or none of them when one is invalid.
 pub fn update(control: &dyn LogControl, updates: Vec<(String, Setting)>) -> Result<()> {
-    let now = current(control);
-    let flag = |name: &str| {
-        now.iter()
-            .any(|(k, v)| *k == name && *v == Setting::Bool(true))
-    };
-    let (mut info, mut warning, mut error) =
-        (flag("log_info"), flag("log_warning"), flag("log_error"));
-    let mut verbose = now
-        .iter()
-        .find_map(|(k, v)| match (k, v) {
-            (&"log_verbose_level", Setting::U32(n)) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let max = control.max_level();
+    let (mut info, mut warning, mut error) = (
+        max >= LevelFilter::INFO,
+        max >= LevelFilter::WARN,
+        max >= LevelFilter::ERROR,
+    );
+    let mut verbose = verbose_level(max);
     let mut levels_changed = false;
     let mut filter = None;
     for (key, value) in updates {

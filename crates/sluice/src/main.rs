@@ -15,6 +15,9 @@ use sluice_runtime::{ControlMode, LifecycleConfig, Runtime, RuntimeConfig};
 use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
 mod engines;
+
+/// Connections the metrics port keeps open at once.
+const METRICS_MAX_CONNECTIONS: usize = 64;
 #[cfg(feature = "otlp")]
 mod otlp;
 
@@ -416,7 +419,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     triton_compat: args.metrics_triton_compat,
                 },
             );
-            sluice_server::serve(listener, app, 64, until_stopped())
+            sluice_server::serve(listener, app, METRICS_MAX_CONNECTIONS, until_stopped())
                 .await
                 .context("metrics server failed")
         };
