@@ -305,7 +305,11 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
                 "the engine panicked while running this batch",
             ))
         });
-        shared.lock().record(rows, started.elapsed());
+        {
+            let mut state = shared.lock();
+            state.record(rows, started.elapsed());
+            state.ended(Instant::now());
+        }
         shared.stats.record_run(rows, &queued, phases);
         match result {
             Ok(per_request) => {

@@ -1,7 +1,7 @@
 //! The batcher's decisions, as a plain struct with no threads, channels or clocks:
 //! the caller passes `now` in. Queues per priority level, deadlines, cancellation,
 //! and the choice of the next batch (by size, preferred size, delay, or the adaptive
-//! delay learned from the model's latency per batch size and the arrival rate).
+//! hold learned from the model's latency per batch size and the recent concurrency).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -74,7 +74,14 @@ pub struct State<T> {
     next_seq: u64,
     closing: bool,
     latency: LatencyModel,
-    arrivals: ArrivalRate,
+    /// Rows taken by instances and not yet recorded as run.
+    running: usize,
+    /// The most rows queued and running at once, recently.
+    peak: Peak,
+    /// Rows arriving within one fixed cost after a run ends, learned.
+    after_run: AfterRun,
+    /// The mean time between arrivals (seconds per row) and the last arrival.
+    gap: Option<(f64, Instant)>,
 }
 
 impl<T: Pending> State<T> {
@@ -91,7 +98,10 @@ impl<T: Pending> State<T> {
             next_seq: 0,
             closing: false,
             latency,
-            arrivals: ArrivalRate::default(),
+            running: 0,
+            peak: Peak::default(),
+            after_run: AfterRun::default(),
+            gap: None,
         }
     }
 
@@ -178,22 +188,22 @@ impl<T: Pending> State<T> {
         };
         let deadline = timeout.map(|t| now + t);
         if let (Some(deadline), true) = (deadline, self.is_adaptive()) {
-            if let Some(start) = self.estimated_start(level, now) {
-                if start > deadline {
+            if let Some((start, finish)) = self.estimated_answer(level, rows, now) {
+                if finish > deadline {
                     let e = Error::new(
                         ErrorKind::ResourceExhausted,
                         format!(
-                            "model {} cannot start this request within its timeout of {} µs (about {} µs of work is ahead of it); rejected early",
+                            "model {} cannot answer this request within its timeout of {} µs (about {} µs of work is ahead of it, then its run of about {} µs); rejected early",
                             self.config.label,
                             timeout.unwrap_or_default().as_micros(),
-                            (start - now).as_micros()
+                            (start - now).as_micros(),
+                            (finish - start).as_micros()
                         ),
                     );
                     return Err((payload, e, Rejection::Deadline));
                 }
             }
         }
-        self.arrivals.observe(now, rows);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queues[level - 1].push_back(Entry {
@@ -203,13 +213,55 @@ impl<T: Pending> State<T> {
             deadline,
             payload,
         });
+        let in_system = self.running + self.ordered().map(|e| e.rows).sum::<usize>();
+        self.peak.observe(now, in_system);
+        self.after_run.arrived(now, rows);
+        self.gap = Some(match self.gap {
+            None => (f64::INFINITY, now),
+            Some((mean, last)) => {
+                let gap = now.saturating_duration_since(last).as_secs_f64() / rows.max(1) as f64;
+                let mean = if mean.is_finite() {
+                    mean * (1.0 - GAP_WEIGHT) + gap * GAP_WEIGHT
+                } else {
+                    gap
+                };
+                (mean, now)
+            }
+        });
         let hard = deadline.filter(|_| policy.timeout_action == TimeoutAction::Reject);
         Ok((seq, hard))
     }
 
-    /// Records how long the engine took for a batch of `rows` rows.
+    /// Records how long the engine took for a batch of `rows` rows (one taken by
+    /// [`State::next`], now finished).
     pub fn record(&mut self, rows: usize, elapsed: Duration) {
         self.latency.observe(rows, elapsed);
+        self.running = self.running.saturating_sub(rows);
+    }
+
+    /// Marks the end of a run (its answers are going out now): the rows arriving within
+    /// one fixed cost from now are counted (in a closed loop, the clients just answered
+    /// coming back).
+    pub fn ended(&mut self, now: Instant) {
+        let horizon = self
+            .fixed_cost(1)
+            .map_or(Duration::ZERO, |(fixed, _)| fixed);
+        self.after_run.start(now, horizon);
+    }
+
+    /// The engine's latency near `rows` read as `S(b) = F + m·b`: `(F, m)` from the
+    /// learned latencies of `rows` and of a full batch; `None` when unknown or when
+    /// the cost is all per row.
+    fn fixed_cost(&self, rows: usize) -> Option<(Duration, f64)> {
+        let full = self.config.max_batch_size;
+        if rows >= full {
+            return None;
+        }
+        let this = self.latency.estimate(rows)?.as_secs_f64();
+        let whole = self.latency.estimate(full)?.as_secs_f64();
+        let per_row = (whole - this) / (full - rows) as f64;
+        let fixed = this - per_row * rows as f64;
+        (fixed > 0.0 && per_row >= 0.0).then(|| (Duration::from_secs_f64(fixed), per_row))
     }
 
     /// The learned latency of a batch of `rows` rows, if any is known.
@@ -349,15 +401,19 @@ impl<T: Pending> State<T> {
         }
         let due = match db.delay {
             Delay::Static(d) => oldest + d,
-            Delay::Adaptive { max } => {
-                let due = oldest + self.adaptive_delay(rows, max, now);
-                let due = match self.hold {
-                    Some((seq, held)) if seq == oldest_seq => due.min(held),
-                    _ => due,
-                };
-                self.hold = Some((oldest_seq, due));
-                due
-            }
+            Delay::Adaptive { max } => match self.adaptive_due(rows, max, now) {
+                None => now,
+                Some((limit, burst_ends)) => {
+                    // The limit is set by the first look; later looks may only
+                    // shorten it. The burst bound moves with each arrival.
+                    let limit = match self.hold {
+                        Some((seq, held)) if seq == oldest_seq => limit.min(held),
+                        _ => limit,
+                    };
+                    self.hold = Some((oldest_seq, limit));
+                    limit.min(burst_ends)
+                }
+            },
         };
         if now >= due {
             // Out of time: the largest preferred prefix if there is one, else everything.
@@ -380,60 +436,82 @@ impl<T: Pending> State<T> {
         best
     }
 
-    /// How long to hold a batch of `rows` rows for more, from the learned latency, the
-    /// arrival rate and the queued deadlines. Holding idles the instance, so it only
-    /// pays when more requests are due soon (at least one per run), the load is under
-    /// half the engine's best throughput, the engine runs a bigger batch for little more
-    /// than this one (per the learned latencies), and the wait is short next to the run
-    /// itself; otherwise the batcher is work-conserving:
-    /// under load, batches grow from the requests that queue while the engine runs.
-    fn adaptive_delay(&self, rows: usize, max: Duration, now: Instant) -> Duration {
-        let Some(service) = self.latency.estimate(rows) else {
-            return Duration::ZERO;
-        };
-        let rate = self.arrivals.rate(now);
-        if rate * service.as_secs_f64() < 1.0 {
-            return Duration::ZERO;
+    /// Until when a free instance holds a batch of `rows` rows for more. The engine's
+    /// latency is read as a fixed cost per run plus a cost per row, `S(b) = F + m·b`
+    /// ([`State::fixed_cost`]). Holding for `w` while rows arrive at rate λ makes the
+    /// run's time per row `(w + F + m(r + λw)) / (r + λw)`, which falls with `w`
+    /// exactly when `r < λF`. The arrivals are learned as the `E` rows that arrive
+    /// within `F` after a run ends and the time `T` until the last of them
+    /// ([`State::ended`]; λ = E / T), so the hold pays when `r T < F E`, counting only
+    /// the rows and time still to come since the run ended. It is used
+    /// only when those rows come at least twice as fast as the mean arrival rate, the
+    /// sign that answers bring requests back: in a closed loop `E` counts the clients
+    /// just answered returning within a round trip. This is what merges the groups a
+    /// greedy batcher splits a closed loop into (28 + 4 of 32 clients; 4 + 4 of 8).
+    /// The hold ends once `r T < F E` no longer holds, or `r` reaches the most
+    /// rows recently in the system at once (queued plus running; less what other
+    /// instances run now), after at most `min(F, max)` from the first look (later looks
+    /// only shorten it), and never past a queued deadline less the run. Engines whose
+    /// cost is all per row (`F` = 0: tract on convnets) never wait.
+    ///
+    /// Returns `None` (dispatch now) or `(limit, silence)`: the hold's limit, and
+    /// when the rows after the run count as over if nothing more arrives (learned from
+    /// when they usually come), so a hold ends as soon as requests stop coming back.
+    fn adaptive_due(&self, rows: usize, max: Duration, now: Instant) -> Option<(Instant, Instant)> {
+        let full = self.config.max_batch_size;
+        let target = self.peak.get(now).saturating_sub(self.running).min(full);
+        let Expected {
+            rows: coming,
+            within,
+            per_row: burst,
+            silence,
+        } = self.after_run.remaining(now)?;
+        let (fixed, _) = self.fixed_cost(rows)?;
+        // Holding for the `coming` rows still expected since the run's end (within
+        // `within` seconds) pays when `(T + F + m(r + E)) / (r + E) < (F + m r) / r`,
+        // i.e. `r T < F E`...
+        if rows >= target || rows as f64 * within >= fixed.as_secs_f64() * coming {
+            return None;
         }
-        // Past half the engine's best throughput, every idle moment is capacity lost:
-        // batches grow from the backlog anyway.
-        let capacity =
-            self.latency.best_throughput().unwrap_or(f64::INFINITY) * self.instances as f64;
-        if rate > 0.5 * capacity {
-            return Duration::ZERO;
+        // ...and it is worth the latency only when answers bring requests back: the
+        // rows after a run come at least twice as fast as rows on average. Under
+        // independent (Poisson) arrivals a greedy batcher already grows its batches
+        // from the queue that forms during each run, and holding only adds latency.
+        let mean_gap = self.gap.map_or(f64::INFINITY, |(g, _)| g);
+        if burst * 2.0 > mean_gap {
+            return None;
         }
-        let bigger = (rows * 2).min(self.config.max_batch_size).max(rows + 1);
-        let Some(bigger_service) = self.latency.estimate(bigger) else {
-            return Duration::ZERO;
-        };
-        // Twice the rows must cost well under twice the time, or batching does not pay.
-        let ratio = bigger_service.as_secs_f64() / service.as_secs_f64();
-        if ratio > 0.75 * (bigger as f64 / rows as f64) {
-            return Duration::ZERO;
-        }
-        let fill = Duration::from_secs_f64((bigger - rows) as f64 / rate);
-        let mut wait = fill.min(service / 2).min(max);
+        let mut limit = now + fixed.min(max);
         if let Some(deadline) = self.ordered().filter_map(|e| e.deadline).min() {
-            let slack = deadline
-                .saturating_duration_since(now)
-                .saturating_sub(bigger_service);
-            wait = wait.min(slack);
+            let run = self.latency.estimate(target).unwrap_or_default();
+            limit = limit.min(deadline.checked_sub(run).unwrap_or(now).max(now));
         }
-        wait
+        Some((limit, silence))
     }
 
-    /// When a new request at `level` would finish, from the work ahead of it.
-    /// When a request queued now at `level` is likely to start: after the rows ahead
-    /// of it run at the best throughput seen. The timeout bounds the time in the queue,
-    /// so this (not its completion) decides an early rejection; with nothing ahead it
-    /// is `now`, whatever the latency model has learned.
-    fn estimated_start(&self, level: usize, now: Instant) -> Option<Instant> {
+    /// When a request of `rows` rows queued now at `level` is likely to start and to
+    /// be answered: after the rows ahead of it run at the best throughput seen, then its
+    /// own run (the batch it is likely to be in). `None` when nothing is ahead: such a
+    /// request starts at once and is never rejected early, whatever the latency model
+    /// has learned (its timeout bounds the queue, not the run). Otherwise the request
+    /// is refused when it would be answered after its deadline: it could still start in
+    /// time, but its caller stops waiting first, and the engine's time is better spent
+    /// on a request that makes its deadline (goodput).
+    fn estimated_answer(
+        &self,
+        level: usize,
+        rows: usize,
+        now: Instant,
+    ) -> Option<(Instant, Instant)> {
         let ahead: usize = self.queues[..level].iter().flatten().map(|e| e.rows).sum();
         if ahead == 0 {
-            return Some(now);
+            return None;
         }
         let throughput = self.latency.best_throughput()? * self.instances as f64;
-        Some(now + Duration::from_secs_f64(ahead as f64 / throughput))
+        let start = now + Duration::from_secs_f64(ahead as f64 / throughput);
+        let batch = (ahead + rows).min(self.config.max_batch_size.max(1));
+        let run = self.latency.estimate(batch)?;
+        Some((start, start + run))
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
@@ -454,6 +532,7 @@ impl<T: Pending> State<T> {
         {
             while n > 0 {
                 let Some(e) = queue.pop_front() else { break };
+                self.running += e.rows;
                 out.push(e);
                 n -= 1;
             }
@@ -537,30 +616,156 @@ impl LatencyModel {
     }
 }
 
-/// Arrival rate in rows per second over the last few arrivals.
+/// Weight of one arrival in the mean time between arrivals (about the last 64).
+const GAP_WEIGHT: f64 = 1.0 / 64.0;
+
+/// Rows arriving within a horizon after each run ends, when the first and the last of
+/// them came, as exponentially weighted means.
 #[derive(Debug, Clone, Default)]
-struct ArrivalRate {
-    window: VecDeque<(Instant, usize)>,
+struct AfterRun {
+    open: Option<Window>,
+    mean: Option<Learned>,
 }
 
-impl ArrivalRate {
-    const WINDOW: usize = 8;
+/// The count after the last run's end.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    horizon: Duration,
+    rows: usize,
+    first: Duration,
+    last: Duration,
+}
 
-    fn observe(&mut self, now: Instant, rows: usize) {
-        if self.window.len() == Self::WINDOW {
-            self.window.pop_front();
-        }
-        self.window.push_back((now, rows));
+#[derive(Debug, Clone, Copy)]
+struct Learned {
+    rows: f64,
+    /// Seconds from the run's end to the first and to the last of them.
+    first: f64,
+    last: f64,
+}
+
+/// What is still expected after the last run's end.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    rows: f64,
+    /// Seconds until the last of them.
+    within: f64,
+    /// Seconds per row after a run.
+    per_row: f64,
+    /// When the rows after this run count as over if nothing more arrives.
+    silence: Instant,
+}
+
+impl AfterRun {
+    const WEIGHT: f64 = 0.2;
+
+    fn start(&mut self, now: Instant, horizon: Duration) {
+        self.close();
+        self.open = (!horizon.is_zero()).then_some(Window {
+            start: now,
+            horizon,
+            rows: 0,
+            first: horizon,
+            last: horizon,
+        });
     }
 
-    /// Rows per second; it falls as time passes without arrivals.
-    fn rate(&self, now: Instant) -> f64 {
-        let (Some(&(first, _)), true) = (self.window.front(), self.window.len() > 1) else {
-            return 0.0;
+    fn close(&mut self) {
+        let Some(w) = self.open.take() else { return };
+        let sample = Learned {
+            rows: w.rows as f64,
+            first: w.first.as_secs_f64(),
+            last: w.last.as_secs_f64(),
         };
-        let rows: usize = self.window.iter().skip(1).map(|&(_, r)| r).sum();
-        let span = now.saturating_duration_since(first).as_secs_f64().max(1e-6);
-        rows as f64 / span
+        let k = Self::WEIGHT;
+        let mix = |a: f64, b: f64| a * (1.0 - k) + b * k;
+        self.mean = Some(self.mean.map_or(sample, |m| Learned {
+            rows: mix(m.rows, sample.rows),
+            first: mix(m.first, sample.first),
+            last: mix(m.last, sample.last),
+        }));
+    }
+
+    fn arrived(&mut self, now: Instant, rows: usize) {
+        let Some(w) = &mut self.open else { return };
+        let offset = now.saturating_duration_since(w.start);
+        if offset > w.horizon {
+            self.close();
+            return;
+        }
+        if w.rows == 0 {
+            w.first = offset;
+        }
+        w.rows += rows;
+        w.last = offset;
+    }
+
+    /// What is still expected after the last run's end, as of `now`; `None` when
+    /// nothing is.
+    fn remaining(&self, now: Instant) -> Option<Expected> {
+        let m = self.mean?;
+        let w = self.open?;
+        let elapsed = now.saturating_duration_since(w.start);
+        let left = m.rows - w.rows as f64;
+        if elapsed > w.horizon || left <= 0.25 {
+            return None;
+        }
+        let per_row = m.last / m.rows.max(1.0);
+        let pause = Duration::from_micros(100);
+        // Silence ends the wait: twice the usual time to the first row before any has
+        // come, three rows' time after the last one since.
+        let silence = if w.rows == 0 {
+            w.start + Duration::from_secs_f64(2.0 * m.first) + pause
+        } else {
+            w.start + w.last + Duration::from_secs_f64(3.0 * per_row) + pause
+        };
+        Some(Expected {
+            rows: left,
+            within: (m.last - elapsed.as_secs_f64()).max(0.0),
+            per_row,
+            silence,
+        })
+    }
+}
+
+/// The largest value seen over the last one to two windows (a max that forgets).
+#[derive(Debug, Clone, Default)]
+struct Peak {
+    current: usize,
+    previous: usize,
+    since: Option<Instant>,
+}
+
+impl Peak {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn roll(&mut self, now: Instant) {
+        let since = *self.since.get_or_insert(now);
+        let age = now.saturating_duration_since(since);
+        if age >= Self::WINDOW {
+            self.previous = if age >= 2 * Self::WINDOW {
+                0
+            } else {
+                self.current
+            };
+            self.current = 0;
+            self.since = Some(now);
+        }
+    }
+
+    fn observe(&mut self, now: Instant, value: usize) {
+        self.roll(now);
+        self.current = self.current.max(value);
+    }
+
+    fn get(&self, now: Instant) -> usize {
+        let Some(since) = self.since else { return 0 };
+        match now.saturating_duration_since(since) {
+            age if age < Self::WINDOW => self.current.max(self.previous),
+            age if age < 2 * Self::WINDOW => self.current,
+            _ => 0,
+        }
     }
 }
 

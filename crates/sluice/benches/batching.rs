@@ -3,8 +3,10 @@
 //! served by an in-process Sluice over loopback HTTP (binary tensors, batch-1 requests).
 //!
 //! - Ceiling: the raw tract engine's offline throughput at its best batch size (1/8/32).
-//! - Closed loop at 1/8/32/64 clients: throughput as a fraction of the ceiling, p50/p99,
-//!   batching off vs the adaptive batcher.
+//! - Closed loop at 1/8/32/64 clients over HTTP (binary tensors) and gRPC
+//!   (`raw_input_contents`), each client on its own connection: throughput as a
+//!   fraction of the ceiling, mean batch, p50/p99, batching off vs the adaptive batcher.
+//!   `BENCH_PROTOCOLS=http` (or `grpc`) runs one protocol only.
 //! - Open loop (Poisson, fixed seed) at 50/80/95 % of the ceiling: p99 and goodput
 //!   (answers within the objective) for static delays 0/1/5 ms and the adaptive delay.
 //! - Overload at twice the ceiling: every request answered (200 or 429), memory, recovery.
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use common::{
     closed_loop, engine_counts, ms, open_loop, raw_engine, rss_mib, seconds_from_env, start_server,
-    BinaryRequest,
+    BinaryRequest, Target,
 };
 
 struct Model {
@@ -88,20 +90,22 @@ fn main() {
         .build()
         .unwrap();
     let server_cpus = std::env::var("BENCH_SERVER_CPUS").ok();
-    let (base, _server, _runtime) = match &server_cpus {
+    let (endpoints, _server, _runtime) = match &server_cpus {
         Some(cpus) => {
-            let (base, process) = common::spawn_server(&repo, cpus);
+            let (endpoints, process) = common::spawn_server(&repo, cpus);
             println!("Each measurement {secs} s; `sluice serve` pinned to CPU {cpus}, the load generator elsewhere.\n");
-            (base, Some(process), None)
+            (endpoints, Some(process), None)
         }
         None => {
-            let (base, runtime) = tokio.block_on(start_server(&repo));
+            let (endpoints, runtime) = tokio.block_on(start_server(&repo));
             println!(
                 "Each measurement {secs} s; server and client share this process and its cores.\n"
             );
-            (base, None, Some(runtime))
+            (endpoints, None, Some(runtime))
         }
     };
+    let base = endpoints.http.clone();
+    let protocols = std::env::var("BENCH_PROTOCOLS").unwrap_or_else(|_| "http,grpc".into());
     for model in models {
         let name = |variant: &str| format!("{}_{variant}", model.base);
         let window = Duration::from_secs_f64(secs * f64::from(model.slowness));
@@ -132,18 +136,37 @@ fn main() {
             std::env::var("BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|x| x == p))
         };
         if part("closed") {
-            println!("| clients | batching | req/s | of ceiling | mean batch | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|");
-            for clients in [1, 8, 32, 64] {
-                for variant in ["off", "adaptive"] {
-                    let request =
-                        BinaryRequest::new(&base, &name(variant), model.input, model.dims, None);
+            println!("| protocol | clients | batching | req/s | of ceiling | mean batch | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|");
+            for (protocol, clients, variant) in protocols
+                .split(',')
+                .flat_map(|p| [1, 8, 32, 64].map(|c| (p.trim(), c)))
+                .flat_map(|(p, c)| ["off", "adaptive"].map(|v| (p, c, v)))
+            {
+                let target = match protocol {
+                    "http" => Target::Http(BinaryRequest::new(
+                        &base,
+                        &name(variant),
+                        model.input,
+                        model.dims,
+                        None,
+                    )),
+                    "grpc" => tokio.block_on(Target::grpc(
+                        &endpoints.grpc,
+                        &name(variant),
+                        model.input,
+                        model.dims,
+                        None,
+                    )),
+                    other => panic!("unknown protocol '{other}' in BENCH_PROTOCOLS (http, grpc)"),
+                };
+                {
                     let (runs0, items0) = tokio.block_on(engine_counts(&base, &name(variant)));
-                    let mut s = tokio.block_on(closed_loop(&request, clients, window));
+                    let mut s = tokio.block_on(closed_loop(&target, clients, window));
                     let (runs1, items1) = tokio.block_on(engine_counts(&base, &name(variant)));
                     let mean_batch = (items1 - items0) as f64 / (runs1 - runs0).max(1) as f64;
                     let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
                     println!(
-                        "| {clients} | {variant} | {} | {:.2} | {mean_batch:.1} | {:.2} | {:.2} |",
+                        "| {protocol} | {clients} | {variant} | {} | {:.2} | {mean_batch:.1} | {:.2} | {:.2} |",
                         per_s(s.per_second()),
                         s.per_second() / best,
                         ms(p50),

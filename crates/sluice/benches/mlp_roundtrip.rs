@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{
     closed_loop, raw_engine, seconds_from_env, start_server, us, workspace_path, BinaryRequest,
+    Target,
 };
 
 fn main() {
@@ -24,8 +25,14 @@ fn main() {
         .build()
         .unwrap();
     let (mut one, mut eight) = tokio.block_on(async {
-        let (base, _runtime) = start_server(&repo).await;
-        let request = BinaryRequest::new(&base, "mlp", "input", &[784], None);
+        let (endpoints, _runtime) = start_server(&repo).await;
+        let request = Target::Http(BinaryRequest::new(
+            &endpoints.http,
+            "mlp",
+            "input",
+            &[784],
+            None,
+        ));
         let _warmup = closed_loop(&request, 1, Duration::from_millis(300)).await;
         let one = closed_loop(&request, 1, seconds).await;
         let eight = closed_loop(&request, 8, seconds).await;

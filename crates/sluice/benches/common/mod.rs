@@ -129,8 +129,17 @@ pub fn raw_engine(repo: &Path, model: &str, rows: usize, seconds: Duration) -> S
     s
 }
 
-/// Starts an in-process server on 127.0.0.1:0 over `repo`; returns its base URL.
-pub async fn start_server(repo: &Path) -> (String, Runtime) {
+/// Where a server listens.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `http://127.0.0.1:port`
+    pub http: String,
+    /// `127.0.0.1:port`
+    pub grpc: String,
+}
+
+/// Starts an in-process server (HTTP and gRPC) on 127.0.0.1 over `repo`.
+pub async fn start_server(repo: &Path) -> (Endpoints, Runtime) {
     let config = RuntimeConfig {
         repository: repo.to_path_buf(),
         repository_options: RepositoryOptions::default(),
@@ -162,7 +171,19 @@ pub async fn start_server(repo: &Path) -> (String, Runtime) {
         4096,
         std::future::pending(),
     ));
-    (format!("http://{addr}"), runtime)
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap();
+    let service = sluice_server::grpc_service(runtime.clone(), Default::default());
+    tokio::spawn(sluice_server::serve_grpc(
+        grpc_listener,
+        service,
+        std::future::pending(),
+    ));
+    let endpoints = Endpoints {
+        http: format!("http://{addr}"),
+        grpc: grpc.to_string(),
+    };
+    (endpoints, runtime)
 }
 
 /// A Triton binary infer request for one batch-1 input of `elements` f32 values.
@@ -220,6 +241,104 @@ impl BinaryRequest {
     }
 }
 
+/// What a load client sends: a Triton binary HTTP request, or the same batch-1 tensor
+/// as a gRPC `ModelInfer` with `raw_input_contents` (over the client's own HTTP/2
+/// connection).
+#[derive(Clone)]
+pub enum Target {
+    Http(BinaryRequest),
+    Grpc {
+        url: String,
+        request: sluice_client::PreparedRequest,
+    },
+}
+
+impl Target {
+    /// The gRPC form of a batch-1 request for `model` at `url` (`host:port`).
+    pub async fn grpc(
+        url: &str,
+        model: &str,
+        input: &str,
+        dims: &[usize],
+        timeout: Option<Duration>,
+    ) -> Self {
+        let client = grpc_connect(url).await;
+        let mut shape = vec![1i64];
+        shape.extend(dims.iter().map(|&d| d as i64));
+        let elements: usize = dims.iter().product();
+        let tensor = sluice_client::InputTensor::new(
+            input,
+            DataType::F32,
+            shape,
+            Bytes::from(f32_bytes(elements)),
+        )
+        .unwrap();
+        let mut request = client.prepare(model, None, &[tensor]).unwrap();
+        if let (Some(t), sluice_client::PreparedRequest::Grpc(r)) = (timeout, &mut request) {
+            r.parameters.insert(
+                "timeout".into(),
+                sluice_proto::inference::InferParameter {
+                    parameter_choice: Some(
+                        sluice_proto::inference::infer_parameter::ParameterChoice::Int64Param(
+                            t.as_micros() as i64,
+                        ),
+                    ),
+                },
+            );
+        }
+        Target::Grpc {
+            url: url.to_owned(),
+            request,
+        }
+    }
+
+    /// One client's connection (HTTP: a keep-alive pool of `max_idle`; gRPC: its own
+    /// HTTP/2 connection).
+    pub async fn connect(&self, max_idle: usize) -> Connection {
+        match self {
+            Target::Http(r) => Connection::Http(client(max_idle), r.clone()),
+            Target::Grpc { url, request } => {
+                Connection::Grpc(grpc_connect(url).await, request.clone())
+            }
+        }
+    }
+}
+
+async fn grpc_connect(url: &str) -> sluice_client::Client {
+    sluice_client::Client::connect(&sluice_client::ClientConfig {
+        url: url.to_owned(),
+        protocol: sluice_client::Protocol::Grpc,
+        timeout: Duration::from_secs(120),
+    })
+    .await
+    .expect("gRPC connection to the server")
+}
+
+/// A connected load client.
+pub enum Connection {
+    Http(HttpClient, BinaryRequest),
+    Grpc(sluice_client::Client, sluice_client::PreparedRequest),
+}
+
+impl Connection {
+    /// Sends once; the answer as an HTTP status (gRPC codes mapped to their HTTP
+    /// equivalents: `RESOURCE_EXHAUSTED` 429, `DEADLINE_EXCEEDED` 504; 0 = no answer).
+    pub async fn send(&self) -> u16 {
+        match self {
+            Connection::Http(client, request) => request.send(client).await,
+            Connection::Grpc(client, request) => match client.infer(request).await {
+                Ok(_) => 200,
+                Err(sluice_client::Error::Server { status, .. }) => match status.as_str() {
+                    "ResourceExhausted" => 429,
+                    "DeadlineExceeded" => 504,
+                    _ => 500,
+                },
+                Err(_) => 0,
+            },
+        }
+    }
+}
+
 pub fn client(max_idle: usize) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle)
@@ -245,18 +364,22 @@ fn count(s: &mut Summary, status: u16, latency: Duration, objective: Duration) {
     }
 }
 
-/// `clients` clients, each sending the next request when the last one is answered.
-pub async fn closed_loop(request: &BinaryRequest, clients: usize, seconds: Duration) -> Summary {
+/// `clients` clients, each on its own connection, sending the next request when the
+/// last one is answered.
+pub async fn closed_loop(target: &Target, clients: usize, seconds: Duration) -> Summary {
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(target.connect(1).await);
+    }
     let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let request = request.clone();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|connection| {
             tokio::spawn(async move {
-                let client = client(1);
                 let mut s = Summary::default();
                 while started.elapsed() < seconds {
                     let t = Instant::now();
-                    let status = request.send(&client).await;
+                    let status = connection.send().await;
                     count(&mut s, status, t.elapsed(), Duration::MAX);
                 }
                 s
@@ -353,8 +476,7 @@ impl Drop for ServerProcess {
 
 /// Starts the real `sluice serve` on `repo`, pinned to `cpus` with `taskset` (e.g. "0"),
 /// so the load generator (this process, pinned elsewhere) does not share its cores.
-/// Returns the base URL.
-pub fn spawn_server(repo: &Path, cpus: &str) -> (String, ServerProcess) {
+pub fn spawn_server(repo: &Path, cpus: &str) -> (Endpoints, ServerProcess) {
     use std::io::BufRead;
     let mut child = std::process::Command::new("taskset")
         .args([
@@ -382,18 +504,25 @@ pub fn spawn_server(repo: &Path, cpus: &str) -> (String, ServerProcess) {
         .expect("taskset and the sluice binary");
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
-    let port = loop {
+    let mut port = |server: &str| loop {
         let line = lines
             .next()
             .expect("sluice exited before listening")
             .unwrap();
-        if let Some(rest) = line.split("HTTP server listening on ").nth(1) {
+        if let Some(rest) = line.split(&format!("{server} server listening on ")).nth(1) {
             break rest.rsplit(':').next().unwrap().trim().to_owned();
         }
     };
+    // The server logs gRPC's address first, then HTTP's.
+    let grpc = port("gRPC");
+    let http = port("HTTP");
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (format!("http://127.0.0.1:{port}"), ServerProcess { child })
+    let endpoints = Endpoints {
+        http: format!("http://127.0.0.1:{http}"),
+        grpc: format!("127.0.0.1:{grpc}"),
+    };
+    (endpoints, ServerProcess { child })
 }
 
 /// `(executions, items)` of a model so far, from Triton's statistics extension
