@@ -6,7 +6,7 @@
 //! large batch is not always cheaper per item than several runs of a small one (on
 //! convnets tract's cost per item *grows* with the batch), and for some models the
 //! symbolic plan is the fastest at large batches. So a batching model gets one
-//! optimized plan per *planned* batch size, every plan is timed once at load, and a
+//! optimized plan per *planned* batch size, every plan is timed at load, and a
 //! [`Schedule`] says, for every batch size, which runs to make: one padded run,
 //! several smaller runs, or the symbolic plan.
 
