@@ -82,6 +82,9 @@ struct TractModel {
     planned: BTreeMap<usize, Arc<TypedRunnableModel>>,
     /// How each batch size runs on them.
     schedule: Arc<Schedule>,
+    /// The timings the schedule was made from.
+    #[cfg_attr(not(test), allow(dead_code))]
+    calibration: Option<Calibration>,
     batching: bool,
     config: ModelConfig,
 }
@@ -242,7 +245,8 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         }
     }
     let max = usize::try_from(config.max_batch_size).unwrap_or(0);
-    let schedule = match calibrate(&symbolic, &planned, config) {
+    let calibration = calibrate_once(path, &symbolic, &planned, config);
+    let schedule = match &calibration {
         Some(c) => {
             let per_item = |costs: &[(usize, f64)]| {
                 costs
@@ -272,6 +276,7 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         symbolic,
         planned,
         schedule: Arc::new(schedule),
+        calibration,
         batching,
         config: config.clone(),
     })
@@ -310,9 +315,59 @@ fn calibrate(
     })
 }
 
+#[derive(Debug, Clone, PartialEq)]
 struct Calibration {
     planned: Vec<(usize, f64)>,
     symbolic: Vec<(usize, f64)>,
+}
+
+/// What a calibration depends on: the file (device, inode, size, modification time),
+/// the planned sizes and the input shapes.
+type CalibrationKey = (u64, u64, u64, i128, Vec<usize>, Vec<Vec<i64>>);
+
+/// [`calibrate`], remembered per process for the same unchanged file and plans: a
+/// model reloaded (hot swap of its config, eviction under a memory budget, the same
+/// file under several names) gets the same schedule at once instead of timings taken
+/// anew, which on a busy machine can differ by a fifth between two loads of one file.
+fn calibrate_once(
+    path: &std::path::Path,
+    symbolic: &Arc<TypedRunnableModel>,
+    planned: &BTreeMap<usize, Arc<TypedRunnableModel>>,
+    config: &ModelConfig,
+) -> Option<Calibration> {
+    use std::os::unix::fs::MetadataExt;
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<HashMap<CalibrationKey, Calibration>>> =
+        std::sync::OnceLock::new();
+    let key = std::fs::metadata(path).ok().map(|m| {
+        (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            planned.keys().copied().collect::<Vec<_>>(),
+            config
+                .input
+                .iter()
+                .map(|i| i.dims.clone())
+                .collect::<Vec<_>>(),
+        )
+    });
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(c) = key.as_ref().and_then(|k| {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(k)
+            .cloned()
+    }) {
+        return Some(c);
+    }
+    let c = calibrate(symbolic, planned, config)?;
+    if let Some(k) = key {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(k, c.clone());
+    }
+    Some(c)
 }
 
 /// Seconds for one run of `plan` on `n` rows of zeros; priced from `previous`
@@ -635,5 +690,50 @@ impl Instance for TractInstance {
         }
         let outputs = self.run_on(&inputs, None)?;
         self.convert(&outputs, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sluice_repository::{Repository, RepositoryOptions};
+
+    use super::*;
+
+    fn calibration_of(root: &Path) -> Option<Calibration> {
+        let source = Repository::open(root, RepositoryOptions::default())
+            .unwrap()
+            .read_model("cnn")
+            .unwrap();
+        load(
+            &source.load_spec(&source.versions[0]),
+            TractConfig::default(),
+        )
+        .unwrap()
+        .calibration
+    }
+
+    #[test]
+    fn a_reloaded_file_keeps_its_calibration_and_a_new_one_is_timed() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models");
+        let first = calibration_of(&examples);
+        assert!(first.is_some(), "the example CNN batches and is calibrated");
+        assert_eq!(
+            first,
+            calibration_of(&examples),
+            "the same file: remembered"
+        );
+        // A copy is another file: timed anew (nanosecond timings never repeat exactly).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cnn/1")).unwrap();
+        std::fs::copy(
+            examples.join("cnn/1/model.onnx"),
+            dir.path().join("cnn/1/model.onnx"),
+        )
+        .unwrap();
+        let copy = calibration_of(dir.path());
+        assert!(copy.is_some());
+        assert_ne!(first, copy);
     }
 }
