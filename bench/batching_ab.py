@@ -14,34 +14,22 @@ BIN: a `sluice` binary, e.g. one built from an earlier commit.
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import requests
 
+import serverproc
+
 ROOT = Path(__file__).resolve().parent.parent
-LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
 
 
 def start(binary, repo, model):
-    args = ["taskset", "-c", "0", str(binary), "serve", "--model-repository", str(repo),
-            "--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-            "--metrics-port", "0", "--ort-library", "off", "--model-control-mode", "explicit",
-            "--load-model", model, "--log", "warn,sluice=info"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ports = {}
-    for line in proc.stderr:
-        m = LISTEN.search(line)
-        if m:
-            ports[m.group(1)] = int(m.group(2))
-            if m.group(1) == "HTTP":
-                break
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, ports = serverproc.start(binary, repo, "--metrics-port", "0", "--model-control-mode", "explicit",
+                                   "--load-model", model)
     base = f"http://127.0.0.1:{ports['HTTP']}"
     for _ in range(600):
         try:

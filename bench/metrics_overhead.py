@@ -22,25 +22,14 @@ from pathlib import Path
 
 import requests
 
+import serverproc
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "sluice"
-LISTEN = re.compile(r"(HTTP|metrics) server listening on [^:\s]+:(\d+)")
 
 
 def start(binary, *extra):
-    args = ["taskset", "-c", "0", str(binary), "serve", "--model-repository", str(ROOT / "examples" / "models"),
-            "--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--ort-library", "off",
-            "--log", "warn,sluice=info", *extra]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ports = {}
-    for line in proc.stderr:
-        m = LISTEN.search(line)
-        if m:
-            ports[m.group(1)] = int(m.group(2))
-            if m.group(1) == "HTTP":
-                break
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    return proc, ports
+    return serverproc.start(binary, ROOT / "examples" / "models", *extra)
 
 
 def cpu_seconds(pid):
