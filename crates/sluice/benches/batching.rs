@@ -14,7 +14,8 @@
 //! Needs `models-extra/batching` (`.venv/bin/python scripts/make_batching_models.py`).
 //! Run: `cargo bench -p sluice --bench batching` (env `BENCH_SECONDS`, default 3;
 //! `BENCH_OVERLOAD_SECONDS`, default 3 × that).
-//! `BENCH_PARTS=closed,open,overload` picks the measurements after the ceiling.
+//! `BENCH_PARTS=closed,open,overload` picks the measurements after the ceiling;
+//! `BENCH_OPEN_ROUNDS=N` repeats each open-loop load N times (variants rotated; medians).
 //! The ResNet-50-shaped model: `make_batching_models.py --resnet50`, then
 //! `BENCH_REPO=models-extra/batching-resnet50 BENCH_MODELS=resnet50` (its cells last
 //! 10 × `BENCH_SECONDS`: one batch of 8 takes about a second on one core).
@@ -176,33 +177,59 @@ fn main() {
             }
         }
 
-        // Open loop.
+        // Open loop: each load `BENCH_OPEN_ROUNDS` times (default 1), the variants in a
+        // rotated order each round so none always follows the same neighbour; medians.
+        let rounds: usize = std::env::var("BENCH_OPEN_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1)
+            .max(1);
         let objective = (batch1 * 20).max(Duration::from_millis(20));
         println!(
-            "\nOpen loop, objective (and request timeout) {:.1} ms\n\n| load | delay | offered/s | goodput/s | p50 ms | p99 ms | 429 | timeouts |\n|---|---|---|---|---|---|---|---|",
+            "\nOpen loop, objective (and request timeout) {:.1} ms, median of {rounds} round(s) (goodput range in brackets)\n\n| load | delay | offered/s | goodput/s | p50 ms | p99 ms | 429 | timeouts |\n|---|---|---|---|---|---|---|---|",
             ms(objective)
         );
+        const DELAYS: [&str; 4] = ["d0", "d1ms", "d5ms", "adaptive"];
         for load in [0.5, 0.8, 0.95].into_iter().filter(|_| part("open")) {
-            for variant in ["d0", "d1ms", "d5ms", "adaptive"] {
-                let request = BinaryRequest::new(
-                    &base,
-                    &name(variant),
-                    model.input,
-                    model.dims,
-                    Some(objective),
-                );
-                let rate = best * load;
-                let mut s = tokio.block_on(open_loop(&request, rate, window, objective));
-                let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+            let rate = best * load;
+            let mut cells: Vec<Vec<OpenCell>> = vec![Vec::new(); DELAYS.len()];
+            for round in 0..rounds {
+                for k in 0..DELAYS.len() {
+                    let ix = (k + round) % DELAYS.len();
+                    let request = BinaryRequest::new(
+                        &base,
+                        &name(DELAYS[ix]),
+                        model.input,
+                        model.dims,
+                        Some(objective),
+                    );
+                    let mut s = tokio.block_on(open_loop(&request, rate, window, objective));
+                    let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+                    cells[ix].push((s.goodput(), p50, p99, s.rejected, s.other));
+                }
+            }
+            for (variant, runs) in DELAYS.iter().zip(&cells) {
+                let median = |mut v: Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let goodput: Vec<f64> = runs.iter().map(|r| r.0).collect();
+                let range = if rounds > 1 {
+                    let lo = goodput.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = goodput.iter().copied().fold(0.0, f64::max);
+                    format!(" ({}–{})", per_s(lo), per_s(hi))
+                } else {
+                    String::new()
+                };
                 println!(
-                    "| {:.0} % | {variant} | {} | {} | {:.2} | {:.2} | {} | {} |",
+                    "| {:.0} % | {variant} | {} | {}{range} | {:.2} | {:.2} | {} | {} |",
                     load * 100.0,
                     per_s(rate),
-                    per_s(s.goodput()),
-                    ms(p50),
-                    ms(p99),
-                    s.rejected,
-                    s.other
+                    per_s(median(goodput.clone())),
+                    median(runs.iter().map(|r| ms(r.1)).collect()),
+                    median(runs.iter().map(|r| ms(r.2)).collect()),
+                    runs.iter().map(|r| r.3).sum::<usize>(),
+                    runs.iter().map(|r| r.4).sum::<usize>(),
                 );
             }
         }
@@ -250,6 +277,9 @@ fn main() {
         println!();
     }
 }
+
+/// One open-loop run of one variant: (goodput/s, p50, p99, 429s, timeouts).
+type OpenCell = (f64, Duration, Duration, usize, usize);
 
 /// A rate with the precision it deserves: one decimal below 100/s.
 fn per_s(x: f64) -> String {
