@@ -76,8 +76,8 @@ impl Backend for TractBackend {
 }
 
 struct TractModel {
-    /// Keeps the plans findable for other loads of the same file (see [`load`]).
-    _shared: Arc<Plans>,
+    /// The plans, shared with other loads of the same file (see [`load`]).
+    shared: Arc<Plans>,
     /// The plan with a symbolic batch: serves every batch size.
     symbolic: Arc<TypedRunnableModel>,
     /// Fixed-batch plans by batch size, ascending.
@@ -156,12 +156,21 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         }
         None => {
             let plans = Arc::new(build(spec, sizes)?);
-            if let Some(k) = key {
-                let mut map = lock();
-                map.retain(|_, w| w.strong_count() > 0);
-                map.insert(k, Arc::downgrade(&plans));
+            match key {
+                Some(k) => {
+                    let mut map = lock();
+                    map.retain(|_, w| w.strong_count() > 0);
+                    // Two loads of the same file at once: the first one stored wins.
+                    match map.get(&k).and_then(std::sync::Weak::upgrade) {
+                        Some(first) => first,
+                        None => {
+                            map.insert(k, Arc::downgrade(&plans));
+                            plans
+                        }
+                    }
+                }
+                None => plans,
             }
-            plans
         }
     };
     Ok(TractModel {
@@ -171,7 +180,7 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         calibration: plans.calibration.clone(),
         batching: config.max_batch_size > 0,
         config: config.clone(),
-        _shared: plans,
+        shared: plans,
     })
 }
 
@@ -564,6 +573,7 @@ impl LoadedModel for TractModel {
             Executor::SingleThread
         };
         Ok(Box::new(TractInstance {
+            _shared: Arc::clone(&self.shared),
             symbolic: state(&self.symbolic)?,
             planned: self
                 .planned
@@ -594,6 +604,9 @@ impl LoadedModel for TractModel {
 type PlannedState = (usize, Arc<TypedRunnableModel>, Option<TypedSimpleState>);
 
 struct TractInstance {
+    /// Keeps the plans findable for other loads of the same file while this
+    /// instance serves (the loaded model may be dropped once its instances exist).
+    _shared: Arc<Plans>,
     symbolic: TypedSimpleState,
     planned: Vec<PlannedState>,
     schedule: Arc<Schedule>,
@@ -820,6 +833,18 @@ mod tests {
         )
         .unwrap();
         assert!(!Arc::ptr_eq(&a.symbolic, &c.symbolic));
+        // The server keeps only instances once they exist: they keep the plans shared.
+        let symbolic = Arc::clone(&a.symbolic);
+        let instance = a
+            .instance(&InstanceOptions {
+                index: 0,
+                intra_op_threads: 1,
+            })
+            .unwrap();
+        drop((a, b));
+        let d = load(&spec, TractConfig::default()).unwrap();
+        assert!(Arc::ptr_eq(&symbolic, &d.symbolic));
+        drop(instance);
     }
 
     #[test]
