@@ -10,8 +10,8 @@
 //! symbolic plan serves every shape the config allows. Because tract runs fixed shapes several times faster on
 //! convolutional networks, a batching model also gets one plan per *planned* batch
 //! size ([`BatchPlans`], the `tract_planned_batch_sizes` parameter). The plans are
-//! timed at load (the fastest of a few runs), and a batch runs as the cheapest sequence of runs: padded up
-//! to one larger plan, cut into several smaller ones when tract's per-item cost
+//! timed at load (the fastest of a few runs), and a batch runs as the cheapest
+//! sequence of runs: padded up to one larger plan, cut into several smaller ones when tract's per-item cost
 //! grows with the batch (it does on convnets), or on the symbolic plan; the outputs
 //! are sliced and joined back, invisible to the scheduler. tract's errors become `Error`s and its panics are caught at the
 //! backend boundary: a model that fails to load or a run that fails is an error for
@@ -77,16 +77,7 @@ impl Backend for TractBackend {
 
 struct TractModel {
     /// The plans, shared with other loads of the same file (see [`load`]).
-    shared: Arc<Plans>,
-    /// The plan with a symbolic batch: serves every batch size.
-    symbolic: Arc<TypedRunnableModel>,
-    /// Fixed-batch plans by batch size, ascending.
-    planned: BTreeMap<usize, Arc<TypedRunnableModel>>,
-    /// How each batch size runs on them.
-    schedule: Arc<Schedule>,
-    /// The timings the schedule was made from.
-    #[cfg_attr(not(test), allow(dead_code))]
-    calibration: Option<Calibration>,
+    plans: Arc<Plans>,
     batching: bool,
     config: ModelConfig,
 }
@@ -98,29 +89,44 @@ fn tract_err(context: &str) -> impl Fn(TractError) -> Error + '_ {
 /// A model's optimized plans and their schedule: immutable, shared by every loaded
 /// model built from the same unchanged file with the same shapes and plans.
 struct Plans {
+    /// The plan with a symbolic batch: serves every batch size.
     symbolic: Arc<TypedRunnableModel>,
+    /// Fixed-batch plans by batch size, ascending.
     planned: BTreeMap<usize, Arc<TypedRunnableModel>>,
+    /// How each batch size runs on them.
     schedule: Arc<Schedule>,
+    /// The timings the schedule was made from.
+    #[cfg_attr(not(test), allow(dead_code))]
     calibration: Option<Calibration>,
 }
 
-/// The file (device, inode, size, mtime) and what of the config shapes the plans.
-type PlanKey = (u64, u64, u64, i128, String);
+/// An unchanged file: device, inode, size, modification time (ns).
+type FileId = (u64, u64, u64, i128);
 
-fn plan_key(path: &std::path::Path, config: &ModelConfig, sizes: &[usize]) -> Option<PlanKey> {
+fn file_id(path: &std::path::Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    let shape = format!(
-        "{:?}",
-        (&config.input, &config.output, config.max_batch_size, sizes)
-    );
     Some((
         m.dev(),
         m.ino(),
         m.size(),
         i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        shape,
     ))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The file and what of the config shapes the plans.
+type PlanKey = (FileId, String);
+
+fn plan_key(path: &std::path::Path, config: &ModelConfig, sizes: &[usize]) -> Option<PlanKey> {
+    let shape = format!(
+        "{:?}",
+        (&config.input, &config.output, config.max_batch_size, sizes)
+    );
+    Some((file_id(path)?, shape))
 }
 
 /// Loads a model. When a model loaded from the same unchanged file, with the same
@@ -137,14 +143,9 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
     spec.check_file_exists()?;
     let key = plan_key(spec.model_file, config, &sizes);
     let shared = SHARED.get_or_init(Default::default);
-    let lock = || {
-        shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
     let found = key
         .as_ref()
-        .and_then(|k| lock().get(k).and_then(std::sync::Weak::upgrade));
+        .and_then(|k| lock(shared).get(k).and_then(std::sync::Weak::upgrade));
     let plans = match found {
         Some(plans) => {
             tracing::info!(
@@ -158,7 +159,7 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
             let plans = Arc::new(build(spec, sizes)?);
             match key {
                 Some(k) => {
-                    let mut map = lock();
+                    let mut map = lock(shared);
                     map.retain(|_, w| w.strong_count() > 0);
                     // Two loads of the same file at once: the first one stored wins.
                     match map.get(&k).and_then(std::sync::Weak::upgrade) {
@@ -174,13 +175,9 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         }
     };
     Ok(TractModel {
-        symbolic: Arc::clone(&plans.symbolic),
-        planned: plans.planned.clone(),
-        schedule: Arc::clone(&plans.schedule),
-        calibration: plans.calibration.clone(),
+        plans,
         batching: config.max_batch_size > 0,
         config: config.clone(),
-        shared: plans,
     })
 }
 
@@ -371,8 +368,7 @@ fn build(spec: &LoadSpec<'_>, sizes: Vec<usize>) -> Result<Plans> {
 }
 
 /// Times each plan (single-threaded, on zeros, after a warm-up run; the fastest of a
-/// few runs) at each
-/// planned size: the fixed plans at their size and the symbolic plan at every
+/// few runs) at each planned size: the fixed plans at their size and the symbolic plan at every
 /// size, so the schedule can choose between one padded run, several smaller ones
 /// and the symbolic plan. `None` when a non-batch dimension is variable (no input
 /// to time with) or a run fails. Each plan is timed in increasing sizes until one
@@ -409,9 +405,8 @@ struct Calibration {
     symbolic: Vec<(usize, f64)>,
 }
 
-/// What a calibration depends on: the file (device, inode, size, modification time),
-/// the planned sizes and the input shapes.
-type CalibrationKey = (u64, u64, u64, i128, Vec<usize>, Vec<Vec<i64>>);
+/// What a calibration depends on: the file, the planned sizes and the input shapes.
+type CalibrationKey = (FileId, Vec<usize>, Vec<Vec<i64>>);
 
 /// [`calibrate`], remembered per process for the same unchanged file and plans: a
 /// model reloaded (hot swap of its config, eviction under a memory budget, the same
@@ -423,15 +418,11 @@ fn calibrate_once(
     planned: &BTreeMap<usize, Arc<TypedRunnableModel>>,
     config: &ModelConfig,
 ) -> Option<Calibration> {
-    use std::os::unix::fs::MetadataExt;
     static SEEN: std::sync::OnceLock<std::sync::Mutex<HashMap<CalibrationKey, Calibration>>> =
         std::sync::OnceLock::new();
-    let key = std::fs::metadata(path).ok().map(|m| {
+    let key = file_id(path).map(|id| {
         (
-            m.dev(),
-            m.ino(),
-            m.size(),
-            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            id,
             planned.keys().copied().collect::<Vec<_>>(),
             config
                 .input
@@ -441,24 +432,13 @@ fn calibrate_once(
         )
     });
     let seen = SEEN.get_or_init(Default::default);
-    if let Some(c) = key.as_ref().and_then(|k| {
-        seen.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(k)
-            .cloned()
-    }) {
+    if let Some(c) = key.as_ref().and_then(|k| lock(seen).get(k).cloned()) {
         return Some(c);
     }
     let c = calibrate(symbolic, planned, config)?;
     let Some(k) = key else { return Some(c) };
     // Two loads timing the same file at once: the first one remembered wins.
-    Some(
-        seen.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(k)
-            .or_insert(c)
-            .clone(),
-    )
+    Some(lock(seen).entry(k).or_insert(c).clone())
 }
 
 /// Seconds for one run of `plan` on `n` rows of zeros; priced from `previous`
@@ -573,14 +553,15 @@ impl LoadedModel for TractModel {
             Executor::SingleThread
         };
         Ok(Box::new(TractInstance {
-            _shared: Arc::clone(&self.shared),
-            symbolic: state(&self.symbolic)?,
+            _shared: Arc::clone(&self.plans),
+            symbolic: state(&self.plans.symbolic)?,
             planned: self
+                .plans
                 .planned
                 .iter()
                 .map(|(&n, plan)| (n, Arc::clone(plan), None))
                 .collect(),
-            schedule: Arc::clone(&self.schedule),
+            schedule: Arc::clone(&self.plans.schedule),
             batching: self.batching,
             inputs: self
                 .config
@@ -806,7 +787,9 @@ mod tests {
             TractConfig::default(),
         )
         .unwrap()
+        .plans
         .calibration
+        .clone()
     }
 
     #[test]
@@ -819,8 +802,7 @@ mod tests {
         let spec = source.load_spec(&source.versions[0]);
         let a = load(&spec, TractConfig::default()).unwrap();
         let b = load(&spec, TractConfig::default()).unwrap();
-        assert!(Arc::ptr_eq(&a.symbolic, &b.symbolic), "one set of plans");
-        assert!(Arc::ptr_eq(&a.schedule, &b.schedule));
+        assert!(Arc::ptr_eq(&a.plans, &b.plans), "one set of plans");
         // Another batch size shapes other plans: built anew.
         let mut smaller = source.config.clone();
         smaller.max_batch_size = source.config.max_batch_size / 2;
@@ -832,9 +814,9 @@ mod tests {
             TractConfig::default(),
         )
         .unwrap();
-        assert!(!Arc::ptr_eq(&a.symbolic, &c.symbolic));
+        assert!(!Arc::ptr_eq(&a.plans, &c.plans));
         // The server keeps only instances once they exist: they keep the plans shared.
-        let symbolic = Arc::clone(&a.symbolic);
+        let plans = Arc::downgrade(&a.plans);
         let instance = a
             .instance(&InstanceOptions {
                 index: 0,
@@ -843,7 +825,7 @@ mod tests {
             .unwrap();
         drop((a, b));
         let d = load(&spec, TractConfig::default()).unwrap();
-        assert!(Arc::ptr_eq(&symbolic, &d.symbolic));
+        assert!(std::ptr::eq(plans.as_ptr(), Arc::as_ptr(&d.plans)));
         drop(instance);
     }
 

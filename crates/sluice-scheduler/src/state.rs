@@ -213,6 +213,16 @@ impl<T: Pending> State<T> {
             deadline,
             payload,
         });
+        if self.is_adaptive() {
+            self.observe_arrival(rows, now);
+        }
+        let hard = deadline.filter(|_| policy.timeout_action == TimeoutAction::Reject);
+        Ok((seq, hard))
+    }
+
+    /// What the adaptive hold learns from an arrival (only adaptive models pay for it:
+    /// the sum below walks the queue).
+    fn observe_arrival(&mut self, rows: usize, now: Instant) {
         let in_system = self.running + self.ordered().map(|e| e.rows).sum::<usize>();
         self.peak.observe(now, in_system);
         self.after_run.arrived(now, rows);
@@ -228,8 +238,6 @@ impl<T: Pending> State<T> {
                 (mean, now)
             }
         });
-        let hard = deadline.filter(|_| policy.timeout_action == TimeoutAction::Reject);
-        Ok((seq, hard))
     }
 
     /// Records how long the engine took for a batch of `rows` rows (one taken by
@@ -243,16 +251,16 @@ impl<T: Pending> State<T> {
     /// one fixed cost from now are counted (in a closed loop, the clients just answered
     /// coming back).
     pub fn ended(&mut self, now: Instant) {
-        let horizon = self
-            .fixed_cost(1)
-            .map_or(Duration::ZERO, |(fixed, _)| fixed);
-        self.after_run.start(now, horizon);
+        if self.is_adaptive() {
+            let horizon = self.fixed_cost(1).unwrap_or(Duration::ZERO);
+            self.after_run.start(now, horizon);
+        }
     }
 
-    /// The engine's latency near `rows` read as `S(b) = F + m·b`: `(F, m)` from the
-    /// learned latencies of `rows` and of a full batch; `None` when unknown or when
-    /// the cost is all per row.
-    fn fixed_cost(&self, rows: usize) -> Option<(Duration, f64)> {
+    /// The engine's latency near `rows` read as `S(b) = F + m·b`: `F` from the learned
+    /// latencies of `rows` and of a full batch; `None` when unknown or when the cost
+    /// is all per row.
+    fn fixed_cost(&self, rows: usize) -> Option<Duration> {
         let full = self.config.max_batch_size;
         if rows >= full {
             return None;
@@ -261,7 +269,7 @@ impl<T: Pending> State<T> {
         let whole = self.latency.estimate(full)?.as_secs_f64();
         let per_row = (whole - this) / (full - rows) as f64;
         let fixed = this - per_row * rows as f64;
-        (fixed > 0.0 && per_row >= 0.0).then(|| (Duration::from_secs_f64(fixed), per_row))
+        (fixed > 0.0 && per_row >= 0.0).then(|| Duration::from_secs_f64(fixed))
     }
 
     /// The learned latency of a batch of `rows` rows, if any is known.
@@ -466,7 +474,7 @@ impl<T: Pending> State<T> {
             per_row: burst,
             silence,
         } = self.after_run.remaining(now)?;
-        let (fixed, _) = self.fixed_cost(rows)?;
+        let fixed = self.fixed_cost(rows)?;
         // Holding for the `coming` rows still expected since the run's end (within
         // `within` seconds) pays when `(T + F + m(r + E)) / (r + E) < (F + m r) / r`,
         // i.e. `r T < F E`...

@@ -156,24 +156,21 @@ fn main() {
                         &name(variant),
                         model.input,
                         model.dims,
-                        None,
                     )),
                     other => panic!("unknown protocol '{other}' in BENCH_PROTOCOLS (http, grpc)"),
                 };
-                {
-                    let (runs0, items0) = tokio.block_on(engine_counts(&base, &name(variant)));
-                    let mut s = tokio.block_on(closed_loop(&target, clients, window));
-                    let (runs1, items1) = tokio.block_on(engine_counts(&base, &name(variant)));
-                    let mean_batch = (items1 - items0) as f64 / (runs1 - runs0).max(1) as f64;
-                    let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
-                    println!(
-                        "| {protocol} | {clients} | {variant} | {} | {:.2} | {mean_batch:.1} | {:.2} | {:.2} |",
-                        per_s(s.per_second()),
-                        s.per_second() / best,
-                        ms(p50),
-                        ms(p99)
-                    );
-                }
+                let (runs0, items0) = tokio.block_on(engine_counts(&base, &name(variant)));
+                let mut s = tokio.block_on(closed_loop(&target, clients, window));
+                let (runs1, items1) = tokio.block_on(engine_counts(&base, &name(variant)));
+                let mean_batch = (items1 - items0) as f64 / (runs1 - runs0).max(1) as f64;
+                let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
+                println!(
+                    "| {protocol} | {clients} | {variant} | {} | {:.2} | {mean_batch:.1} | {:.2} | {:.2} |",
+                    per_s(s.per_second()),
+                    s.per_second() / best,
+                    ms(p50),
+                    ms(p99)
+                );
             }
         }
 

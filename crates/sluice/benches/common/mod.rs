@@ -255,13 +255,7 @@ pub enum Target {
 
 impl Target {
     /// The gRPC form of a batch-1 request for `model` at `url` (`host:port`).
-    pub async fn grpc(
-        url: &str,
-        model: &str,
-        input: &str,
-        dims: &[usize],
-        timeout: Option<Duration>,
-    ) -> Self {
+    pub async fn grpc(url: &str, model: &str, input: &str, dims: &[usize]) -> Self {
         let client = grpc_connect(url).await;
         let mut shape = vec![1i64];
         shape.extend(dims.iter().map(|&d| d as i64));
@@ -273,30 +267,18 @@ impl Target {
             Bytes::from(f32_bytes(elements)),
         )
         .unwrap();
-        let mut request = client.prepare(model, None, &[tensor]).unwrap();
-        if let (Some(t), sluice_client::PreparedRequest::Grpc(r)) = (timeout, &mut request) {
-            r.parameters.insert(
-                "timeout".into(),
-                sluice_proto::inference::InferParameter {
-                    parameter_choice: Some(
-                        sluice_proto::inference::infer_parameter::ParameterChoice::Int64Param(
-                            t.as_micros() as i64,
-                        ),
-                    ),
-                },
-            );
-        }
+        let request = client.prepare(model, None, &[tensor]).unwrap();
         Target::Grpc {
             url: url.to_owned(),
             request,
         }
     }
 
-    /// One client's connection (HTTP: a keep-alive pool of `max_idle`; gRPC: its own
-    /// HTTP/2 connection).
-    pub async fn connect(&self, max_idle: usize) -> Connection {
+    /// One client's connection (HTTP: one kept-alive connection; gRPC: its own HTTP/2
+    /// connection).
+    pub async fn connect(&self) -> Connection {
         match self {
-            Target::Http(r) => Connection::Http(client(max_idle), r.clone()),
+            Target::Http(r) => Connection::Http(client(1), r.clone()),
             Target::Grpc { url, request } => {
                 Connection::Grpc(grpc_connect(url).await, request.clone())
             }
@@ -369,7 +351,7 @@ fn count(s: &mut Summary, status: u16, latency: Duration, objective: Duration) {
 pub async fn closed_loop(target: &Target, clients: usize, seconds: Duration) -> Summary {
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connections.push(target.connect(1).await);
+        connections.push(target.connect().await);
     }
     let started = Instant::now();
     let tasks: Vec<_> = connections
