@@ -42,6 +42,7 @@ class Server:
         self.ports = {}
         self._seen = threading.Event()
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _STARTED.append(self.proc)
         threading.Thread(target=self._read, daemon=True).start()
         if not self._seen.wait(120):
             self.proc.kill()
@@ -84,6 +85,17 @@ class Server:
 
 _GRPC = None
 
+# Every server process any test started: whatever a test does (an assertion before its
+# own stop, a crash of the test process' fixtures), none outlives the session.
+_STARTED = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 def _supports_grpc():
     global _GRPC
@@ -124,3 +136,93 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
             return True
         time.sleep(interval)
     return False
+
+
+# ---- Execution gates: requests held in the engine until the test lets them go ----------
+
+GATED_WIDTH = 4
+
+
+def make_gated_model(repository, gates, name="gated"):
+    """A one-instance model `name` (y = x + 1 on FP32 [1, 4]) whose every run waits for a
+    byte on the named pipe `gates/name` (the server's `--test-execution-gates`): a test
+    decides exactly when a request leaves the engine, on any machine."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    repository, gates = Path(repository), Path(gates)
+    shape = [1, GATED_WIDTH]
+    one = helper.make_tensor("one", TensorProto.FLOAT, shape, np.ones(GATED_WIDTH, np.float32))
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repository / name / "1").mkdir(parents=True)
+    onnx.save(model, str(repository / name / "1" / "model.onnx"))
+    (repository / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "tract"\nmax_batch_size: 0\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [1, 4] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [1, 4] }]\n'
+        'instance_group [{ count: 1 }]\n')
+    gates.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(gates / name)
+    return Gate(gates / name)
+
+
+def gated_body(value=1.0):
+    return {"inputs": [{"name": "x", "shape": [1, GATED_WIDTH], "datatype": "FP32",
+                        "data": [value] * GATED_WIDTH}]}
+
+
+class Gate:
+    """The test's end of an execution gate: each byte written lets one run through."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fd = None
+
+    def release(self, runs=1):
+        if self._fd is None:
+            # The server holds the pipe open read-write once the model is loaded, so
+            # this open never blocks; before that it fails at once (ENXIO).
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(self._fd, b"g" * runs)
+
+    def open_for_good(self):
+        """Lets every later run through (until the pipe's buffer of 64 KiB is used)."""
+        try:
+            self.release(60_000)
+        except OSError:
+            pass  # the server is gone or never loaded the model
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def metric(server, name, **labels):
+    """The value of one sample of the server's /metrics (0 when absent)."""
+    import requests
+
+    text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, val = line.rpartition(" ")
+            if all(w in head for w in want):
+                return float(val)
+    return 0.0
+
+
+def wait_for_queue(server, model, running, queued, timeout=60):
+    """Waits until `model` has `queued` requests in its queue and `running` more in the
+    engine (in flight counts both); fails the test if it never happens."""
+    def reached():
+        q = metric(server, "sluice_inference_queue_size", model=model)
+        f = metric(server, "sluice_inference_in_flight", model=model)
+        return q == queued and f == queued + running
+    assert wait_until(reached, timeout=timeout), (
+        f"{model}: never {running} running and {queued} queued:\n{server.log()[-3000:]}")

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 
-from conftest import EXAMPLES, Server
+from conftest import (EXAMPLES, GATED_WIDTH, Server, gated_body, make_gated_model, metric,
+                      wait_for_queue, wait_until)
 from models import assert_close, reference
-from test_lifecycle import make_slow_model
 
 
 def post_rows(base, model, name, x, **params):
@@ -59,10 +59,14 @@ def test_concurrent_clients_get_their_own_rows(tmp_path):
 
 
 def test_queue_timeout_priority_and_bound(tmp_path):
-    size = make_slow_model(tmp_path, steps=32)  # ~0.5 s per request: the queue stays occupied
-    s = Server(tmp_path, "--queue-capacity", "2")
+    """One gated instance (its runs wait until the test lets them go) and a queue of 2:
+    a request that may wait 5 ms times out in the queue, two more fill it, the next is
+    rejected at once; then all the accepted ones are answered."""
+    gates = tmp_path / "gates"
+    gate = make_gated_model(tmp_path, gates, "slow")
+    s = Server(tmp_path, "--queue-capacity", "2", "--test-execution-gates", str(gates))
     try:
-        x = np.ones((1, size), dtype=np.float32)
+        x = np.ones((1, GATED_WIDTH), dtype=np.float32)
         # Invalid scheduling parameters are clear 400s.
         r = post_rows(s.base, "slow", "x", x, priority=9)
         assert r.status_code == 400 and "priority 9 is outside 1..=1" in r.json()["error"], r.text
@@ -76,9 +80,7 @@ def test_queue_timeout_priority_and_bound(tmp_path):
 
         first = threading.Thread(target=send, args=("first",))
         first.start()
-        # Wait until the first request occupies the only instance.
-        import time
-        time.sleep(0.05)
+        wait_for_queue(s, "slow", running=1, queued=0)
         # A request that may wait 5 ms in the queue times out there, without running.
         send("timed", timeout=5000)
         assert results["timed"].status_code == 504, results["timed"].text
@@ -87,53 +89,56 @@ def test_queue_timeout_priority_and_bound(tmp_path):
         waiting = [threading.Thread(target=send, args=(f"q{i}",)) for i in range(2)]
         for t in waiting:
             t.start()
-        time.sleep(0.05)
+        wait_for_queue(s, "slow", running=1, queued=2)
         send("over")
         assert results["over"].status_code == 429, results["over"].text[:200]
         assert "full" in results["over"].json()["error"]
+        gate.release(3)
         first.join(30)
         for t in waiting:
             t.join(30)
         assert [results[k].status_code for k in ("first", "q0", "q1")] == [200, 200, 200]
+        assert metric(s, "sluice_inference_executions_total", model="slow") == 3, "the timed-out one never ran"
     finally:
+        gate.open_for_good()
+        gate.close()
         assert s.stop() == 0
 
 
 def test_a_request_whose_client_disconnects_never_runs(tmp_path):
-    """Three requests to a one-instance slow model: the middle one's client hangs up while
-    it is queued. The third finishes after about two runs (the middle one was dropped),
-    not three. With the connection kept open the same timeline takes three runs."""
+    """Three requests to a one-instance gated model: the middle one's client hangs up
+    while it is queued. The gate then lets exactly two runs through: the first and the
+    third requests are answered, so the abandoned one never reached the engine."""
     import json
     import socket
-    import time
 
-    size = make_slow_model(tmp_path, steps=32)
-    s = Server(tmp_path)
+    gates = tmp_path / "gates"
+    gate = make_gated_model(tmp_path, gates, "slow")
+    s = Server(tmp_path, "--test-execution-gates", str(gates))
     try:
-        x = np.ones((1, size), dtype=np.float32)
-        body = json.dumps({"inputs": [{"name": "x", "shape": [1, size], "datatype": "FP32",
-                                       "data": x.flatten().tolist()}]}).encode()
+        body = json.dumps(gated_body()).encode()
 
         def post():
             r = requests.post(f"{s.base}/v2/models/slow/infer", data=body, timeout=60)
             assert r.status_code == 200, r.text[:200]
 
-        t = time.monotonic()
-        post()
-        one = time.monotonic() - t
-        t0 = time.monotonic()
-        first = threading.Thread(target=post)
-        first.start()
-        time.sleep(one * 0.1)
-        sock = socket.create_connection(("127.0.0.1", s.http_port))
-        sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: sluice\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(one * 0.1)
-        sock.close()  # the client goes away while its request is queued
-        time.sleep(one * 0.1)
-        post()
-        runs = (time.monotonic() - t0) / one
-        first.join(30)
-        assert runs < 2.6, f"the third request finished after {runs:.2f} runs: the abandoned one ran"
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post)
+            wait_for_queue(s, "slow", running=1, queued=0)
+            sock = socket.create_connection(("127.0.0.1", s.http_port))
+            sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: sluice\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            wait_for_queue(s, "slow", running=1, queued=1)
+            sock.close()  # the client goes away while its request is queued
+            assert wait_until(lambda: metric(s, "sluice_inference_requests_total", model="slow",
+                                             outcome="cancelled") == 1, timeout=30), s.log()
+            third = pool.submit(post)
+            wait_for_queue(s, "slow", running=1, queued=1)
+            gate.release(2)
+            first.result()
+            third.result()
+        assert metric(s, "sluice_inference_executions_total", model="slow") == 2
     finally:
+        gate.open_for_good()
+        gate.close()
         assert s.stop() == 0

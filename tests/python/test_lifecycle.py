@@ -5,71 +5,49 @@ import json
 import signal
 import subprocess
 import threading
-import time
 
-import numpy as np
 import pytest
-import onnx
 import requests
-from onnx import TensorProto, helper
 
-from conftest import BIN, EXAMPLES, Server
-
-
-def make_slow_model(root, steps=8, rows=512, size=1024):
-    """A tiny input broadcast to rows x size, then `steps` MatMuls with one shared
-    size x size weight, then a mean over the rows: a few hundred ms per request on
-    tract, so requests are still running and queued when the signal arrives."""
-    rng = np.random.default_rng(0)
-    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten()),
-             helper.make_tensor("zeros", TensorProto.FLOAT, [rows, size], np.zeros(rows * size, np.float32))]
-    nodes = [helper.make_node("Add", ["x", "zeros"], ["h"])]
-    prev = "h"
-    for i in range(steps):
-        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"m{i}"]))
-        prev = f"m{i}"
-    nodes.append(helper.make_node("ReduceMean", [prev], ["y"], axes=[0], keepdims=1))
-    graph = helper.make_graph(nodes, "slow",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (root / "slow" / "1").mkdir(parents=True)
-    onnx.save(model, str(root / "slow" / "1" / "model.onnx"))
-    return size
+from conftest import BIN, EXAMPLES, GATED_WIDTH, Server, gated_body, make_gated_model, wait_for_queue, wait_until
 
 
 def test_sigterm_finishes_accepted_requests_and_exits_zero(tmp_path):
-    size = make_slow_model(tmp_path)
-    s = Server(tmp_path)
-    x = np.ones((1, size), dtype=np.float32)
-    body = {"inputs": [{"name": "x", "shape": [1, size], "datatype": "FP32", "data": x.flatten().tolist()}]}
+    """Four requests on a one-instance model whose runs wait on an execution gate: one
+    is in the engine and three are queued when SIGTERM arrives (observed, not assumed).
+    All four are answered after the gate opens, and the server exits 0."""
+    repo, gates = tmp_path / "repo", tmp_path / "gates"
+    gate = make_gated_model(repo, gates, "slow")
+    s = Server(repo, "--test-execution-gates", str(gates))
     results = []
 
     def send():
         try:
-            r = requests.post(f"{s.base}/v2/models/slow/infer", json=body, timeout=60)
-            results.append(r.status_code)
+            r = requests.post(f"{s.base}/v2/models/slow/infer", json=gated_body(), timeout=60)
+            results.append((r.status_code, r.json()["outputs"][0]["data"] if r.ok else r.text))
         except requests.RequestException as e:  # noqa: BLE001 - recorded and asserted below
             results.append(repr(e))
 
-    t0 = time.monotonic()
-    send()
-    one_request = time.monotonic() - t0
-    results.clear()
     threads = [threading.Thread(target=send) for _ in range(4)]
-    for t in threads:
-        t.start()
-    assert one_request > 0.05, f"the slow model is too fast ({one_request:.3f}s) for this test to mean anything"
-    time.sleep(one_request / 2)  # all four accepted: one running, three queued
-    s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(60)
-    code = s.proc.wait(60)
-    assert results == [200, 200, 200, 200], (results, s.log())
+    try:
+        for t in threads:
+            t.start()
+        wait_for_queue(s, "slow", running=1, queued=3)
+        s.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "shutting down" in s.log(), timeout=30), s.log()
+        assert not results, "nothing may be answered before its run"
+        gate.release(4)
+        for t in threads:
+            t.join(60)
+        code = s.proc.wait(60)
+    finally:
+        gate.open_for_good()
+        gate.close()
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+    assert results == [(200, [2.0] * GATED_WIDTH)] * 4, (results, s.log())
     assert code == 0, s.log()
-    assert "shutting down" in s.log()
     # And nothing listens any more.
     try:
         requests.get(f"{s.base}/v2/health/live", timeout=2)

@@ -21,9 +21,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, wait_until
+from conftest import EXAMPLES, gated_body, make_gated_model, wait_for_queue, wait_until
 from models import assert_close, reference
-from test_lifecycle import make_slow_model
 
 # scripts/test.sh installs Debian's prometheus package and sets this, so CI fails
 # instead of skipping when the tools are missing.
@@ -99,22 +98,33 @@ def send_known_load(s):
 def test_metrics_count_requests_by_outcome_and_pass_promtool(start_server, tmp_path):
     need("promtool", PROMTOOL)
     shutil.copytree(EXAMPLES / "mlp", tmp_path / "mlp")
-    make_slow_model(tmp_path, steps=32)
-    s = start_server(tmp_path, "--queue-capacity", "1")
+    gate = make_gated_model(tmp_path, tmp_path / "gates", "slow")
+    s = start_server(tmp_path, "--queue-capacity", "2", "--test-execution-gates", str(tmp_path / "gates"))
     successes, rows, invalid = send_known_load(s)
 
-    # The slow model: one request runs, one waits and times out, one finds the queue full.
-    x = {"inputs": [{"name": "x", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
-    with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(requests.post, f"{s.base}/v2/models/slow/infer", json=x, timeout=60)
-        wait_until(lambda: value(parse(scrape(s)), "sluice_inference_in_flight", model="slow") == 1)
-        timed = pool.submit(requests.post, f"{s.base}/v2/models/slow/infer",
-                            json={**x, "parameters": {"timeout": 300_000}}, timeout=60)
-        wait_until(lambda: value(parse(scrape(s)), "sluice_inference_queue_size", model="slow") == 1)
-        full = requests.post(f"{s.base}/v2/models/slow/infer", json=x, timeout=60)
-        assert full.status_code == 429, full.text
-        assert timed.result().status_code == 504
-        assert running.result().status_code == 200
+    # The gated model, one instance, a queue of 2: r runs (held by the gate), a waits,
+    # t waits and times out without running, b waits, and f finds the queue full. Each
+    # step is observed before the next; nothing depends on how fast the machine is.
+    x = gated_body()
+    url = f"{s.base}/v2/models/slow/infer"
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            running = pool.submit(requests.post, url, json=x, timeout=60)
+            wait_for_queue(s, "slow", running=1, queued=0)
+            a = pool.submit(requests.post, url, json=x, timeout=60)
+            wait_for_queue(s, "slow", running=1, queued=1)
+            timed = requests.post(url, json={**x, "parameters": {"timeout": 300_000}}, timeout=60)
+            assert timed.status_code == 504, timed.text
+            wait_for_queue(s, "slow", running=1, queued=1)
+            b = pool.submit(requests.post, url, json=x, timeout=60)
+            wait_for_queue(s, "slow", running=1, queued=2)
+            full = requests.post(url, json=x, timeout=60)
+            assert full.status_code == 429, full.text
+            gate.release(3)
+            assert [f.result().status_code for f in (running, a, b)] == [200, 200, 200]
+    finally:
+        gate.open_for_good()
+        gate.close()
 
     text = scrape(s)
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True)
@@ -143,10 +153,10 @@ def test_metrics_count_requests_by_outcome_and_pass_promtool(start_server, tmp_p
     assert [c for _, c in buckets] == sorted(c for _, c in buckets), "buckets are cumulative"
 
     slow = {"model": "slow", "version": "1"}
-    assert value(m, "sluice_inference_requests_total", outcome="success", **slow) == 1
+    assert value(m, "sluice_inference_requests_total", outcome="success", **slow) == 3
     assert value(m, "sluice_inference_requests_total", outcome="timeout", **slow) == 1
     assert value(m, "sluice_inference_requests_total", outcome="rejected", **slow) == 1
-    assert value(m, "sluice_inference_executions_total", **slow) == 1, "the timed-out request never ran"
+    assert value(m, "sluice_inference_executions_total", **slow) == 3, "the timed-out request never ran"
     assert value(m, "sluice_inference_queue_size", **slow) == 0
     assert value(m, "sluice_inference_in_flight", **slow) == 0
     assert value(m, "sluice_model_ready", **slow) == 1
@@ -351,9 +361,10 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(EXAMPLES / "mlp", repo / "mlp")
-    make_slow_model(repo, steps=48)
+    gates = tmp_path / "gates"
+    gate = make_gated_model(repo, gates, "slow")
     a = start_server(repo)
-    b = start_server(repo)
+    b = start_server(repo, "--test-execution-gates", str(gates))
     targets = {f"127.0.0.1:{a.metrics_port}": "a", f"127.0.0.1:{b.metrics_port}": "b"}
     prom, base = start_prometheus(tmp_path, list(targets))
     try:
@@ -369,13 +380,19 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
             assert requests.post(f"{a.base}/v2/models/mlp/infer", json=mlp_body(1), timeout=30).status_code == 200
         middle = start + count / rate / 2 + 0.5
 
-        # Replica b: four slow requests at once on one instance: three wait in its queue.
-        x = {"inputs": [{"name": "x", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
+        # Replica b: four requests at once on its one gated instance: one runs, three
+        # wait in its queue until Prometheus has scraped that, then the gate opens.
+        x = gated_body()
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(requests.post, f"{b.base}/v2/models/slow/infer", json=x, timeout=120)
                        for _ in range(4)]
+            wait_for_queue(b, "slow", running=1, queued=3)
+            seen = f'max_over_time(sluice_inference_queue_size{{model="slow",instance="127.0.0.1:{b.metrics_port}"}}[1m]) == 3'
+            assert wait_until(lambda: len(promql(base, seen)) == 1, timeout=30)
+            gate.release(4)
             assert all(f.result().status_code == 200 for f in futures)
-        time.sleep(1.0)  # a few scrapes after the last answer
+        done = 'sum(sluice_inference_requests_total{outcome="success",model="slow"})'
+        assert wait_until(lambda: list(promql(base, done).values()) == [4], timeout=30)
 
         # Request rate per replica, as an autoscaler reads it.
         q = 'sum by (instance) (rate(sluice_inference_requests_total{outcome="success",model="mlp"}[1s]))'
@@ -406,6 +423,8 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
         (p99_slow,) = promql(base, q).values()
         assert p99_slow > one_run, (p99_slow, one_run)
     finally:
+        gate.open_for_good()
+        gate.close()
         prom.terminate()
         prom.wait(30)
 

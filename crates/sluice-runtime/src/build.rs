@@ -89,6 +89,8 @@ pub(crate) struct BuildContext<'a> {
     pub default_backend: &'a str,
     pub intra_op_threads: usize,
     pub queue_capacity: usize,
+    /// Tests only: the folder of execution gates (see [`crate::gate`]).
+    pub execution_gates: Option<&'a Path>,
 }
 
 /// Picks the backend of a model and completes its config with it.
@@ -168,6 +170,18 @@ pub(crate) fn load_version(
         })
         .collect::<Result<Vec<_>>>()?;
     drop(loaded);
+    let instances = match cx.execution_gates {
+        None => instances,
+        Some(dir) => instances
+            .into_iter()
+            .map(|inner| -> Result<Box<dyn sluice_core::Instance>> {
+                Ok(match crate::gate::open(dir, &source.name)? {
+                    Some(gate) => Box::new(crate::gate::GatedInstance { inner, gate }),
+                    None => inner,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     let scheduler = SchedulerConfig::from_model_config(
         format!("{}:{}", source.name, version.version),
         config,

@@ -14,6 +14,7 @@
 //! binary, so this crate never names an engine.
 
 mod build;
+mod gate;
 mod lifecycle;
 mod memory;
 mod poll;
@@ -53,6 +54,9 @@ pub struct RuntimeConfig {
     pub strict_readiness: bool,
     /// Which models load when, and how much memory they may take.
     pub lifecycle: LifecycleConfig,
+    /// For tests: a folder of named pipes that gate the runs of the models they
+    /// name (see `--test-execution-gates`); `None` in production.
+    pub execution_gates: Option<PathBuf>,
 }
 
 /// Triton's model control modes.

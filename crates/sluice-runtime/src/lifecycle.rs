@@ -251,6 +251,7 @@ impl Runtime {
             default_backend: &self.inner.config.default_backend,
             intra_op_threads: self.inner.config.intra_op_threads,
             queue_capacity: self.inner.config.queue_capacity,
+            execution_gates: self.inner.config.execution_gates.as_deref(),
         };
         let (backend, config, platform) = build::pick_backend(&cx, &source)?;
         let old = self

@@ -28,6 +28,7 @@ fn start(repository: &Path, lifecycle: LifecycleConfig) -> Runtime {
         queue_capacity: 16,
         strict_readiness: true,
         lifecycle,
+        execution_gates: None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }

@@ -25,6 +25,7 @@ fn runtime(rel: &str) -> Runtime {
         queue_capacity: 16,
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
+        execution_gates: None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
@@ -344,6 +345,7 @@ fn explicit(load: &[&str]) -> Router {
             startup_models: load.iter().map(|&m| m.to_owned()).collect(),
             ..sluice_runtime::LifecycleConfig::default()
         },
+        execution_gates: None,
     };
     let rt = Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap();
     app(rt, HttpConfig::default())

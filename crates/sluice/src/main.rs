@@ -152,6 +152,12 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `sluice=debug,info` (RUST_LOG syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
+
+    /// For tests only: a folder of named pipes. A model with a pipe of its name here
+    /// (found when it loads) runs each batch only after reading one byte from it, so
+    /// a test decides when a request leaves the engine. Never set in production.
+    #[arg(long, env = "SLUICE_TEST_EXECUTION_GATES")]
+    test_execution_gates: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,6 +328,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_capacity: args.queue_capacity,
         strict_readiness: args.strict_readiness,
         lifecycle,
+        execution_gates: args.test_execution_gates.clone(),
     };
     let backends = engines::backends(&args.engines, &args.default_backend)?;
     tracing::info!(repository = %args.model_repository.display(), "loading models");

@@ -33,6 +33,7 @@ fn runtime() -> Runtime {
         queue_capacity: 64,
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
+        execution_gates: None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }

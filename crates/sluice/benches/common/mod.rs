@@ -148,6 +148,7 @@ pub async fn start_server(repo: &Path) -> (Endpoints, Runtime) {
         queue_capacity: 1024,
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
+        execution_gates: None,
     };
     let repo = repo.to_path_buf();
     let runtime = tokio::task::spawn_blocking(move || {
