@@ -3,18 +3,25 @@
 //! Inputs borrow the request bytes when they are aligned for the element type (the
 //! usual case for a batch gathered by the scheduler) and are copied once otherwise.
 //! Outputs are copied once out of ONNX Runtime's buffer into `Bytes`.
+//!
+//! `BYTES` tensors are ONNX string tensors. ONNX Runtime fills them from C strings,
+//! so their elements must be UTF-8 text without NUL characters (the backend says so
+//! through `Backend::bytes_content`, and requests are checked before they are
+//! queued); its strings are read back as UTF-8 and serialized with Triton's length
+//! prefixes.
 
 use bytes::Bytes;
 use half::{bf16, f16};
 use ort::session::SessionInputValue;
 use ort::value::{
     DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef,
+    Utf8Data,
 };
 use sluice_core::{DataType, Error, Result, Tensor};
 
-/// ONNX Runtime's element type for a Sluice datatype (`None`: not supported here).
-pub(crate) fn element_type(dt: DataType) -> Option<TensorElementType> {
-    Some(match dt {
+/// ONNX Runtime's element type for a Sluice datatype.
+pub(crate) fn element_type(dt: DataType) -> TensorElementType {
+    match dt {
         DataType::Bool => TensorElementType::Bool,
         DataType::U8 => TensorElementType::Uint8,
         DataType::U16 => TensorElementType::Uint16,
@@ -28,9 +35,8 @@ pub(crate) fn element_type(dt: DataType) -> Option<TensorElementType> {
         DataType::F32 => TensorElementType::Float32,
         DataType::F64 => TensorElementType::Float64,
         DataType::Bf16 => TensorElementType::Bfloat16,
-        // Strings would need Triton's length-prefixed BYTES decoded element by element.
-        DataType::Bytes => return None,
-    })
+        DataType::Bytes => TensorElementType::String,
+    }
 }
 
 fn shape_i64(tensor: &Tensor) -> Vec<i64> {
@@ -84,11 +90,47 @@ pub(crate) fn to_ort(tensor: &Tensor) -> Result<SessionInputValue<'_>> {
         DataType::F32 => typed::<f32>(tensor),
         DataType::F64 => typed::<f64>(tensor),
         DataType::Bf16 => typed::<bf16>(tensor),
-        DataType::Bytes => Err(Error::unsupported(format!(
-            "input '{}': the onnxruntime backend does not support BYTES tensors yet",
-            tensor.name
-        ))),
+        DataType::Bytes => strings(tensor),
     }
+}
+
+/// One element of a `BYTES` input: a zero-copy slice of the request's bytes,
+/// already checked to be UTF-8 without NUL characters.
+#[derive(Clone)]
+struct Text(Bytes);
+
+impl Utf8Data for Text {
+    fn as_utf8_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A string tensor from a `BYTES` input.
+fn strings(tensor: &Tensor) -> Result<SessionInputValue<'_>> {
+    let elements = tensor
+        .bytes_elements()
+        .map(|e| {
+            let e = e?;
+            if std::str::from_utf8(e).is_err() || e.contains(&0) {
+                return Err(Error::invalid(format!(
+                    "input '{}': ONNX string tensors take UTF-8 text without NUL characters",
+                    tensor.name
+                )));
+            }
+            Ok(Text(tensor.data.slice_ref(e)))
+        })
+        .collect::<Result<Vec<Text>>>()?;
+    if elements.len() != tensor.element_count() {
+        return Err(Error::invalid(format!(
+            "input '{}': {} BYTES elements do not match shape {:?}",
+            tensor.name,
+            elements.len(),
+            tensor.shape
+        )));
+    }
+    OrtTensor::from_string_array((shape_i64(tensor), &elements[..]))
+        .map(SessionInputValue::from)
+        .map_err(|e| Error::internal(format!("input '{}': {e}", tensor.name)))
 }
 
 fn extract<T>(name: &str, dt: DataType, value: &DynValue) -> Result<Tensor>
@@ -142,8 +184,14 @@ pub(crate) fn from_ort(name: &str, dt: DataType, value: &DynValue) -> Result<Ten
         DataType::F32 => extract::<f32>(name, dt, value),
         DataType::F64 => extract::<f64>(name, dt, value),
         DataType::Bf16 => extract::<bf16>(name, dt, value),
-        DataType::Bytes => Err(Error::unsupported(format!(
-            "output '{name}': the onnxruntime backend does not support BYTES tensors yet"
-        ))),
+        DataType::Bytes => {
+            let (shape, strings) = value
+                .try_extract_strings()
+                .map_err(|e| Error::internal(format!("output '{name}': {e}")))?;
+            let shape = dims(name, shape)?;
+            let data = sluice_core::serialize_bytes(&strings)
+                .map_err(|e| Error::internal(format!("output '{name}': {}", e.message())))?;
+            Tensor::new(name, dt, shape, data)
+        }
     }
 }

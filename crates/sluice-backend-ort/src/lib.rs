@@ -29,8 +29,8 @@ use ort::session::builder::PrepackedWeights;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::ValueType;
 use sluice_core::{
-    Backend, DataType, Error, Instance, InstanceOptions, LoadSpec, LoadedModel, ModelConfig,
-    Result, Tensor, TensorConfig,
+    Backend, BytesContent, DataType, Error, Instance, InstanceOptions, LoadSpec, LoadedModel,
+    ModelConfig, Result, Tensor, TensorConfig,
 };
 
 use crate::settings::SessionSettings;
@@ -192,6 +192,11 @@ impl Backend for OrtBackend {
         "onnxruntime"
     }
 
+    /// ONNX string tensors are filled from C strings: UTF-8 without NUL characters.
+    fn bytes_content(&self) -> BytesContent {
+        BytesContent::Text
+    }
+
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
         let loaded =
             sluice_core::catch_panics("ONNX Runtime", "loading", || self.load_model(spec))?;
@@ -204,19 +209,6 @@ impl OrtBackend {
         let config = spec.config;
         let path = spec.model_file;
         spec.check_file_exists()?;
-        for (kind, t) in config
-            .input
-            .iter()
-            .map(|t| ("input", t))
-            .chain(config.output.iter().map(|t| ("output", t)))
-        {
-            if convert::element_type(t.data_type).is_none() {
-                return Err(Error::unsupported(format!(
-                    "{kind} '{}': the onnxruntime backend does not support {}",
-                    t.name, t.data_type
-                )));
-            }
-        }
         let settings = SessionSettings::from_config(config)?;
         let model = OrtModel {
             env: self.env.clone(),
@@ -337,8 +329,7 @@ fn check_tensor(kind: &str, config: &TensorConfig, file: &ValueType, batch: usiz
             config.name
         )));
     };
-    let expected = convert::element_type(config.data_type);
-    if expected != Some(*ty) {
+    if convert::element_type(config.data_type) != *ty {
         return Err(Error::invalid(format!(
             "{kind} '{}': the config says {} but the model has {ty}",
             config.name, config.data_type

@@ -139,6 +139,7 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
     type Shared = std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<Plans>>>;
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
     let config = spec.config;
+    check_datatypes(config)?;
     let sizes = plans::planned_sizes(backend.batch_plans, config)?;
     spec.check_file_exists()?;
     let key = plan_key(spec.model_file, config, &sizes);
@@ -179,6 +180,30 @@ fn load(spec: &LoadSpec<'_>, backend: TractConfig) -> Result<TractModel> {
         batching: config.max_batch_size > 0,
         config: config.clone(),
     })
+}
+
+/// Refuses, before the file is read, a config with a tensor of a datatype tract
+/// cannot run (`BYTES`: tract has no string kernels for ONNX; `BF16`).
+fn check_datatypes(config: &ModelConfig) -> Result<()> {
+    let tensors = config
+        .input
+        .iter()
+        .map(|t| ("input", t))
+        .chain(config.output.iter().map(|t| ("output", t)));
+    for (kind, t) in tensors {
+        if datum_type(t.data_type).is_none() {
+            let hint = if t.data_type == DataType::Bytes {
+                "; use backend \"onnxruntime\" for string models"
+            } else {
+                ""
+            };
+            return Err(Error::unsupported(format!(
+                "the tract backend does not support {} tensors ({kind} '{}'){hint}",
+                t.data_type, t.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads, checks and optimizes the file into plans, and times them.
@@ -827,6 +852,32 @@ mod tests {
         let d = load(&spec, TractConfig::default()).unwrap();
         assert!(std::ptr::eq(plans.as_ptr(), Arc::as_ptr(&d.plans)));
         drop(instance);
+    }
+
+    #[test]
+    fn a_bytes_model_is_refused_at_load_naming_the_engine() {
+        let config = ModelConfig {
+            max_batch_size: 4,
+            input: vec![
+                sluice_core::TensorConfig::new("x", DataType::F32, vec![2]),
+                sluice_core::TensorConfig::new("text", DataType::Bytes, vec![1]),
+            ],
+            output: vec![sluice_core::TensorConfig::new("y", DataType::F32, vec![1])],
+            ..ModelConfig::default()
+        };
+        let spec = LoadSpec {
+            model_name: "strings",
+            version: 1,
+            model_file: Path::new("no/such/model.onnx"),
+            config: &config,
+        };
+        let err = TractBackend::new().load(&spec).err().expect("refused");
+        assert_eq!(err.kind(), sluice_core::ErrorKind::Unsupported);
+        assert_eq!(
+            err.message(),
+            "the tract backend does not support BYTES tensors (input 'text'); \
+             use backend \"onnxruntime\" for string models"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{ModelConfig, Result, Tensor};
+use crate::{BytesContent, ModelConfig, Result, Tensor};
 
 /// An execution engine (tract, ONNX Runtime, ...). It turns a model file into a
 /// [`LoadedModel`], prepared once: parsed, typed and optimized.
@@ -12,6 +12,12 @@ pub trait Backend: Send + Sync {
     /// Loads and prepares a model. The config is already validated; the backend checks
     /// that the file's inputs and outputs agree with it.
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>>;
+
+    /// What the engine accepts in `BYTES` input elements; requests are checked
+    /// against it before they are queued. Default: any bytes.
+    fn bytes_content(&self) -> BytesContent {
+        BytesContent::Any
+    }
 }
 
 /// What a backend needs to load one version of one model.

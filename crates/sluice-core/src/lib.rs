@@ -26,5 +26,5 @@ pub use config::{
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
 pub use request::{InferRequest, InferResponse, RequestedOutput};
-pub use signature::{ModelSignature, TensorSpec, ValidRequest};
-pub use tensor::Tensor;
+pub use signature::{BytesContent, ModelSignature, TensorSpec, ValidRequest};
+pub use tensor::{serialize_bytes, BytesElements, Tensor};

@@ -7,6 +7,21 @@ pub struct ModelSignature {
     pub max_batch_size: usize,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// What the engine accepts in the elements of `BYTES` inputs.
+    pub bytes_content: BytesContent,
+}
+
+/// What an engine accepts in the elements of `BYTES` inputs. It is checked per
+/// request before the request is queued, so one request the engine cannot take
+/// fails alone instead of failing the batch it would have joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BytesContent {
+    /// Any bytes.
+    #[default]
+    Any,
+    /// UTF-8 text without NUL characters (ONNX string tensors as ONNX Runtime's C API
+    /// fills them).
+    Text,
 }
 
 /// One input or output. `dims` excludes the batch dimension when the model batches;
@@ -44,7 +59,15 @@ impl ModelSignature {
             max_batch_size: usize::try_from(config.max_batch_size).unwrap_or(0),
             inputs: config.input.iter().map(spec).collect(),
             outputs: config.output.iter().map(spec).collect(),
+            bytes_content: BytesContent::Any,
         }
+    }
+
+    /// The same signature with `bytes_content` as the rule for `BYTES` inputs.
+    #[must_use]
+    pub fn with_bytes_content(mut self, bytes_content: BytesContent) -> ModelSignature {
+        self.bytes_content = bytes_content;
+        self
     }
 
     /// The full shape a spec has for `rows` batch rows (variable dims stay -1).
@@ -177,8 +200,29 @@ impl ModelSignature {
                 self.full_dims(spec)
             )));
         }
+        if tensor.datatype == DataType::Bytes && self.bytes_content == BytesContent::Text {
+            check_text(spec, tensor)?;
+        }
         Ok(())
     }
+}
+
+/// Checks that every element of a `BYTES` input is UTF-8 text without NUL characters.
+fn check_text(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
+    for (ix, element) in tensor.bytes_elements().enumerate() {
+        let element = element?;
+        let problem = match std::str::from_utf8(element) {
+            Err(e) => format!("is not valid UTF-8 (at byte {})", e.valid_up_to()),
+            Ok(text) if text.contains('\0') => "contains a NUL character".to_owned(),
+            Ok(_) => continue,
+        };
+        return Err(Error::invalid(format!(
+            "input '{}': BYTES element {ix} {problem}; this model's engine takes BYTES \
+             as text (UTF-8 without NUL characters)",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,6 +289,42 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(all.outputs, vec![0, 1]);
+    }
+
+    #[test]
+    fn text_bytes_inputs_are_checked_per_request() {
+        let config = ModelConfig {
+            max_batch_size: 4,
+            input: vec![TensorConfig::new("s", DataType::Bytes, vec![-1])],
+            output: vec![TensorConfig::new("y", DataType::Bytes, vec![-1])],
+            ..ModelConfig::default()
+        };
+        let strings = |values: &[&[u8]]| {
+            let data = crate::serialize_bytes(values).unwrap();
+            request(
+                vec![Tensor::new("s", DataType::Bytes, vec![1, values.len()], data).unwrap()],
+                &[],
+            )
+        };
+        let any = ModelSignature::from_config(&config);
+        let text = any.clone().with_bytes_content(BytesContent::Text);
+        let good: &[&[u8]] = &[b"", "caf\u{e9}".as_bytes(), &[b'x'; 1000]];
+        assert!(text.validate(strings(good)).is_ok());
+        for (values, expect) in [
+            (
+                &[&b"ok"[..], &[0xc3, 0x28]][..],
+                "BYTES element 1 is not valid UTF-8",
+            ),
+            (
+                &[&b"a\0b"[..]][..],
+                "BYTES element 0 contains a NUL character",
+            ),
+        ] {
+            let err = text.validate(strings(values)).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+            assert!(err.message().contains(expect), "{err}");
+            assert!(any.validate(strings(values)).is_ok(), "Any takes any bytes");
+        }
     }
 
     #[test]

@@ -187,7 +187,8 @@ pub(crate) fn load_version(
         config,
         cx.queue_capacity,
     )?;
-    let signature = Arc::new(ModelSignature::from_config(config));
+    let signature =
+        Arc::new(ModelSignature::from_config(config).with_bytes_content(backend.bytes_content()));
     let pool = InstancePool::start(scheduler, instances)?;
     run_warmup(config, &signature, &pool, model_dir)?;
     let rss_after = crate::memory::resident_bytes();

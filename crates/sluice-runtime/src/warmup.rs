@@ -137,11 +137,9 @@ fn tensor(
             spec.data_type
         ))
     })?;
-    let Some(size) = datatype.size() else {
-        return Err(Error::unsupported(format!(
-            "input '{input}': warmup data for {datatype} is not supported"
-        )));
-    };
+    // BYTES: zero_data and random_data are empty strings (a zero 4-byte length per
+    // element); a file holds Triton's serialization, its element count checked below.
+    let size = datatype.size().unwrap_or(4);
     let mut shape = Vec::with_capacity(spec.dims.len() + 1);
     shape.extend(rows);
     for &d in &spec.dims {
@@ -166,7 +164,7 @@ fn tensor(
             "input '{input}': set exactly one of zero_data, random_data, input_data_file"
         )));
     }
-    let data = if spec.zero_data {
+    let data = if spec.zero_data || (spec.random_data && datatype == DataType::Bytes) {
         vec![0u8; bytes]
     } else if spec.random_data {
         random(datatype, bytes / size, seed)
@@ -189,7 +187,7 @@ fn tensor(
                 spec.input_data_file
             ))
         })?;
-        if data.len() != bytes {
+        if data.len() != bytes && datatype != DataType::Bytes {
             return Err(Error::invalid(format!(
                 "input '{input}': warmup/{} has {} bytes, the shape {shape:?} of {datatype} needs {bytes}",
                 spec.input_data_file,
@@ -265,6 +263,34 @@ mod tests {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert!(values.iter().all(|v| (0.0..1.0).contains(v)), "{values:?}");
+    }
+
+    #[test]
+    fn string_samples_are_empty_strings_or_a_serialized_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("warmup")).unwrap();
+        let text = sluice_core::serialize_bytes(["a", "", "bc", "d", "e", "f"]).unwrap();
+        std::fs::write(dir.path().join("warmup/s.bin"), &text).unwrap();
+        std::fs::write(dir.path().join("warmup/short.bin"), &text[..text.len() - 1]).unwrap();
+        let cfg = config(serde_json::json!([
+            {"batch_size": 2,
+             "inputs": {"x": {"data_type": "TYPE_STRING", "dims": [3], "zero_data": true}}},
+            {"batch_size": 1,
+             "inputs": {"x": {"data_type": "TYPE_STRING", "dims": [2], "random_data": true}}},
+            {"batch_size": 2,
+             "inputs": {"x": {"data_type": "TYPE_STRING", "dims": [3], "input_data_file": "s.bin"}}}
+        ]));
+        let s = samples(&cfg, dir.path()).unwrap();
+        let elements = |t: &Tensor| -> Vec<Vec<u8>> {
+            t.bytes_elements().map(|e| e.unwrap().to_vec()).collect()
+        };
+        assert_eq!(elements(&s[0].request.inputs[0]), vec![Vec::<u8>::new(); 6]);
+        assert_eq!(elements(&s[1].request.inputs[0]), vec![Vec::<u8>::new(); 2]);
+        assert_eq!(s[2].request.inputs[0].data, text);
+        let cfg = config(serde_json::json!({"batch_size": 2,
+            "inputs": {"x": {"data_type": "TYPE_STRING", "dims": [3], "input_data_file": "short.bin"}}}));
+        let err = samples(&cfg, dir.path()).unwrap_err();
+        assert!(err.message().contains("malformed BYTES"), "{err}");
     }
 
     #[test]

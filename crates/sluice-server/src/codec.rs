@@ -287,13 +287,11 @@ impl Serialize for JsonData<'_> {
             DataType::F32 => each!(4, f32::from_le_bytes),
             DataType::F64 => each!(8, f64::from_le_bytes),
             DataType::Bytes => {
-                let mut seq = s.serialize_seq(None)?;
-                let mut rest = d;
-                while rest.len() >= 4 {
-                    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-                    let end = (4 + len).min(rest.len());
-                    seq.serialize_element(&String::from_utf8_lossy(&rest[4..end]))?;
-                    rest = &rest[end..];
+                // Checked by `check_json_text` before serializing.
+                let mut seq = s.serialize_seq(Some(t.element_count()))?;
+                for element in t.bytes_elements() {
+                    let element = element.map_err(<S::Error as serde::ser::Error>::custom)?;
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
                 }
                 seq.end()
             }
@@ -301,8 +299,30 @@ impl Serialize for JsonData<'_> {
     }
 }
 
+/// Checks that the `BYTES` outputs sent as JSON are UTF-8 text: JSON strings cannot
+/// carry other bytes, and replacing them would change the data silently.
+fn check_json_text(response: &InferResponse, plan: &OutputPlan) -> Result<()> {
+    let json_bytes = response
+        .outputs
+        .iter()
+        .filter(|t| t.datatype == DataType::Bytes && !plan.is_binary(&t.name));
+    for t in json_bytes {
+        for (ix, element) in t.bytes_elements().enumerate() {
+            if std::str::from_utf8(element?).is_err() {
+                return Err(Error::invalid(format!(
+                    "output '{}': BYTES element {ix} is not UTF-8 text, which a JSON string \
+                     cannot carry; request the output with \"binary_data\": true",
+                    t.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Encodes a response, each output as JSON data or binary per the plan.
 pub fn encode_response(response: &InferResponse, plan: &OutputPlan) -> Result<EncodedResponse> {
+    check_json_text(response, plan)?;
     let mut binary = Vec::new();
     let outputs = response
         .outputs
@@ -500,6 +520,88 @@ mod tests {
                 "{body}: expected '{expect}', got '{err}'"
             );
         }
+    }
+
+    #[test]
+    fn bytes_round_trip_as_json_strings_and_binary() {
+        let req = decode(
+            r#"{"inputs":[{"name":"s","shape":[3],"datatype":"BYTES","data":["","caf\u00e9","a\"b"]}]}"#,
+        )
+        .unwrap();
+        let expect = sluice_core::serialize_bytes(["", "caf\u{e9}", "a\"b"]).unwrap();
+        assert_eq!(req.inputs[0].data, expect);
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: 1,
+            id: None,
+            outputs: req.inputs,
+        };
+        let enc = encode_response(&resp, &OutputPlan::default()).unwrap();
+        let v: Value = serde_json::from_slice(&enc.json).unwrap();
+        assert_eq!(
+            v["outputs"][0]["data"],
+            serde_json::json!(["", "caf\u{e9}", "a\"b"])
+        );
+        assert_eq!(v["outputs"][0]["datatype"], "BYTES");
+        // Bytes that are not UTF-8: refused as JSON, sent as they are in binary.
+        let raw = InferResponse {
+            outputs: vec![Tensor::new(
+                "s",
+                DataType::Bytes,
+                vec![2],
+                sluice_core::serialize_bytes([&b"ok"[..], &[0xff, 0xfe]]).unwrap(),
+            )
+            .unwrap()],
+            ..resp
+        };
+        let err = encode_response(&raw, &OutputPlan::default()).err().unwrap();
+        assert_eq!(err.kind(), sluice_core::ErrorKind::InvalidArgument);
+        assert!(err.message().contains("element 1 is not UTF-8"), "{err}");
+        let binary = OutputPlan {
+            default_binary: true,
+            binary: HashMap::new(),
+        };
+        let enc = encode_response(&raw, &binary).unwrap();
+        assert_eq!(enc.binary[0], raw.outputs[0].data);
+    }
+
+    #[test]
+    fn malformed_binary_bytes_inputs_are_refused() {
+        let header = |size: usize| {
+            format!(
+                r#"{{"inputs":[{{"name":"s","shape":[2],"datatype":"BYTES","parameters":{{"binary_data_size":{size}}}}}]}}"#
+            )
+        };
+        let body = |size: usize, tail: &[u8]| {
+            let h = header(size);
+            let mut b = h.clone().into_bytes();
+            b.extend_from_slice(tail);
+            (Bytes::from(b), h.len())
+        };
+        let good = sluice_core::serialize_bytes(["ab", ""]).unwrap();
+        let (b, h) = body(good.len(), &good);
+        assert_eq!(decode_request(&b, Some(h)).unwrap().0.inputs[0].data, good);
+        // A length prefix past the end of the tensor: claims 4 GiB - 1.
+        let mut past = good.to_vec();
+        past.extend_from_slice(&u32::MAX.to_le_bytes());
+        let (b, h) = body(past.len(), &past);
+        let err = decode_request(&b, Some(h)).unwrap_err();
+        assert!(err.message().contains("malformed BYTES data"), "{err}");
+        // One element for a shape of two.
+        let one = sluice_core::serialize_bytes(["ab"]).unwrap();
+        let (b, h) = body(one.len(), &one);
+        let err = decode_request(&b, Some(h)).unwrap_err();
+        assert!(
+            err.message()
+                .contains("1 BYTES elements do not match shape [2]"),
+            "{err}"
+        );
+        // binary_data_size that cuts the data, or claims more than the body holds.
+        let (b, h) = body(good.len() - 1, &good);
+        assert!(decode_request(&b, Some(h)).is_err());
+        let (b, h) = body(good.len() + 1, &good);
+        let err = decode_request(&b, Some(h)).unwrap_err();
+        assert!(err.message().contains("extends past the end"), "{err}");
     }
 
     #[test]

@@ -498,6 +498,51 @@ mod tests {
     }
 
     #[test]
+    fn bytes_inputs_raw_and_typed_are_checked() {
+        let good = sluice_core::serialize_bytes(["ab", ""]).unwrap();
+        let decoded = infer_request(raw_request(
+            vec![input("s", "BYTES", &[2])],
+            vec![good.clone()],
+        ))
+        .unwrap();
+        assert_eq!(decoded.inputs[0].data, good);
+        let mut past = good.to_vec();
+        past.extend_from_slice(&u32::MAX.to_le_bytes());
+        past.push(b'x');
+        let cases: Vec<(ModelInferRequest, &str)> = vec![
+            (
+                raw_request(vec![input("s", "BYTES", &[3])], vec![Bytes::from(past)]),
+                "malformed BYTES data",
+            ),
+            (
+                raw_request(vec![input("s", "BYTES", &[3])], vec![good]),
+                "2 BYTES elements do not match shape [3]",
+            ),
+            (
+                raw_request(
+                    vec![InferInputTensor {
+                        contents: Some(InferTensorContents {
+                            bytes_contents: vec![Bytes::from_static(b"a")],
+                            ..Default::default()
+                        }),
+                        ..input("s", "BYTES", &[2])
+                    }],
+                    vec![],
+                ),
+                "1 values given but the shape holds 2",
+            ),
+        ];
+        for (request, expect) in cases {
+            let err = infer_request(request).unwrap_err();
+            assert_eq!(err.kind(), sluice_core::ErrorKind::InvalidArgument);
+            assert!(
+                err.message().contains(expect),
+                "expected '{expect}' in '{err}'"
+            );
+        }
+    }
+
+    #[test]
     fn responses_carry_raw_outputs() {
         let data = f32_bytes(&[1.0, 2.0]);
         let response = infer_response(InferResponse {
