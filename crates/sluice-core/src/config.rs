@@ -62,8 +62,18 @@ pub struct ModelConfig {
     pub model_transaction_policy: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_repository_agents: Option<Value>,
+    /// Triton's per-model switch of the response cache (off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_cache: Option<Value>,
+    pub response_cache: Option<ResponseCache>,
+}
+
+/// Triton's `response_cache` block (`ModelResponseCache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCache {
+    /// Answers of this model are cached when the server has a cache configured.
+    #[serde(default)]
+    pub enable: bool,
 }
 
 /// Which versions of a model to serve.
@@ -91,6 +101,13 @@ fn one() -> u32 {
 impl Default for VersionPolicy {
     fn default() -> Self {
         VersionPolicy::Latest { num_versions: 1 }
+    }
+}
+
+impl ModelConfig {
+    /// The model asks for its answers to be cached (`response_cache { enable: true }`).
+    pub fn response_cache_enabled(&self) -> bool {
+        self.response_cache.is_some_and(|c| c.enable)
     }
 }
 
@@ -354,6 +371,21 @@ mod tests {
             }
             .select(&avail),
             vec![1]
+        );
+    }
+
+    #[test]
+    fn response_cache_is_typed_and_off_by_default() {
+        let on = ModelConfig::from_json(r#"{"response_cache":{"enable":true}}"#).unwrap();
+        assert!(on.response_cache_enabled());
+        let off = ModelConfig::from_json(r#"{"response_cache":{}}"#).unwrap();
+        assert!(!off.response_cache_enabled());
+        assert!(!ModelConfig::default().response_cache_enabled());
+        assert!(ModelConfig::from_json(r#"{"response_cache":{"enabled":true}}"#).is_err());
+        let echoed = serde_json::to_value(&on).unwrap();
+        assert_eq!(
+            echoed["response_cache"],
+            serde_json::json!({"enable": true})
         );
     }
 

@@ -20,11 +20,11 @@ pub use backend::{
     catch_panics, panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel,
 };
 pub use config::{
-    DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, TensorConfig,
-    VersionPolicy,
+    DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, ResponseCache,
+    TensorConfig, VersionPolicy,
 };
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
-pub use request::{InferRequest, InferResponse, RequestedOutput};
+pub use request::{CacheControl, InferRequest, InferResponse, RequestedOutput};
 pub use signature::{BytesContent, ModelSignature, TensorSpec, ValidRequest};
 pub use tensor::{serialize_bytes, BytesElements, Tensor};

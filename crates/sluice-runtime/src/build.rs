@@ -29,6 +29,11 @@ pub(crate) struct Served {
     pub memory_bytes: u64,
     /// Which file this version was loaded from, to reuse it when nothing changed.
     pub file: FileKey,
+    /// Unique to this load (part of the response cache's key, so a reload of the
+    /// same version number never answers from the previous load's entries).
+    pub generation: u64,
+    /// `response_cache { enable: true }` in its config.
+    pub cache_enabled: bool,
 }
 
 /// A model file as it was when loaded: path, size and modification time.
@@ -91,6 +96,8 @@ pub(crate) struct BuildContext<'a> {
     pub queue_capacity: usize,
     /// Tests only: the folder of execution gates (see [`crate::gate`]).
     pub execution_gates: Option<&'a Path>,
+    /// Hands out load generations (see [`Served::generation`]).
+    pub generations: &'a AtomicU64,
 }
 
 /// Picks the backend of a model and completes its config with it.
@@ -202,6 +209,10 @@ pub(crate) fn load_version(
         load_duration: started.elapsed(),
         memory_bytes: measured.max(file.len()),
         file,
+        generation: cx
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        cache_enabled: config.response_cache_enabled(),
     })
 }
 

@@ -14,6 +14,7 @@
 //! binary, so this crate never names an engine.
 
 mod build;
+mod cache;
 mod gate;
 mod lifecycle;
 mod memory;
@@ -35,6 +36,7 @@ use sluice_scheduler::JobOptions;
 pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 use build::{Loaded, Served, VersionSlot};
+pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
 
 /// Settings of the runtime, validated by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct RuntimeConfig {
     /// For tests: a folder of named pipes that gate the runs of the models they
     /// name (see `--test-execution-gates`); `None` in production.
     pub execution_gates: Option<PathBuf>,
+    /// The response cache (`--cache-config`); models opt in with `response_cache`.
+    pub cache: CacheConfig,
 }
 
 /// Triton's model control modes.
@@ -300,6 +304,8 @@ struct Inner {
     /// First memory measurement of each (model, version) file; see `build`.
     measured: Mutex<std::collections::HashMap<(String, u64), (build::FileKey, u64)>>,
     shutting_down: AtomicBool,
+    /// The response cache, when one is configured.
+    cache: Option<cache::ResponseCache>,
 }
 
 /// Where a request stands with its model.
@@ -636,6 +642,7 @@ impl Runtime {
                     .max(Duration::from_micros(1))
             }),
         };
+        let control = request.cache;
         let valid = match served.signature.validate(request) {
             Ok(valid) => valid,
             Err(e) => {
@@ -648,7 +655,20 @@ impl Runtime {
         };
         let id = valid.id.clone();
         let wanted = valid.outputs.clone();
-        let result = served.pool.infer(valid, options).await;
+        let result = match self.inner.cache.as_ref().filter(|_| served.cache_enabled) {
+            Some(cache) => {
+                let job = cache::CachedJob {
+                    model: name,
+                    version: v,
+                    control,
+                    request: valid,
+                    options,
+                    arrived,
+                };
+                cache.run(&served, job).await
+            }
+            None => served.pool.infer(valid, options).await,
+        };
         drop(served);
         if self.inner.over_budget.load(Ordering::Acquire) {
             self.trim_to_budget();
@@ -667,6 +687,14 @@ impl Runtime {
             id,
             outputs,
         })
+    }
+
+    /// Figures of the response cache (after applying pending evictions), when one
+    /// is configured.
+    pub async fn cache_stats(&self) -> Option<CacheStats> {
+        let cache = self.inner.cache.as_ref()?;
+        cache.settle().await;
+        Some(cache.stats())
     }
 
     /// Counts a request for a servable model that was refused before it reached

@@ -40,6 +40,10 @@ impl Runtime {
         let repository = Repository::open(&config.repository, config.repository_options.clone())?;
         let names = repository.model_names()?;
         let lifecycle = config.lifecycle.clone();
+        let cache = match config.cache {
+            crate::CacheConfig::None => None,
+            crate::CacheConfig::Local(local) => Some(crate::cache::ResponseCache::new(local)),
+        };
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 config,
@@ -52,6 +56,7 @@ impl Runtime {
                 over_budget: AtomicBool::new(false),
                 measured: std::sync::Mutex::new(std::collections::HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                cache,
             }),
         };
         let startup: Vec<String> = match lifecycle.mode {
@@ -252,6 +257,7 @@ impl Runtime {
             intra_op_threads: self.inner.config.intra_op_threads,
             queue_capacity: self.inner.config.queue_capacity,
             execution_gates: self.inner.config.execution_gates.as_deref(),
+            generations: &self.inner.clock,
         };
         let (backend, config, platform) = build::pick_backend(&cx, &source)?;
         let old = self

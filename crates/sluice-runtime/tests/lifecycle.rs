@@ -29,6 +29,7 @@ fn start(repository: &Path, lifecycle: LifecycleConfig) -> Runtime {
         strict_readiness: true,
         lifecycle,
         execution_gates: None,
+        cache: sluice_runtime::CacheConfig::None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }

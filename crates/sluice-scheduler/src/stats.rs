@@ -182,6 +182,12 @@ pub struct PoolStats {
     pub compute_input: CountNs,
     pub compute_infer: CountNs,
     pub compute_output: CountNs,
+    /// Requests answered from the response cache (time: the lookup) and requests
+    /// the cache did not hold (time: the lookup plus the insert), as Triton's
+    /// `cache_hit` and `cache_miss`. Hits also count in `success`, never in the
+    /// execution or inference counts.
+    pub cache_hit: CountNs,
+    pub cache_miss: CountNs,
     /// Engine runs, the requests they carried and the rows (items) in them.
     pub executions: AtomicU64,
     pub inferences: AtomicU64,
@@ -210,6 +216,8 @@ impl PoolStats {
             compute_input: CountNs::default(),
             compute_infer: CountNs::default(),
             compute_output: CountNs::default(),
+            cache_hit: CountNs::default(),
+            cache_miss: CountNs::default(),
             executions: AtomicU64::new(0),
             inferences: AtomicU64::new(0),
             rows: AtomicU64::new(0),

@@ -12,7 +12,9 @@ use half::{bf16, f16};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::{DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor};
+use sluice_core::{
+    CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor,
+};
 
 use crate::wire::{
     check_output_parameters, parse_datatype, parse_shape, reject_shared_memory, ElementWriter,
@@ -113,6 +115,11 @@ pub fn decode_request(
         int_param(&wire.parameters, "priority")?,
         int_param(&wire.parameters, "timeout")?,
     )?;
+    let cache = match wire.parameters.get(CacheControl::PARAMETER) {
+        None => CacheControl::Use,
+        Some(Value::String(s)) => CacheControl::parse(s)?,
+        Some(_) => return Err(crate::wire::cache_parameter_not_string()),
+    };
     let mut offset = header_len;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
@@ -140,6 +147,7 @@ pub fn decode_request(
             outputs,
             priority,
             timeout,
+            cache,
         },
         plan,
     ))

@@ -11,6 +11,8 @@
 //! stock dashboards find them. Triton's names (`nv_inference_*`) are added with
 //! [`MetricsConfig::triton_compat`] for dashboards built for Triton.
 
+mod cache;
+
 use std::fmt::Write as _;
 
 use axum::extract::State;
@@ -18,7 +20,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use sluice_runtime::{HistogramSnapshot, ModelState, Outcome, Runtime, VersionStats};
+use sluice_runtime::{CacheStats, HistogramSnapshot, ModelState, Outcome, Runtime, VersionStats};
 
 /// Settings of the metrics endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,17 +43,18 @@ pub fn metrics_app(runtime: Runtime, config: MetricsConfig) -> Router {
 }
 
 async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {
+    let cache = s.runtime.cache_stats().await;
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&s.runtime, s.config),
+        render(&s.runtime, s.config, cache),
     )
 }
 
 /// The whole exposition text.
-pub fn render(runtime: &Runtime, config: MetricsConfig) -> String {
+pub fn render(runtime: &Runtime, config: MetricsConfig, cache: Option<CacheStats>) -> String {
     let mut out = Writer::default();
     let versions = runtime.stats(None, None).unwrap_or_default();
     out.family(
@@ -66,8 +69,10 @@ pub fn render(runtime: &Runtime, config: MetricsConfig) -> String {
     );
     model_states(&mut out, runtime);
     native(&mut out, &versions);
+    cache::native(&mut out, &versions, cache);
     if config.triton_compat {
         triton(&mut out, &versions);
+        cache::triton(&mut out, &versions);
     }
     process(&mut out);
     out.text

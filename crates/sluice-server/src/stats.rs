@@ -4,8 +4,9 @@
 //! Key decision: one conversion, from the runtime's [`VersionStats`] to the protobuf
 //! `ModelStatistics`; the HTTP body is written from that message (with numbers, as
 //! Triton's HTTP endpoint does, not the strings of protobuf's JSON mapping), so the
-//! two protocols cannot disagree. There is no response cache yet, so `cache_hit` and
-//! `cache_miss` are zero.
+//! two protocols cannot disagree. `cache_hit` and `cache_miss` follow Triton: a hit's
+//! time is its lookup, a miss's the lookup plus the insert; hits count in `success`
+//! and never in `inference_count` or `execution_count`.
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -91,8 +92,8 @@ fn to_proto(v: &VersionStats) -> ModelStatistics {
             compute_input: duration(s.compute_input.get()),
             compute_infer: duration(s.compute_infer.get()),
             compute_output: duration(s.compute_output.get()),
-            cache_hit: duration((0, 0)),
-            cache_miss: duration((0, 0)),
+            cache_hit: duration(s.cache_hit.get()),
+            cache_miss: duration(s.cache_miss.get()),
         }),
         batch_stats: s
             .batch_stats()

@@ -44,6 +44,14 @@ pub fn reject_shared_memory<'a>(
     Ok(())
 }
 
+/// The error for a `sluice_cache` parameter that is not a string.
+pub fn cache_parameter_not_string() -> Error {
+    Error::invalid(format!(
+        "request: parameter '{}' must be a string",
+        sluice_core::CacheControl::PARAMETER
+    ))
+}
+
 /// Checks the parameters of a requested output: no shared memory, no classification.
 pub fn check_output_parameters<'a>(
     keys: impl IntoIterator<Item = &'a String> + Clone,

@@ -26,6 +26,7 @@ fn runtime(rel: &str) -> Runtime {
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
         execution_gates: None,
+        cache: sluice_runtime::CacheConfig::None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
@@ -346,6 +347,7 @@ fn explicit(load: &[&str]) -> Router {
             ..sluice_runtime::LifecycleConfig::default()
         },
         execution_gates: None,
+        cache: sluice_runtime::CacheConfig::None,
     };
     let rt = Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap();
     app(rt, HttpConfig::default())

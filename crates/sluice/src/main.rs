@@ -158,6 +158,17 @@ struct ServeArgs {
     /// a test decides when a request leaves the engine. Never set in production.
     #[arg(long, env = "SLUICE_TEST_EXECUTION_GATES")]
     test_execution_gates: Option<PathBuf>,
+
+    /// The response cache, as Triton's flag: `local,size=BYTES[,ttl=SECONDS]` (an
+    /// in-process cache under a byte budget; repeatable, one or more keys each) or
+    /// `none` (the default). Models opt in with `response_cache { enable: true }`.
+    /// In the environment, separate several values with `;`.
+    #[arg(
+        long = "cache-config",
+        env = "SLUICE_CACHE_CONFIG",
+        value_delimiter = ';'
+    )]
+    cache_config: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -310,6 +321,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.model_memory_budget != Some(0),
         "--model-memory-budget must be at least 1 byte"
     );
+    let cache = sluice_runtime::CacheConfig::parse(args.cache_config.as_slice())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let lifecycle = LifecycleConfig {
         mode: match args.model_control_mode {
             ControlModeArg::None => ControlMode::None,
@@ -329,6 +342,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         strict_readiness: args.strict_readiness,
         lifecycle,
         execution_gates: args.test_execution_gates.clone(),
+        cache,
     };
     let backends = engines::backends(&args.engines, &args.default_backend)?;
     tracing::info!(repository = %args.model_repository.display(), "loading models");

@@ -7,7 +7,9 @@
 //! what `tritonclient` reads.
 
 use bytes::Bytes;
-use sluice_core::{DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor};
+use sluice_core::{
+    CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor,
+};
 use sluice_proto::inference::model_infer_request::InferInputTensor;
 use sluice_proto::inference::model_infer_response::InferOutputTensor;
 use sluice_proto::inference::{InferTensorContents, ModelInferRequest, ModelInferResponse};
@@ -63,12 +65,24 @@ pub fn infer_request(request: ModelInferRequest) -> Result<InferRequest> {
         int_parameter(&parameters, "priority")?,
         int_parameter(&parameters, "timeout")?,
     )?;
+    let cache = {
+        use sluice_proto::inference::infer_parameter::ParameterChoice;
+        match parameters
+            .get(CacheControl::PARAMETER)
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => CacheControl::Use,
+            Some(ParameterChoice::StringParam(s)) => CacheControl::parse(s)?,
+            Some(_) => return Err(crate::wire::cache_parameter_not_string()),
+        }
+    };
     Ok(InferRequest {
         id: (!id.is_empty()).then_some(id),
         inputs: tensors,
         outputs,
         priority,
         timeout,
+        cache,
     })
 }
 

@@ -34,6 +34,7 @@ fn runtime() -> Runtime {
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
         execution_gates: None,
+        cache: sluice_runtime::CacheConfig::None,
     };
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }

@@ -149,6 +149,7 @@ pub async fn start_server(repo: &Path) -> (Endpoints, Runtime) {
         strict_readiness: true,
         lifecycle: sluice_runtime::LifecycleConfig::default(),
         execution_gates: None,
+        cache: sluice_runtime::CacheConfig::None,
     };
     let repo = repo.to_path_buf();
     let runtime = tokio::task::spawn_blocking(move || {
