@@ -233,7 +233,8 @@ def test_statistics_extension_counts_what_was_sent(start_server):
                  lambda: g.get_inference_statistics("nope")]:
         with pytest.raises(InferenceServerException) as e:
             call()
-        assert "nope" in e.value.message() or "no version 9" in e.value.message()
+        assert e.value.message().startswith("Request for unknown model: "), e.value.message()
+        assert "'nope' is not found" in e.value.message() or "'mlp' version 9 is not found" in e.value.message()
     r = requests.get(f"{s.base}/v2/models/mlp/versions/x/stats", timeout=10)
     assert r.status_code == 400 and "version" in r.json()["error"]
 

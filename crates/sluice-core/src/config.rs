@@ -123,8 +123,10 @@ pub struct TensorConfig {
     pub data_type: DataType,
     #[serde(default)]
     pub dims: Vec<i64>,
+    /// The shape the model's tensor has when it differs from the client's `dims`
+    /// (Triton's `reshape`; both exclude the batch dimension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reshape: Option<Value>,
+    pub reshape: Option<Reshape>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -151,6 +153,15 @@ impl TensorConfig {
             label_filename: String::new(),
         }
     }
+}
+
+/// Triton's `reshape { shape: [...] }` of an input or output: the shape of the
+/// model's own tensor (without the batch dimension); `[]` is one scalar per row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reshape {
+    #[serde(default)]
+    pub shape: Vec<i64>,
 }
 
 /// Triton's `dynamic_batching` block. Parsed now; the batcher acts on it.
@@ -227,6 +238,57 @@ pub struct ModelParameter {
     pub string_value: String,
 }
 
+/// Triton's rules for a `reshape` (`ValidateIOShape`): positive sizes or -1, the same
+/// element count as `dims`, and, with variable dimensions, the same count in each run
+/// of fixed dimensions between them. An empty reshape (a scalar per row) needs `dims`
+/// of one element and a batching model.
+fn check_reshape(kind: &str, t: &TensorConfig, shape: &[i64], max_batch_size: i32) -> Result<()> {
+    let name = &t.name;
+    if let Some(d) = shape.iter().find(|&&d| d < -1 || d == 0) {
+        return Err(Error::invalid(format!(
+            "{kind} '{name}': reshape dimension {d} is invalid (use a positive size or -1)"
+        )));
+    }
+    if shape.is_empty() && max_batch_size == 0 {
+        return Err(Error::invalid(format!(
+            "{kind} '{name}': an empty reshape needs max_batch_size > 0 \
+             (a model that does not batch cannot take scalar tensors)"
+        )));
+    }
+    // Element counts of the runs of fixed dimensions between variable ones.
+    let runs = |dims: &[i64]| -> Option<Vec<i64>> {
+        let mut runs = vec![1i64];
+        for &d in dims {
+            if d == -1 {
+                runs.push(1);
+            } else {
+                let last = runs.last_mut().expect("one run at least");
+                *last = last.checked_mul(d)?;
+            }
+        }
+        Some(runs)
+    };
+    let (Some(from), Some(to)) = (runs(&t.dims), runs(shape)) else {
+        return Err(Error::invalid(format!(
+            "{kind} '{name}': dims or reshape hold too many elements"
+        )));
+    };
+    if from.len() != to.len() {
+        return Err(Error::invalid(format!(
+            "{kind} '{name}': dims {:?} and reshape {shape:?} have different numbers of \
+             variable-size (-1) dimensions",
+            t.dims
+        )));
+    }
+    if from != to {
+        return Err(Error::invalid(format!(
+            "{kind} '{name}': dims {:?} and reshape {shape:?} hold different numbers of elements",
+            t.dims
+        )));
+    }
+    Ok(())
+}
+
 mod config_datatype {
     use super::*;
 
@@ -288,11 +350,8 @@ impl ModelConfig {
                         t.name
                     )));
                 }
-                if t.reshape.is_some() {
-                    return Err(Error::unsupported(format!(
-                        "{kind} '{}': 'reshape' is not supported yet",
-                        t.name
-                    )));
+                if let Some(reshape) = &t.reshape {
+                    check_reshape(kind, t, &reshape.shape, self.max_batch_size)?;
                 }
             }
         }
@@ -314,6 +373,23 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// The configuration as the engine sees it: each tensor with a `reshape` has the
+    /// reshape's shape as its `dims` (the client-facing `dims` stay in `self`).
+    /// `None` when no tensor is reshaped.
+    pub fn engine_config(&self) -> Option<ModelConfig> {
+        let reshaped = |t: &TensorConfig| t.reshape.is_some();
+        if !self.input.iter().chain(&self.output).any(reshaped) {
+            return None;
+        }
+        let mut engine = self.clone();
+        for t in engine.input.iter_mut().chain(engine.output.iter_mut()) {
+            if let Some(r) = t.reshape.take() {
+                t.dims = r.shape;
+            }
+        }
+        Some(engine)
     }
 
     /// Total instances over all instance groups (1 when none is given).
@@ -413,5 +489,56 @@ mod tests {
             let err = cfg.validate().unwrap_err();
             assert!(err.message().contains(expect), "{expect}: {err}");
         }
+    }
+
+    #[test]
+    fn reshapes_follow_tritons_rules() {
+        let check = |max_batch_size: i32, dims: Vec<i64>, shape: Vec<i64>| {
+            ModelConfig {
+                max_batch_size,
+                input: vec![TensorConfig {
+                    reshape: Some(Reshape { shape }),
+                    ..TensorConfig::new("x", DataType::F32, dims)
+                }],
+                output: vec![TensorConfig::new("y", DataType::F32, vec![4])],
+                ..ModelConfig::default()
+            }
+            .validate()
+            .map_err(|e| e.message().to_owned())
+        };
+        check(0, vec![3, 224, 224], vec![1, 3, 224, 224]).unwrap();
+        check(4, vec![1], vec![]).unwrap();
+        check(0, vec![2, 4, -1, 6], vec![8, -1, 1, 6]).unwrap();
+        let refused = [
+            (0, vec![4], vec![5], "different numbers of elements"),
+            (0, vec![2, -1], vec![-1, 2], "different numbers of elements"),
+            (0, vec![2, -1], vec![2], "variable-size"),
+            (0, vec![4], vec![0, 4], "reshape dimension 0"),
+            (0, vec![1], vec![], "needs max_batch_size > 0"),
+            (4, vec![2], vec![], "different numbers of elements"),
+        ];
+        for (mbs, dims, shape, expect) in refused {
+            let err = check(mbs, dims.clone(), shape.clone()).unwrap_err();
+            assert!(err.contains(expect), "{dims:?} -> {shape:?}: {err}");
+        }
+        // The engine sees the reshape as its dims; the client keeps dims.
+        let config = ModelConfig {
+            input: vec![TensorConfig {
+                reshape: Some(Reshape { shape: vec![1, 4] }),
+                ..TensorConfig::new("x", DataType::F32, vec![4])
+            }],
+            output: vec![TensorConfig::new("y", DataType::F32, vec![4])],
+            ..ModelConfig::default()
+        };
+        let engine = config.engine_config().unwrap();
+        assert_eq!(engine.input[0].dims, vec![1, 4]);
+        assert_eq!(engine.input[0].reshape, None);
+        assert_eq!(config.input[0].dims, vec![4]);
+        assert!(engine.engine_config().is_none());
+        let parsed = ModelConfig::from_json(
+            r#"{"input":[{"name":"x","data_type":"TYPE_FP32","dims":[1],"reshape":{"shape":[]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.input[0].reshape, Some(Reshape { shape: vec![] }));
     }
 }

@@ -361,7 +361,7 @@ impl Runtime {
                 return if self.inner.repository.root().join(name).is_dir() {
                     Ok(())
                 } else {
-                    Err(Error::not_found(format!("unknown model '{name}'")))
+                    Err(crate::unknown_model(name))
                 };
             };
             e.phase = Phase::Unloading;

@@ -10,7 +10,9 @@
 //! builds the router without binding a socket, so handler tests drive it with
 //! `tower::ServiceExt::oneshot`.
 
+mod body;
 mod codec;
+mod data;
 mod error;
 pub mod grpc;
 mod health;
@@ -19,11 +21,15 @@ mod listener;
 mod logging;
 mod metrics;
 mod models;
+mod raw;
 mod repository;
 mod stats;
 mod trace;
 mod wire;
 
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sluice_runtime::Runtime;
 
@@ -59,8 +65,11 @@ pub(crate) struct AppState {
     pub config: HttpConfig,
 }
 
-/// The v2 HTTP router over a runtime.
+/// The v2 HTTP router over a runtime. Every error it answers is JSON
+/// (`{"error": ...}`), axum's own rejections included, and every body it reads is
+/// bounded by `max_body_bytes`.
 pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
+    let limit = config.max_body_bytes;
     let state = AppState { runtime, config };
     Router::new()
         .merge(health::router())
@@ -71,7 +80,44 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .merge(logging::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(DefaultBodyLimit::max(limit))
         .layer(TraceContextLayer)
+}
+
+/// Turns an error response that is not JSON (axum's extractor rejections, 405s,
+/// body-limit 413s) into `{"error": "<its text>"}` with the same status and headers,
+/// so a client always gets an error body it can read.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut json = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    json.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    json
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
