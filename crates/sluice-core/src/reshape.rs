@@ -180,7 +180,7 @@ mod tests {
             answer: vec![engine_out.clone(), tensor("plain", &[2])],
         }));
         let input = tensor("data_0", &[3, 4, 4]);
-        let out = instance.run(vec![input.clone()]).unwrap();
+        let out = instance.run(vec![input]).unwrap();
         assert_eq!(seen.lock().unwrap()[0], vec![1, 3, 4, 4]);
         assert_eq!(out[0].shape, vec![10]);
         assert_eq!(out[0].data, engine_out.data);
