@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 
 from conftest import EXAMPLES, ROOT, Server, gated_body, make_gated_model, wait_for_queue, wait_until
 from test_metrics import PROMETHEUS, promql, start_prometheus
@@ -459,6 +460,7 @@ def test_sigterm_drain_grace_then_refusal_then_exit_zero(tmp_path):
     url = f"{s.base}/v2/models/slow/infer"
     try:
         assert status(f"{s.base}/v2/health/ready") == 200
+        assert s.grpc_url, "the server was started with gRPC"
         accepted = [pool.submit(requests.post, url, json=gated_body(), timeout=120) for _ in range(2)]
         wait_for_queue(s, "slow", running=1, queued=1)
 
@@ -467,6 +469,8 @@ def test_sigterm_drain_grace_then_refusal_then_exit_zero(tmp_path):
         assert status(f"{s.base}/v2/health/live") == 200
         body = requests.get(f"{s.base}/v2/health/ready", timeout=10).json()
         assert body == {"ready": False}
+        with grpcclient.InferenceServerClient(url=s.grpc_url) as client:
+            assert client.is_server_live() and not client.is_server_ready()
         # During the grace: accepted, queued behind the others.
         accepted.append(pool.submit(requests.post, url, json=gated_body(), timeout=120))
         wait_for_queue(s, "slow", running=1, queued=2)
