@@ -606,3 +606,16 @@ def test_dockerfile_passes_hadolint():
     # The ONNX Runtime the image ships is the one the tests pin.
     pinned = re.search(r"^onnxruntime==(\S+)$", (ROOT / "tests/python/requirements.txt").read_text(), re.M).group(1)
     assert f"ONNXRUNTIME_VERSION={pinned}" in text
+
+
+def test_the_readme_documents_the_queries_the_manifests_use():
+    """deploy/README.md's query table is the kit's contract: the adapter rule's and the
+    KEDA trigger's queries appear in it verbatim, and every query in the manifests is one
+    of them."""
+    readme = (DEPLOY / "README.md").read_text()
+    rule = adapter_rule()
+    _, trigger = keda_trigger()
+    documented = set(re.findall(r"`([^`\n]+)`", readme))
+    assert rule["metricsQuery"] in documented
+    assert trigger["metadata"]["query"] in documented
+    assert f'sum by (pod) ({rule["seriesQuery"].split("{")[0]}{{namespace="sluice"}})' in documented
