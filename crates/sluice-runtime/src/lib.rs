@@ -299,6 +299,8 @@ struct Inner {
     over_budget: AtomicBool,
     /// First memory measurement of each (model, version) file; see `build`.
     measured: Mutex<std::collections::HashMap<(String, u64), (build::FileKey, u64)>>,
+    /// Drain began: readiness is false, requests are still accepted.
+    draining: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -341,11 +343,13 @@ impl Runtime {
         true
     }
 
-    /// The server accepts inference requests: not shutting down and, with strict
-    /// readiness, every loaded model ready (models evicted under the memory budget,
-    /// or unloaded on purpose, do not count against it).
+    /// The server accepts inference requests: not draining or shutting down and, with
+    /// strict readiness, every loaded model ready (models evicted under the memory
+    /// budget, or unloaded on purpose, do not count against it).
     pub fn ready(&self) -> bool {
-        if self.inner.shutting_down.load(Ordering::Acquire) {
+        if self.inner.draining.load(Ordering::Acquire)
+            || self.inner.shutting_down.load(Ordering::Acquire)
+        {
             return false;
         }
         if !self.inner.config.strict_readiness {
@@ -735,6 +739,13 @@ impl Runtime {
                 unavailable(name, "no version is loaded now")
             }
         }
+    }
+
+    /// Readiness turns false while requests are still accepted: the first step of a
+    /// drain, so load balancers stop routing here before [`Runtime::begin_shutdown`]
+    /// refuses new work.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
     }
 
     /// Stops accepting requests (readiness turns false). Queued requests still finish.

@@ -51,6 +51,7 @@ impl Runtime {
                 clock: AtomicU64::new(0),
                 over_budget: AtomicBool::new(false),
                 measured: std::sync::Mutex::new(std::collections::HashMap::new()),
+                draining: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
             }),
         };

@@ -203,3 +203,25 @@ async fn memory_budget_evicts_least_recently_used_and_reloads_on_first_use() {
     }
     rt.shutdown();
 }
+
+/// The drain's two steps: `begin_drain` turns readiness false while requests are still
+/// served; `begin_shutdown` then refuses them as unavailable (HTTP 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_serves_while_not_ready_and_shutdown_refuses() {
+    let repo = mlp_copies(&["mlp"]);
+    let rt = start(repo.path(), LifecycleConfig::default());
+    assert!(rt.ready());
+    rt.begin_drain();
+    assert!(!rt.ready());
+    assert!(rt.live());
+    let response = rt.infer("mlp", None, mlp_request()).await.unwrap();
+    assert_eq!(response.outputs.len(), 1);
+    rt.begin_shutdown();
+    assert!(!rt.ready());
+    let refused = rt.infer("mlp", None, mlp_request()).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unavailable);
+    let rt2 = rt.clone();
+    tokio::task::spawn_blocking(move || rt2.shutdown())
+        .await
+        .unwrap();
+}
