@@ -9,6 +9,26 @@ use serde_json::Value;
 
 use crate::{DataType, Error, Result};
 
+/// Bounds on the numbers a config may hold, so one config cannot start threads or
+/// hold requests without end (`validate` refuses a config past any of them).
+pub mod limits {
+    use std::time::Duration;
+
+    /// Instances (one OS thread each) over all instance groups and selected versions.
+    pub const MAX_INSTANCES: usize = 256;
+    /// `max_batch_size`.
+    pub const MAX_BATCH_SIZE: i32 = 1 << 16;
+    /// `dynamic_batching.max_queue_delay_microseconds` (and the adaptive bound): 60 s.
+    pub const MAX_QUEUE_DELAY_MICROSECONDS: u64 = 60_000_000;
+    /// `priority_levels`.
+    pub const MAX_PRIORITY_LEVELS: u64 = 1024;
+    /// A queue policy's `max_queue_size`.
+    pub const MAX_QUEUE_SIZE: u32 = 1 << 20;
+    /// A queue policy's `default_timeout_microseconds`; request timeouts longer than
+    /// this are cut to it (so a deadline `now + timeout` always exists): 24 h.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+}
+
 /// A model's configuration. Fields Sluice does not act on yet are kept as raw
 /// JSON so they round-trip through `GET .../config`; unknown fields are errors.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -184,6 +204,47 @@ pub struct DynamicBatching {
     pub priority_queue_policy: BTreeMap<u64, QueuePolicy>,
 }
 
+impl DynamicBatching {
+    /// The [`limits`] on delays, levels, queue sizes and timeouts.
+    fn check_bounds(&self) -> Result<()> {
+        if self.max_queue_delay_microseconds > limits::MAX_QUEUE_DELAY_MICROSECONDS {
+            return Err(Error::invalid(format!(
+                "max_queue_delay_microseconds {} is too large (at most {})",
+                self.max_queue_delay_microseconds,
+                limits::MAX_QUEUE_DELAY_MICROSECONDS
+            )));
+        }
+        if self.priority_levels > limits::MAX_PRIORITY_LEVELS {
+            return Err(Error::invalid(format!(
+                "priority_levels {} is too large (at most {})",
+                self.priority_levels,
+                limits::MAX_PRIORITY_LEVELS
+            )));
+        }
+        let policies = self
+            .default_queue_policy
+            .iter()
+            .chain(self.priority_queue_policy.values());
+        for p in policies {
+            if p.max_queue_size > limits::MAX_QUEUE_SIZE {
+                return Err(Error::invalid(format!(
+                    "max_queue_size {} is too large (at most {})",
+                    p.max_queue_size,
+                    limits::MAX_QUEUE_SIZE
+                )));
+            }
+            let max_timeout = limits::MAX_TIMEOUT.as_micros();
+            if u128::from(p.default_timeout_microseconds) > max_timeout {
+                return Err(Error::invalid(format!(
+                    "default_timeout_microseconds {} is too large (at most {max_timeout})",
+                    p.default_timeout_microseconds
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A queue policy (`ModelQueuePolicy`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -355,12 +416,27 @@ impl ModelConfig {
                 }
             }
         }
+        if self.max_batch_size > limits::MAX_BATCH_SIZE {
+            return Err(Error::invalid(format!(
+                "max_batch_size {} is too large (at most {})",
+                self.max_batch_size,
+                limits::MAX_BATCH_SIZE
+            )));
+        }
         for g in &self.instance_group {
             if g.count == 0 {
                 return Err(Error::invalid("instance_group count must be at least 1"));
             }
         }
+        if self.instance_count() > limits::MAX_INSTANCES {
+            return Err(Error::invalid(format!(
+                "instance_group counts add up to {} instances, too many (at most {})",
+                self.instance_count(),
+                limits::MAX_INSTANCES
+            )));
+        }
         if let Some(db) = &self.dynamic_batching {
+            db.check_bounds()?;
             if let Some(p) = db.preferred_batch_size.iter().find(|&&p| p < 1) {
                 return Err(Error::invalid(format!(
                     "preferred_batch_size {p} must be >= 1"
@@ -397,7 +473,9 @@ impl ModelConfig {
         if self.instance_group.is_empty() {
             1
         } else {
-            self.instance_group.iter().map(|g| g.count as usize).sum()
+            self.instance_group
+                .iter()
+                .fold(0usize, |n, g| n.saturating_add(g.count as usize))
         }
     }
 
@@ -460,6 +538,37 @@ mod tests {
         assert!(err.message().contains("TYPE_FLOAT"), "{err}");
     }
 
+    fn group() -> InstanceGroup {
+        serde_json::from_str("{}").unwrap()
+    }
+
+    #[test]
+    fn configs_at_the_limits_pass() {
+        let mut cfg = ModelConfig {
+            max_batch_size: limits::MAX_BATCH_SIZE,
+            input: vec![TensorConfig::new("x", DataType::F32, vec![4])],
+            output: vec![TensorConfig::new("y", DataType::F32, vec![4])],
+            instance_group: vec![InstanceGroup {
+                count: limits::MAX_INSTANCES as u32,
+                ..group()
+            }],
+            dynamic_batching: Some(DynamicBatching {
+                max_queue_delay_microseconds: limits::MAX_QUEUE_DELAY_MICROSECONDS,
+                priority_levels: limits::MAX_PRIORITY_LEVELS,
+                default_queue_policy: Some(QueuePolicy {
+                    max_queue_size: limits::MAX_QUEUE_SIZE,
+                    default_timeout_microseconds: limits::MAX_TIMEOUT.as_micros() as u64,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..ModelConfig::default()
+        };
+        cfg.validate().unwrap();
+        cfg.dynamic_batching = None;
+        cfg.validate().unwrap();
+    }
+
     #[test]
     fn validate_rejects_bad_configs() {
         let base = || ModelConfig {
@@ -477,6 +586,85 @@ mod tests {
                 Box::new(|c| c.output.push(c.output[0].clone())),
             ),
             ("dimension 0", Box::new(|c| c.input[0].dims = vec![0])),
+            (
+                "max_batch_size 65537",
+                Box::new(|c| c.max_batch_size = limits::MAX_BATCH_SIZE + 1),
+            ),
+            (
+                "4294967295 instances",
+                Box::new(|c| {
+                    c.instance_group = vec![InstanceGroup {
+                        count: u32::MAX,
+                        ..group()
+                    }];
+                }),
+            ),
+            (
+                "257 instances",
+                Box::new(|c| {
+                    c.instance_group = vec![
+                        InstanceGroup {
+                            count: 200,
+                            ..group()
+                        },
+                        InstanceGroup {
+                            count: 57,
+                            ..group()
+                        },
+                    ];
+                }),
+            ),
+            (
+                "max_queue_delay_microseconds 18446744073709551615",
+                Box::new(|c| {
+                    c.max_batch_size = 4;
+                    c.dynamic_batching = Some(DynamicBatching {
+                        max_queue_delay_microseconds: u64::MAX,
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "priority_levels 1025",
+                Box::new(|c| {
+                    c.max_batch_size = 4;
+                    c.dynamic_batching = Some(DynamicBatching {
+                        priority_levels: 1025,
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "max_queue_size 1048577",
+                Box::new(|c| {
+                    c.max_batch_size = 4;
+                    c.dynamic_batching = Some(DynamicBatching {
+                        priority_levels: 2,
+                        priority_queue_policy: [(
+                            2,
+                            QueuePolicy {
+                                max_queue_size: limits::MAX_QUEUE_SIZE + 1,
+                                ..Default::default()
+                            },
+                        )]
+                        .into(),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "default_timeout_microseconds 18446744073709551615",
+                Box::new(|c| {
+                    c.max_batch_size = 4;
+                    c.dynamic_batching = Some(DynamicBatching {
+                        default_queue_policy: Some(QueuePolicy {
+                            default_timeout_microseconds: u64::MAX,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }),
+            ),
             ("dimension -2", Box::new(|c| c.input[0].dims = vec![-2])),
             (
                 "needs max_batch_size",

@@ -21,7 +21,7 @@ pub use backend::{
     catch_panics, panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel,
 };
 pub use config::{
-    DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, Reshape,
+    limits, DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, Reshape,
     TensorConfig, VersionPolicy,
 };
 pub use datatype::DataType;
