@@ -62,6 +62,14 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     http_max_connections: usize,
 
+    /// Seconds an HTTP client has to send a whole request head (request line and
+    /// headers), counted from the accept and, on a keep-alive connection, from the
+    /// previous response (so it is also the idle keep-alive timeout); slower or silent
+    /// connections are closed and cannot hold --http-max-connections slots (0: no bound).
+    #[arg(long, env = "SLUICE_HTTP_HEADER_READ_TIMEOUT", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    http_header_read_timeout: f64,
+
     /// Address to listen on for gRPC (default: the HTTP address).
     #[arg(long, env = "SLUICE_GRPC_ADDRESS")]
     grpc_address: Option<std::net::IpAddr>,
@@ -419,7 +427,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         let http = async {
-            sluice_server::serve(listener, router, args.http_max_connections, until_stopped())
+            let limits = sluice_server::ConnectionLimits {
+                max_connections: args.http_max_connections,
+                header_read_timeout: (args.http_header_read_timeout > 0.0)
+                    .then(|| std::time::Duration::from_secs_f64(args.http_header_read_timeout)),
+            };
+            sluice_server::serve_with(listener, router, limits, until_stopped())
                 .await
                 .context("HTTP server failed")
         };
@@ -523,5 +536,13 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// A number of seconds: finite, 0 or more, at most a day.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!("'{text}' is not a number of seconds in 0..=86400")),
     }
 }
