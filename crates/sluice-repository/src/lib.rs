@@ -225,7 +225,6 @@ impl Repository {
             .map(|&v| {
                 let version_dir = dir.join(v.to_string());
                 let model_file = version_dir.join(&file_name);
-                check_contained(&version_dir, &model_file, &file_name)?;
                 Ok(ModelVersion {
                     version: v,
                     model_file,
@@ -305,25 +304,6 @@ fn check_model_filename(file_name: &str) -> Result<()> {
         Err(Error::invalid(format!(
             "default_model_filename '{file_name}' must be a relative path inside the \
              version folder (no leading '/', no '..')"
-        )))
-    }
-}
-
-/// A model file that exists must resolve (symlinks followed) to a path inside its
-/// version folder, so a symlink cannot make the server read files elsewhere.
-fn check_contained(version_dir: &Path, model_file: &Path, file_name: &str) -> Result<()> {
-    if std::fs::symlink_metadata(model_file).is_err() {
-        return Ok(()); // missing: the backend reports it
-    }
-    let inside = match (version_dir.canonicalize(), model_file.canonicalize()) {
-        (Ok(folder), Ok(file)) => file.starts_with(&folder) && file != folder,
-        _ => false,
-    };
-    if inside {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "model file '{file_name}' resolves to a path outside its version folder"
         )))
     }
 }
