@@ -139,7 +139,7 @@ def test_unknown_model_is_not_ready_and_not_found(client):
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("nope")
     assert e.value.status() == "StatusCode.NOT_FOUND"
-    assert "unknown model 'nope'" in e.value.message()
+    assert "Request for unknown model: 'nope' is not found" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
         client.get_model_config("mlp", "7")
     assert e.value.status() == "StatusCode.NOT_FOUND"
@@ -222,7 +222,7 @@ def test_stream_infer_with_requests_in_flight(server, name):
             rid = result.get_response().id
             check_result(name, result, expected.pop(rid), rid)
         assert not expected
-        assert len(errors) == 1 and "unknown model 'nope'" in errors[0].message()
+        assert len(errors) == 1 and "Request for unknown model: 'nope' is not found" in errors[0].message()
     finally:
         client.stop_stream()
         client.close()
@@ -275,16 +275,17 @@ def bad_requests():
          grpc.StatusCode.INVALID_ARGUMENT, "2 raw_input_contents for 1 inputs"),
         ("raw and contents", both, grpc.StatusCode.INVALID_ARGUMENT, "has typed 'contents' although"),
         ("no data", no_data, grpc.StatusCode.INVALID_ARGUMENT, "has no data"),
-        ("unknown model", raw_request("nope", x), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ("unknown model", raw_request("nope", x), grpc.StatusCode.NOT_FOUND,
+         "Request for unknown model: 'nope' is not found"),
         ("unknown version", service_pb2.ModelInferRequest(model_name="mlp", model_version="7"),
-         grpc.StatusCode.NOT_FOUND, "has no version 7"),
+         grpc.StatusCode.NOT_FOUND, "'mlp' version 7 is not found"),
         ("wrong dtype", raw_request("mlp", {"input": x["input"].astype(np.float64)}),
-         grpc.StatusCode.INVALID_ARGUMENT, "expected datatype FP32, got FP64"),
+         grpc.StatusCode.INVALID_ARGUMENT, "inference input 'input' data-type is 'FP64', but model 'mlp' expects 'FP32'"),
         ("unknown datatype", unknown_dtype, grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype 'FLOAT'"),
         ("wrong shape", raw_request("mlp", {"input": np.zeros((1, 783), np.float32)}),
-         grpc.StatusCode.INVALID_ARGUMENT, "does not match the model's [-1, 784]"),
+         grpc.StatusCode.INVALID_ARGUMENT, "unexpected shape for input 'input' for model 'mlp'. Expected [-1,784], got [1,783]"),
         ("unknown input", raw_request("mlp", {"pixels": x["input"]}), grpc.StatusCode.INVALID_ARGUMENT,
-         "unexpected input 'pixels'"),
+         "unexpected inference input 'pixels' for model 'mlp'"),
     ]
 
 

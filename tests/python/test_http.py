@@ -140,11 +140,11 @@ def test_digits_accuracy_through_the_server_equals_scikit_learn(client):
 
 
 def test_unknown_model_and_version_are_404(client, server):
-    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'nope' is not found"):
         client.get_model_metadata("nope")
     assert not client.is_model_ready("nope")
     r = requests.get(f"{server.base}/v2/models/mlp/versions/7", timeout=10)
-    assert r.status_code == 404 and "no version 7" in r.json()["error"]
+    assert r.status_code == 404 and "Request for unknown model: 'mlp' version 7 is not found" == r.json()["error"]
     r = requests.post(f"{server.base}/v2/models/mlp/versions/7/infer", json={"inputs": []}, timeout=10)
     assert r.status_code == 404
     r = requests.get(f"{server.base}/v2/models/mlp/versions/x", timeout=10)

@@ -32,14 +32,14 @@ def assert_still_serving(server):
 
 CASES = [
     ("invalid json", dict(data=b'{"inputs": [', headers={"Content-Type": "application/json"}), 400, "malformed request JSON"),
-    ("missing input", dict(json={"inputs": []}), 400, "missing input 'input'"),
-    ("unexpected input", dict(json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), 400, "unexpected input 'x'"),
-    ("wrong datatype", dict(json=mlp_body(datatype="FP64")), 400, "expected datatype FP32, got FP64"),
+    ("missing input", dict(json={"inputs": []}), 400, "missing required input(s) ['input']"),
+    ("unexpected input", dict(json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), 400, "unexpected inference input 'x' for model 'mlp'"),
+    ("wrong datatype", dict(json=mlp_body(datatype="FP64")), 400, "inference input 'input' data-type is 'FP64', but model 'mlp' expects 'FP32'"),
     ("unknown datatype", dict(json=mlp_body(datatype="FLOAT32")), 400, "unknown datatype"),
     ("count mismatch", dict(json=mlp_body(data=[0.0] * 783)), 400, "783 values given but the shape holds 784"),
-    ("wrong shape", dict(json=mlp_body(shape=[1, 783], data=[0.0] * 783)), 400, "does not match the model's [-1, 784]"),
-    ("batch over max", dict(json=mlp_body(rows=33)), 400, "batch size 33 is outside 1..=32"),
-    ("unknown output", dict(json={**mlp_body(), "outputs": [{"name": "nope"}]}), 400, "unknown output 'nope'"),
+    ("wrong shape", dict(json=mlp_body(shape=[1, 783], data=[0.0] * 783)), 400, "unexpected shape for input 'input' for model 'mlp'. Expected [-1,784], got [1,783]"),
+    ("batch over max", dict(json=mlp_body(rows=33)), 400, "inference request batch-size must be <= 32 for 'mlp'"),
+    ("unknown output", dict(json={**mlp_body(), "outputs": [{"name": "nope"}]}), 400, "unexpected inference output 'nope' for model 'mlp'"),
     ("wrong element", dict(json=mlp_body(data=["a"] * 784)), 400, "is not a valid FP32"),
 ]
 
@@ -127,7 +127,7 @@ def test_broken_models_are_unavailable_and_the_rest_serve(start_server):
     assert requests.get(f"{s.base}/v2/health/live", timeout=10).status_code == 200
     assert requests.get(f"{s.base}/v2/models/corrupt/ready", timeout=10).status_code == 503
     r = requests.post(infer_url(s, "corrupt"), json={"inputs": []}, timeout=10)
-    assert r.status_code == 503 and "not available" in r.json()["error"]
+    assert r.status_code == 503 and "has no available versions" in r.json()["error"]
     r = requests.post(infer_url(s, "good"), json={"inputs": [
         {"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, timeout=10)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1, 2, 3, 4]

@@ -233,7 +233,8 @@ def test_statistics_extension_counts_what_was_sent(start_server):
                  lambda: g.get_inference_statistics("nope")]:
         with pytest.raises(InferenceServerException) as e:
             call()
-        assert "nope" in e.value.message() or "no version 9" in e.value.message()
+        assert e.value.message().startswith("Request for unknown model: "), e.value.message()
+        assert "'nope' is not found" in e.value.message() or "'mlp' version 9 is not found" in e.value.message()
     r = requests.get(f"{s.base}/v2/models/mlp/versions/x/stats", timeout=10)
     assert r.status_code == 400 and "version" in r.json()["error"]
 
@@ -308,12 +309,17 @@ def free_port():
 
 
 def start_prometheus(tmp_path, targets):
+    """A Prometheus scraping `targets` every 250 ms: a list of host:port, or a dict
+    host:port -> labels for each target (what service discovery would attach, e.g.
+    namespace and pod)."""
     port = free_port()
     config = tmp_path / "prometheus.yml"
+    labelled = targets.items() if isinstance(targets, dict) else [(t, {}) for t in targets]
     config.write_text(
         "global:\n  scrape_interval: 250ms\n  evaluation_interval: 250ms\n"
         "scrape_configs:\n  - job_name: sluice\n    static_configs:\n"
-        f"      - targets: [{', '.join(repr(t) for t in targets)}]\n")
+        + "".join(f"      - targets: [{t!r}]\n        labels: {json.dumps(labels)}\n"
+                  for t, labels in labelled))
     proc = subprocess.Popen(
         [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],

@@ -296,7 +296,7 @@ def test_versions_policy_and_routes(tmp_path):
         assert_close(y, oracle.run(1, x), what="v1")
         with pytest.raises(InferenceServerException) as e:
             http_infer(http, "multi", x, "2")
-        assert "no version 2" in str(e.value)
+        assert "'multi' version 2 is not found" in str(e.value)
     finally:
         assert s.stop() == 0, s.log()
 

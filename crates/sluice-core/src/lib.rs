@@ -13,6 +13,7 @@ mod config;
 mod datatype;
 mod error;
 mod request;
+mod reshape;
 mod signature;
 mod tensor;
 
@@ -20,11 +21,12 @@ pub use backend::{
     catch_panics, panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel,
 };
 pub use config::{
-    DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, ResponseCache,
-    TensorConfig, VersionPolicy,
+    limits, DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, Reshape,
+    ResponseCache, TensorConfig, VersionPolicy,
 };
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
 pub use request::{CacheControl, InferRequest, InferResponse, RequestedOutput};
+pub use reshape::ReshapePlan;
 pub use signature::{BytesContent, ModelSignature, TensorSpec, ValidRequest};
 pub use tensor::{serialize_bytes, BytesElements, Tensor};

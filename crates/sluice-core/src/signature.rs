@@ -4,6 +4,8 @@ use crate::{DataType, Error, InferRequest, ModelConfig, Result, Tensor};
 /// needed to check a request before it is queued.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSignature {
+    /// The model's name, for error messages.
+    pub model: String,
     pub max_batch_size: usize,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
@@ -56,6 +58,7 @@ impl ModelSignature {
             optional: t.optional,
         };
         ModelSignature {
+            model: config.name.clone(),
             max_batch_size: usize::try_from(config.max_batch_size).unwrap_or(0),
             inputs: config.input.iter().map(spec).collect(),
             outputs: config.output.iter().map(spec).collect(),
@@ -81,7 +84,8 @@ impl ModelSignature {
         }
     }
 
-    /// Checks `request` against this signature ("parse, don't validate").
+    /// Checks `request` against this signature ("parse, don't validate"). The
+    /// messages follow Triton's wording for the same mistakes.
     pub fn validate(&self, request: InferRequest) -> Result<ValidRequest> {
         let InferRequest {
             id,
@@ -92,10 +96,11 @@ impl ModelSignature {
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for tensor in inputs {
             let Some(ix) = self.inputs.iter().position(|s| s.name == tensor.name) else {
-                let expected: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
                 return Err(Error::invalid(format!(
-                    "unexpected input '{}' (the model's inputs are {expected:?})",
-                    tensor.name
+                    "unexpected inference input '{}' for model '{}' (its inputs are {})",
+                    tensor.name,
+                    self.model,
+                    quoted(self.inputs.iter().map(|s| s.name.as_str()))
                 )));
             };
             if slots[ix].is_some() {
@@ -107,26 +112,42 @@ impl ModelSignature {
             self.check_tensor(&self.inputs[ix], &tensor)?;
             slots[ix] = Some(tensor);
         }
+        if let Some(spec) = self
+            .inputs
+            .iter()
+            .zip(&slots)
+            .find_map(|(spec, slot)| (slot.is_none() && spec.optional).then_some(spec))
+        {
+            return Err(Error::unsupported(format!(
+                "optional input '{}' was not given; omitting optional inputs is not supported yet",
+                spec.name
+            )));
+        }
+        if slots.iter().any(Option::is_none) {
+            let given = self.inputs.iter().zip(&slots).filter(|(_, t)| t.is_some());
+            let missing = self.inputs.iter().zip(&slots).filter(|(_, t)| t.is_none());
+            return Err(Error::invalid(format!(
+                "expected {} inputs but got {} inputs for model '{}'. Got input(s) {}, but \
+                 missing required input(s) {}. Please provide all required input(s).",
+                self.inputs.len(),
+                given.clone().count(),
+                self.model,
+                quoted(given.map(|(s, _)| s.name.as_str())),
+                quoted(missing.map(|(s, _)| s.name.as_str())),
+            )));
+        }
         let mut rows = None;
         let mut ordered = Vec::with_capacity(slots.len());
-        for (spec, slot) in self.inputs.iter().zip(slots) {
-            let Some(tensor) = slot else {
-                if spec.optional {
-                    return Err(Error::unsupported(format!(
-                        "optional input '{}' was not given; omitting optional inputs is not supported yet",
-                        spec.name
-                    )));
-                }
-                return Err(Error::invalid(format!("missing input '{}'", spec.name)));
-            };
+        for tensor in slots.into_iter().flatten() {
             if self.max_batch_size > 0 {
                 let r = tensor.shape[0];
                 match rows {
                     None => rows = Some(r),
                     Some(prev) if prev != r => {
                         return Err(Error::invalid(format!(
-                            "inputs disagree on the batch size: {prev} rows and {r} rows in '{}'",
-                            tensor.name
+                            "input '{}' batch size does not match other inputs for '{}' \
+                             ({r} rows, the others have {prev})",
+                            tensor.name, self.model
                         )))
                     }
                     Some(_) => {}
@@ -137,10 +158,11 @@ impl ModelSignature {
         let mut out_ix = Vec::with_capacity(outputs.len());
         for o in &outputs {
             let Some(ix) = self.outputs.iter().position(|s| s.name == o.name) else {
-                let known: Vec<&str> = self.outputs.iter().map(|s| s.name.as_str()).collect();
                 return Err(Error::invalid(format!(
-                    "unknown output '{}' requested (the model's outputs are {known:?})",
-                    o.name
+                    "unexpected inference output '{}' for model '{}' (its outputs are {})",
+                    o.name,
+                    self.model,
+                    quoted(self.outputs.iter().map(|s| s.name.as_str()))
                 )));
             };
             if out_ix.contains(&ix) {
@@ -165,8 +187,8 @@ impl ModelSignature {
     fn check_tensor(&self, spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
         if tensor.datatype != spec.datatype {
             return Err(Error::invalid(format!(
-                "input '{}': expected datatype {}, got {}",
-                spec.name, spec.datatype, tensor.datatype
+                "inference input '{}' data-type is '{}', but model '{}' expects '{}'",
+                spec.name, tensor.datatype, self.model, spec.datatype
             )));
         }
         let dims = if self.max_batch_size > 0 {
@@ -177,10 +199,16 @@ impl ModelSignature {
                     self.full_dims(spec)
                 )));
             };
-            if rows == 0 || rows > self.max_batch_size {
+            if rows > self.max_batch_size {
                 return Err(Error::invalid(format!(
-                    "input '{}': batch size {rows} is outside 1..={} (max_batch_size)",
-                    spec.name, self.max_batch_size
+                    "inference request batch-size must be <= {} for '{}' (input '{}' has {rows} rows)",
+                    self.max_batch_size, self.model, spec.name
+                )));
+            }
+            if rows == 0 {
+                return Err(Error::invalid(format!(
+                    "input '{}': batch size 0 (the first dimension must be at least 1)",
+                    spec.name
                 )));
             }
             &tensor.shape[1..]
@@ -194,10 +222,11 @@ impl ModelSignature {
                 .all(|(&d, &s)| s == -1 || d as i64 == s);
         if !matches {
             return Err(Error::invalid(format!(
-                "input '{}': shape {:?} does not match the model's {:?}",
+                "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
                 spec.name,
-                tensor.shape,
-                self.full_dims(spec)
+                self.model,
+                dims_list(self.full_dims(spec)),
+                dims_list(tensor.shape.iter().map(|&d| d as i64)),
             )));
         }
         if tensor.datatype == DataType::Bytes && self.bytes_content == BytesContent::Text {
@@ -225,6 +254,18 @@ fn check_text(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Names as Triton lists them: `['a','b']`.
+fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(|n| format!("'{n}'")).collect();
+    format!("[{}]", names.join(","))
+}
+
+/// A shape as Triton writes it: `[-1,784]`.
+fn dims_list(dims: impl IntoIterator<Item = i64>) -> String {
+    let dims: Vec<String> = dims.into_iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -234,6 +275,7 @@ mod tests {
 
     fn signature(max_batch_size: i32) -> ModelSignature {
         ModelSignature::from_config(&ModelConfig {
+            name: "m".into(),
             max_batch_size,
             input: vec![
                 TensorConfig::new("a", DataType::F32, vec![2]),
@@ -332,42 +374,50 @@ mod tests {
         let a = |shape: &[usize]| tensor("a", DataType::F32, shape);
         let b = |shape: &[usize]| tensor("b", DataType::I64, shape);
         let cases: Vec<(i32, InferRequest, &str)> = vec![
-            (4, request(vec![a(&[1, 2])], &[]), "missing input 'b'"),
+            (
+                4,
+                request(vec![a(&[1, 2])], &[]),
+                "expected 2 inputs but got 1 inputs for model 'm'. Got input(s) ['a'], but missing required input(s) ['b']",
+            ),
             (
                 4,
                 request(
                     vec![a(&[1, 2]), b(&[1, 1]), tensor("c", DataType::F32, &[1])],
                     &[],
                 ),
-                "unexpected input 'c'",
+                "unexpected inference input 'c' for model 'm' (its inputs are ['a','b'])",
             ),
             (4, request(vec![a(&[1, 2]), a(&[1, 2])], &[]), "given twice"),
             (
                 4,
                 request(vec![tensor("a", DataType::F64, &[1, 2]), b(&[1, 1])], &[]),
-                "expected datatype FP32, got FP64",
+                "inference input 'a' data-type is 'FP64', but model 'm' expects 'FP32'",
             ),
             (
                 4,
                 request(vec![a(&[1, 3]), b(&[1, 1])], &[]),
-                "does not match",
+                "unexpected shape for input 'a' for model 'm'. Expected [-1,2], got [1,3]",
             ),
             (
                 4,
                 request(vec![a(&[5, 2]), b(&[5, 1])], &[]),
-                "batch size 5 is outside 1..=4",
+                "inference request batch-size must be <= 4 for 'm'",
             ),
             (
                 4,
                 request(vec![a(&[2, 2]), b(&[1, 1])], &[]),
-                "disagree on the batch size",
+                "batch size does not match other inputs for 'm'",
             ),
             (
                 4,
                 request(vec![a(&[1, 2]), b(&[1, 1])], &["w"]),
-                "unknown output 'w'",
+                "unexpected inference output 'w' for model 'm'",
             ),
-            (0, request(vec![a(&[1, 2]), b(&[1])], &[]), "does not match"),
+            (
+                0,
+                request(vec![a(&[1, 2]), b(&[1])], &[]),
+                "Expected [2], got [1,2]",
+            ),
         ];
         for (mbs, req, expect) in cases {
             let err = signature(mbs).validate(req).unwrap_err();

@@ -17,7 +17,7 @@ pub mod pbtxt;
 
 use std::path::{Path, PathBuf};
 
-use sluice_core::{Error, LoadSpec, ModelConfig, Result, TensorConfig};
+use sluice_core::{limits, Error, LoadSpec, ModelConfig, Result, TensorConfig};
 
 pub use onnx::{signature as onnx_signature, OnnxSignature, OnnxTensor};
 
@@ -195,6 +195,7 @@ impl Repository {
         let file_name = if config.default_model_filename.is_empty() {
             "model.onnx".to_owned()
         } else {
+            check_model_filename(&config.default_model_filename)?;
             config.default_model_filename.clone()
         };
         let available = version_folders(dir)?;
@@ -209,16 +210,30 @@ impl Repository {
                 "the version policy of '{name}' selects none of the versions on disk {available:?}"
             )));
         }
+        let threads = selected.len().saturating_mul(config.instance_count());
+        if threads > limits::MAX_INSTANCES {
+            return Err(Error::invalid(format!(
+                "model '{name}': {} versions of {} instances each are {threads} instances, \
+                 too many (at most {})",
+                selected.len(),
+                config.instance_count(),
+                limits::MAX_INSTANCES
+            )));
+        }
         let versions: Vec<ModelVersion> = selected
             .iter()
-            .map(|&v| ModelVersion {
-                version: v,
-                model_file: dir.join(v.to_string()).join(&file_name),
+            .map(|&v| {
+                let version_dir = dir.join(v.to_string());
+                let model_file = version_dir.join(&file_name);
+                Ok(ModelVersion {
+                    version: v,
+                    model_file,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if config.input.is_empty() || config.output.is_empty() {
             let latest = &versions[versions.len() - 1].model_file;
-            let bytes = std::fs::read(latest).map_err(|e| {
+            let bytes = read_bounded(latest, MAX_AUTO_COMPLETE_BYTES).map_err(|e| {
                 Error::invalid(format!(
                     "cannot read '{}' to auto-complete the config: {e}",
                     rel(&self.root, latest)
@@ -267,6 +282,52 @@ impl Repository {
         }
         Ok(hasher.finish())
     }
+}
+
+/// The largest ONNX file read to auto-complete a config (protobuf's own 2 GiB limit).
+const MAX_AUTO_COMPLETE_BYTES: u64 = 2 << 30;
+
+/// `default_model_filename` names a file inside each version folder: a relative path of
+/// plain components (no root, no `..`, no `.`, no NUL).
+fn check_model_filename(file_name: &str) -> Result<()> {
+    use std::path::Component;
+    let path = Path::new(file_name);
+    let plain = !file_name.contains('\0')
+        && !file_name.ends_with('/')
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+        && !file_name
+            .split('/')
+            .any(|part| part == "." || part.is_empty());
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "default_model_filename '{file_name}' must be a relative path inside the \
+             version folder (no leading '/', no '..')"
+        )))
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes (never a device, FIFO or folder).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "{} bytes is larger than the {limit} bytes read to auto-complete",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other("the file grew past the limit"));
+    }
+    Ok(bytes)
 }
 
 /// A model name must be one plain path component.

@@ -188,3 +188,110 @@ fn symlinked_model_and_version_folders_are_followed() {
     assert_eq!(model.config.name, "linked");
     assert_eq!(model.versions.len(), 1);
 }
+
+/// A config with no inputs or outputs, so the model file is read to auto-complete it.
+fn auto_complete_model(root: &Path, name: &str, file_name: &str) {
+    let dir = root.join(name);
+    fs::create_dir_all(dir.join("1")).unwrap();
+    fs::write(
+        dir.join("config.pbtxt"),
+        format!("default_model_filename: \"{file_name}\"\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn default_model_filename_stays_inside_the_version_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("secret.onnx");
+    fs::write(&outside, b"").unwrap();
+    let repo_root = tmp.path().join("repo");
+    fs::create_dir(&repo_root).unwrap();
+    let refused = [
+        ("absolute", outside.display().to_string()),
+        ("dev_zero", "/dev/zero".to_owned()),
+        ("parent", "../../../secret.onnx".to_owned()),
+        ("inner_parent", "sub/../../x.onnx".to_owned()),
+        ("dot", "./model.onnx".to_owned()),
+        ("trailing", "model.onnx/".to_owned()),
+    ];
+    for (name, file_name) in &refused {
+        auto_complete_model(&repo_root, name, file_name);
+    }
+    let repo = Repository::open(&repo_root, RepositoryOptions::default()).unwrap();
+    for (name, file_name) in &refused {
+        let err = repo.read_model(name).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
+        assert!(
+            err.message().contains("must be a relative path inside"),
+            "{name} ({file_name}): {err}"
+        );
+    }
+    // A plain name and a subfolder are fine (with a config that needs no file read).
+    model_dir(
+        &repo_root,
+        "sub",
+        &format!("{IO}default_model_filename: \"onnx/graph.onnx\""),
+        &[1],
+    );
+    let model = repo.read_model("sub").unwrap();
+    assert!(model.versions[0].model_file.ends_with("1/onnx/graph.onnx"));
+}
+
+#[cfg(unix)]
+#[test]
+fn model_files_are_never_read_from_devices_or_folders() {
+    // Symlinks in the repository are the operator's (Kubernetes volumes are made of
+    // them) and are followed, as Triton does; what they point at must still be a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_root = tmp.path().join("repo");
+    fs::create_dir(&repo_root).unwrap();
+    auto_complete_model(&repo_root, "zero", "model.onnx");
+    std::os::unix::fs::symlink("/dev/zero", repo_root.join("zero/1/model.onnx")).unwrap();
+    // The model file is a folder: not a regular file, refused before reading.
+    auto_complete_model(&repo_root, "folder", "model.onnx");
+    fs::create_dir(repo_root.join("folder/1/model.onnx")).unwrap();
+    // A symlink to a model file is followed.
+    model_dir(&repo_root, "inside", IO, &[1]);
+    fs::rename(
+        repo_root.join("inside/1/model.onnx"),
+        repo_root.join("inside/1/real.onnx"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("real.onnx", repo_root.join("inside/1/model.onnx")).unwrap();
+    let repo = Repository::open(&repo_root, RepositoryOptions::default()).unwrap();
+    for (name, expect) in [
+        ("zero", "not a regular file"),
+        ("folder", "not a regular file"),
+    ] {
+        let err = repo.read_model(name).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
+        assert!(err.message().contains(expect), "{name}: {err}");
+    }
+    repo.read_model("inside").unwrap();
+}
+
+#[test]
+fn versions_times_instances_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let group = "instance_group [{ count: 200 }]";
+    model_dir(
+        tmp.path(),
+        "many",
+        &format!("{IO}{group}\nversion_policy: {{ all {{ }} }}"),
+        &[1, 2],
+    );
+    model_dir(tmp.path(), "one", &format!("{IO}{group}"), &[1, 2]);
+    model_dir(
+        tmp.path(),
+        "bomb",
+        &format!("{IO}instance_group [{{ count: 4294967295 }}]"),
+        &[1],
+    );
+    let repo = Repository::open(tmp.path(), RepositoryOptions::default()).unwrap();
+    let err = repo.read_model("many").unwrap_err();
+    assert!(err.message().contains("400 instances"), "{err}");
+    repo.read_model("one").unwrap();
+    let err = repo.read_model("bomb").unwrap_err();
+    assert!(err.message().contains("at most 256"), "{err}");
+}

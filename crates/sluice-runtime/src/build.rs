@@ -15,7 +15,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use sluice_core::{Backend, Error, InstanceOptions, ModelConfig, ModelSignature, Result};
+use sluice_core::{
+    Backend, Error, InstanceOptions, ModelConfig, ModelSignature, ReshapePlan, Result,
+};
 use sluice_repository::{ModelSource, ModelVersion};
 use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
 
@@ -150,8 +152,12 @@ pub(crate) fn load_version(
     let started = Instant::now();
     let file = FileKey::of(&version.model_file);
     let rss_before = crate::memory::resident_bytes();
+    // The engine sees each reshaped tensor with its reshape's shape; requests are
+    // validated and batched with the config's dims, and `Reshaped` instances turn one
+    // into the other around the engine.
+    let engine_config = config.engine_config();
     let spec = sluice_core::LoadSpec {
-        config,
+        config: engine_config.as_ref().unwrap_or(config),
         ..source.load_spec(version)
     };
     let loaded = backend.load(&spec)?;
@@ -168,11 +174,16 @@ pub(crate) fn load_version(
             })?,
         None => cx.intra_op_threads,
     };
+    let reshape = ReshapePlan::of(config);
     let instances = (0..config.instance_count())
         .map(|index| {
-            loaded.instance(&InstanceOptions {
+            let instance = loaded.instance(&InstanceOptions {
                 index,
                 intra_op_threads,
+            })?;
+            Ok(match &reshape {
+                Some(plan) => plan.wrap(instance),
+                None => instance,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -303,6 +303,8 @@ struct Inner {
     over_budget: AtomicBool,
     /// First memory measurement of each (model, version) file; see `build`.
     measured: Mutex<std::collections::HashMap<(String, u64), (build::FileKey, u64)>>,
+    /// Drain began: readiness is false, requests are still accepted.
+    draining: AtomicBool,
     shutting_down: AtomicBool,
     /// The response cache, when one is configured.
     cache: Option<cache::ResponseCache>,
@@ -347,11 +349,13 @@ impl Runtime {
         true
     }
 
-    /// The server accepts inference requests: not shutting down and, with strict
-    /// readiness, every loaded model ready (models evicted under the memory budget,
-    /// or unloaded on purpose, do not count against it).
+    /// The server accepts inference requests: not draining or shutting down and, with
+    /// strict readiness, every loaded model ready (models evicted under the memory
+    /// budget, or unloaded on purpose, do not count against it).
     pub fn ready(&self) -> bool {
-        if self.inner.shutting_down.load(Ordering::Acquire) {
+        if self.inner.draining.load(Ordering::Acquire)
+            || self.inner.shutting_down.load(Ordering::Acquire)
+        {
             return false;
         }
         if !self.inner.config.strict_readiness {
@@ -448,16 +452,14 @@ impl Runtime {
             } else if on_disk {
                 Lookup::Fail(unavailable(name, &Absent::NotLoaded.reason()))
             } else {
-                Lookup::Fail(Error::not_found(format!("unknown model '{name}'")))
+                Lookup::Fail(unknown_model(name))
             };
         };
         let loading = e.phase == Phase::Loading;
         let Some(loaded) = &e.serving else {
             return match e.phase {
                 Phase::Loading => Lookup::Wait,
-                Phase::Unloading => {
-                    Lookup::Fail(Error::unavailable(format!("model '{name}' is unloading")))
-                }
+                Phase::Unloading => Lookup::Fail(unavailable(name, "unloading")),
                 Phase::Idle if e.startable() => Lookup::Start,
                 Phase::Idle => Lookup::Fail(unavailable(name, &e.absent.reason())),
             };
@@ -469,7 +471,7 @@ impl Runtime {
                 None => return Lookup::Fail(no_version(name, v)),
                 Some(VersionSlot::Failed(reason)) => {
                     return Lookup::Fail(Error::unavailable(format!(
-                        "version {v} of model '{name}' is not available: {reason}"
+                        "Request for unknown model: '{name}' version {v} is not at ready state ({reason})"
                     )))
                 }
             },
@@ -570,7 +572,7 @@ impl Runtime {
             sluice_repository::check_model_name(name)?;
             return Err(match self.lookup_unknown(name) {
                 true => unavailable(name, &Absent::NotLoaded.reason()),
-                false => Error::not_found(format!("unknown model '{name}'")),
+                false => unknown_model(name),
             });
         };
         match (&e.serving, &e.shell) {
@@ -767,6 +769,13 @@ impl Runtime {
         }
     }
 
+    /// Readiness turns false while requests are still accepted: the first step of a
+    /// drain, so load balancers stop routing here before [`Runtime::begin_shutdown`]
+    /// refuses new work.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
     /// Stops accepting requests (readiness turns false). Queued requests still finish.
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
@@ -786,10 +795,24 @@ impl Runtime {
     }
 }
 
-fn unavailable(name: &str, reason: &str) -> Error {
-    Error::unavailable(format!("model '{name}' is not available: {reason}"))
+// The texts of the lookup errors follow Triton's ("Request for unknown model: ..."),
+// whose clients and example scripts match on that prefix; Sluice adds the reason.
+
+/// A model the repository does not have (404).
+pub(crate) fn unknown_model(name: &str) -> Error {
+    Error::not_found(format!("Request for unknown model: '{name}' is not found"))
 }
 
+/// A known model with no version that can serve now (503), and why.
+fn unavailable(name: &str, reason: &str) -> Error {
+    Error::unavailable(format!(
+        "Request for unknown model: '{name}' has no available versions ({reason})"
+    ))
+}
+
+/// A version the model does not have (404).
 fn no_version(name: &str, version: u64) -> Error {
-    Error::not_found(format!("model '{name}' has no version {version}"))
+    Error::not_found(format!(
+        "Request for unknown model: '{name}' version {version} is not found"
+    ))
 }

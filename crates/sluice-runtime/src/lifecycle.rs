@@ -55,6 +55,7 @@ impl Runtime {
                 clock: AtomicU64::new(0),
                 over_budget: AtomicBool::new(false),
                 measured: std::sync::Mutex::new(std::collections::HashMap::new()),
+                draining: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 cache,
             }),
@@ -205,8 +206,16 @@ impl Runtime {
         Ok(())
     }
 
-    /// Records a failed load: a model that serves keeps serving; one that does not is
-    /// unavailable with the reason (and one that does not exist is forgotten).
+    /// Records a failed load: a model that serves keeps serving; one of the repository
+    /// that does not is unavailable with the reason.
+    ///
+    /// A name with no folder in the repository (a load of `file:` entries, or a typo)
+    /// that does not serve is forgotten, whatever the error: the caller got the reason,
+    /// and a record would keep the server not ready (strict readiness) until someone
+    /// unloaded that name, and let the index grow by one entry per failed name. Triton
+    /// likewise counts only live models for readiness: one that failed to load is
+    /// `UNAVAILABLE`, not "not ready". The index stays bounded by the repository's
+    /// folders plus the models that serve.
     fn load_failed(&self, name: &str, error: &Error, fingerprint: Option<u64>) {
         let exists = self.inner.repository.root().join(name).is_dir();
         let mut models = self.models_mut();
@@ -215,7 +224,7 @@ impl Runtime {
             // Poll mode retries only once these files change again.
             e.fingerprint = fingerprint;
             if e.serving.is_none() {
-                if !exists && error.kind() == sluice_core::ErrorKind::NotFound {
+                if !exists {
                     models.remove(name);
                 } else {
                     e.absent = Absent::Failed(error.message().to_owned());
@@ -327,6 +336,13 @@ impl Runtime {
                 "model '{name}' keeps serving its previous versions: the new ones failed to load: {reason}"
             )));
         }
+        if new_ready == 0 && !repo.root().join(name).is_dir() {
+            // Nothing to record for a name outside the repository (see `load_failed`).
+            let reason = first_failure(&loaded);
+            return Err(Error::unavailable(format!(
+                "model '{name}' failed to load: {reason}"
+            )));
+        }
         let shell = Shell {
             config: Arc::clone(&loaded.config),
             platform: loaded.platform.clone(),
@@ -367,7 +383,7 @@ impl Runtime {
                 return if self.inner.repository.root().join(name).is_dir() {
                     Ok(())
                 } else {
-                    Err(Error::not_found(format!("unknown model '{name}'")))
+                    Err(crate::unknown_model(name))
                 };
             };
             e.phase = Phase::Unloading;
@@ -379,6 +395,9 @@ impl Runtime {
             drain(&old, &[]);
         }
         {
+            // A name with no repository folder (loaded from `file:` entries) is forgotten
+            // too, so loads and unloads of new names cannot grow the index.
+            let forget = forget || !self.inner.repository.root().join(name).is_dir();
             let mut models = self.models_mut();
             if forget {
                 models.remove(name);
@@ -540,12 +559,24 @@ fn write_files(files: &[(String, Vec<u8>)]) -> Result<tempfile::TempDir> {
         .prefix("sluice-load-")
         .tempdir()
         .map_err(|e| Error::internal(format!("cannot create a folder for the model files: {e}")))?;
+    let names: std::collections::HashSet<&Path> =
+        files.iter().map(|(p, _)| Path::new(p.as_str())).collect();
     for (path, bytes) in files {
         let rel = Path::new(path);
-        let plain = !path.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+        // `Path` drops a trailing '/' and empty or '.' parts; the file name must not.
+        let plain = !path.is_empty()
+            && !path.split('/').any(|part| part.is_empty() || part == ".")
+            && rel.components().all(|c| matches!(c, Component::Normal(_)));
         if !plain {
             return Err(Error::invalid(format!(
-                "file parameter 'file:{path}' must be a relative path such as 'file:1/model.onnx'"
+                "file parameter 'file:{path}' must be a relative path to a file such as \
+                 'file:1/model.onnx'"
+            )));
+        }
+        if let Some(folder) = rel.ancestors().skip(1).find(|a| names.contains(a)) {
+            return Err(Error::invalid(format!(
+                "file parameter 'file:{path}' is inside 'file:{}', which is a file",
+                folder.display()
             )));
         }
         let target = dir.path().join(rel);

@@ -204,3 +204,99 @@ async fn memory_budget_evicts_least_recently_used_and_reloads_on_first_use() {
     }
     rt.shutdown();
 }
+
+/// The drain's two steps: `begin_drain` turns readiness false while requests are still
+/// served; `begin_shutdown` then refuses them as unavailable (HTTP 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_serves_while_not_ready_and_shutdown_refuses() {
+    let repo = mlp_copies(&["mlp"]);
+    let rt = start(repo.path(), LifecycleConfig::default());
+    assert!(rt.ready());
+    rt.begin_drain();
+    assert!(!rt.ready());
+    assert!(rt.live());
+    let response = rt.infer("mlp", None, mlp_request()).await.unwrap();
+    assert_eq!(response.outputs.len(), 1);
+    rt.begin_shutdown();
+    assert!(!rt.ready());
+    let refused = rt.infer("mlp", None, mlp_request()).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unavailable);
+    let rt2 = rt.clone();
+    tokio::task::spawn_blocking(move || rt2.shutdown())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn failed_loads_of_names_outside_the_repository_leave_no_trace() {
+    let rt = start(&examples(), explicit(&["mlp"]));
+    assert!(rt.ready());
+    let entries = rt.index().len();
+    let config = r#"{"backend":"tract","input":[{"name":"x","data_type":"TYPE_FP32","dims":[1]}],
+        "output":[{"name":"y","data_type":"TYPE_FP32","dims":[1]}]}"#;
+    let load = |name: &str, path: &str| {
+        rt.load(
+            name,
+            &LoadOptions {
+                config: Some(config.to_owned()),
+                files: vec![(path.to_owned(), b"not an onnx file".to_vec())],
+            },
+        )
+        .unwrap_err()
+    };
+    for i in 0..20 {
+        load(&format!("uploaded{i}"), "1/model.onnx");
+    }
+    // A trailing slash names a folder, not a file: the client's mistake.
+    let err = load("slash", "1/");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("'file:1/'"), "{err}");
+    for path in ["1//model.onnx", "./1/model.onnx", "1/./model.onnx"] {
+        assert_eq!(
+            load("odd", path).kind(),
+            ErrorKind::InvalidArgument,
+            "{path}"
+        );
+    }
+    let err = rt
+        .load(
+            "nested",
+            &LoadOptions {
+                config: Some(config.to_owned()),
+                files: vec![
+                    ("1".to_owned(), Vec::new()),
+                    ("1/model.onnx".to_owned(), Vec::new()),
+                ],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        rt.ready(),
+        "a failed load of a new name must not make the server not ready"
+    );
+    assert_eq!(rt.index().len(), entries, "{:?}", rt.index());
+    assert!(rt.model_ready("mlp", None).unwrap());
+}
+
+#[test]
+fn models_loaded_from_files_are_forgotten_on_unload() {
+    let rt = start(&examples(), explicit(&[]));
+    let entries = rt.index().len();
+    let model = std::fs::read(examples().join("mlp/1/model.onnx")).unwrap();
+    let json = r#"{"backend":"tract","max_batch_size":8,
+        "input":[{"name":"input","data_type":"TYPE_FP32","dims":[784]}],
+        "output":[{"name":"probabilities","data_type":"TYPE_FP32","dims":[10]}]}"#;
+    rt.load(
+        "uploaded",
+        &LoadOptions {
+            config: Some(json.to_owned()),
+            files: vec![("1/model.onnx".to_owned(), model)],
+        },
+    )
+    .unwrap();
+    assert!(rt.model_ready("uploaded", None).unwrap());
+    rt.unload("uploaded").unwrap();
+    assert_eq!(rt.index().len(), entries);
+    assert!(rt.ready());
+}

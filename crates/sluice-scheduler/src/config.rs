@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_core::{Error, ModelConfig, Result};
+use sluice_core::{limits, Error, ModelConfig, Result};
 
 /// How a model version is scheduled.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +123,19 @@ impl SchedulerConfig {
         };
         let delay = if adaptive {
             let max = match config.parameter(ADAPTIVE_MAX_DELAY_PARAMETER) {
-                Some(v) => Duration::from_micros(v.trim().parse().map_err(|_| {
-                    Error::invalid(format!(
-                        "parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer, got '{v}'"
-                    ))
-                })?),
+                Some(v) => Duration::from_micros(
+                    v.trim()
+                        .parse()
+                        .ok()
+                        .filter(|&us| us <= limits::MAX_QUEUE_DELAY_MICROSECONDS)
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer \
+                                 in 0..={}, got '{v}'",
+                                limits::MAX_QUEUE_DELAY_MICROSECONDS
+                            ))
+                        })?,
+                ),
                 None if db.max_queue_delay_microseconds > 0 => {
                     Duration::from_micros(db.max_queue_delay_microseconds)
                 }
@@ -140,10 +148,11 @@ impl SchedulerConfig {
         let level_count = usize::try_from(db.priority_levels)
             .unwrap_or(usize::MAX)
             .max(1);
-        if db.priority_levels > 1024 {
+        if db.priority_levels > limits::MAX_PRIORITY_LEVELS {
             return Err(Error::invalid(format!(
-                "priority_levels {} is too large (at most 1024)",
-                db.priority_levels
+                "priority_levels {} is too large (at most {})",
+                db.priority_levels,
+                limits::MAX_PRIORITY_LEVELS
             )));
         }
         let default_level = if db.default_priority_level == 0 {
@@ -327,5 +336,16 @@ mod tests {
             let err = config(db, "").unwrap_err();
             assert!(err.message().contains(expect), "{db}: {err}");
         }
+        let err = config(
+            "{}",
+            r#""sluice_adaptive_max_delay_microseconds":{"string_value":"60000001"}"#,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("0..=60000000"), "{err}");
+        config(
+            "{}",
+            r#""sluice_adaptive_max_delay_microseconds":{"string_value":"60000000"}"#,
+        )
+        .unwrap();
     }
 }

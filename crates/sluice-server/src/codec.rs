@@ -3,7 +3,10 @@
 //!
 //! A binary request is `<JSON header><input bytes...>`, the header's length given by
 //! `Inference-Header-Content-Length`; inputs with `parameters.binary_data_size` take
-//! their bytes from the tail in order, as zero-copy slices of the body.
+//! their bytes from the tail in order, as zero-copy slices of the body. A request
+//! whose header length is 0 is Triton's raw binary request (see `raw`).
+//!
+//! An input's `data` nests at most `data::MAX_DATA_DEPTH` levels, Triton's limit.
 
 use std::collections::HashMap;
 
@@ -39,7 +42,7 @@ struct WireInput {
     #[serde(default)]
     parameters: Map<String, Value>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<crate::data::Data>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +60,14 @@ pub struct OutputPlan {
 }
 
 impl OutputPlan {
+    /// Every output as binary (the answer to a raw binary request, as in Triton).
+    pub fn all_binary() -> OutputPlan {
+        OutputPlan {
+            default_binary: true,
+            binary: HashMap::new(),
+        }
+    }
+
     fn is_binary(&self, name: &str) -> bool {
         self.binary
             .get(name)
@@ -103,8 +114,8 @@ pub fn decode_request(
             body.len()
         )));
     }
-    let wire: WireRequest = serde_json::from_slice(&body[..header_len])
-        .map_err(|e| Error::invalid(format!("malformed request JSON: {e}")))?;
+    let wire: WireRequest =
+        serde_json::from_slice(&body[..header_len]).map_err(crate::data::json_error)?;
     reject_shared_memory(wire.parameters.keys(), "request")?;
     let mut plan = OutputPlan {
         default_binary: bool_param(&wire.parameters, "binary_data_output", "request")?
@@ -135,9 +146,10 @@ pub fn decode_request(
     for output in wire.outputs {
         let owner = format!("output '{}'", output.name);
         check_output_parameters(output.parameters.keys(), &owner)?;
-        if let Some(b) = bool_param(&output.parameters, "binary_data", &owner)? {
-            plan.binary.insert(output.name.clone(), b);
-        }
+        // As Triton's server: a listed output is binary only when it asks to be;
+        // `binary_data_output` is the default of outputs not listed.
+        let binary = bool_param(&output.parameters, "binary_data", &owner)?.unwrap_or(false);
+        plan.binary.insert(output.name.clone(), binary);
         outputs.push(RequestedOutput { name: output.name });
     }
     Ok((
@@ -183,7 +195,7 @@ fn decode_input(input: WireInput, body: &Bytes, offset: &mut usize) -> Result<Te
             *offset = end;
             bytes
         }
-        (None, Some(data)) => json_to_bytes(&owner, datatype, &data, count)?,
+        (None, Some(data)) => json_to_bytes(&owner, datatype, &data.0, count)?,
         (None, None) => {
             return Err(Error::invalid(format!(
                 "{owner}: has neither 'data' nor 'binary_data_size'"
@@ -610,6 +622,48 @@ mod tests {
         let (b, h) = body(good.len() + 1, &good);
         let err = decode_request(&b, Some(h)).unwrap_err();
         assert!(err.message().contains("extends past the end"), "{err}");
+    }
+
+    #[test]
+    fn listed_outputs_are_binary_only_when_they_ask() {
+        let body = br#"{"inputs":[],"parameters":{"binary_data_output":true},
+            "outputs":[{"name":"a"},{"name":"b","parameters":{"binary_data":true}},
+                       {"name":"c","parameters":{"binary_data":false}}]}"#;
+        let (_, plan) = decode_request(&Bytes::from_static(body), None).unwrap();
+        assert!(
+            !plan.is_binary("a"),
+            "a listed output without binary_data is JSON"
+        );
+        assert!(plan.is_binary("b"));
+        assert!(!plan.is_binary("c"));
+        assert!(
+            plan.is_binary("d"),
+            "binary_data_output is the default of the others"
+        );
+        let (_, plan) = decode_request(&Bytes::from_static(br#"{"inputs":[]}"#), None).unwrap();
+        assert!(!plan.is_binary("d"));
+        assert!(OutputPlan::all_binary().is_binary("d"));
+    }
+
+    #[test]
+    fn data_nests_at_most_tritons_limit_deep() {
+        let request = |arrays: usize| {
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":{}1{}}}]}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            )
+        };
+        let ok = decode(&request(99)).unwrap();
+        assert_eq!(&ok.inputs[0].data[..], &1.0f32.to_le_bytes());
+        for arrays in [100, 126, 1000] {
+            let err = decode(&request(arrays)).unwrap_err();
+            assert_eq!(
+                err.message(),
+                "JSON nesting depth exceeds maximum allowed limit (100)",
+                "{arrays}"
+            );
+        }
     }
 
     #[test]

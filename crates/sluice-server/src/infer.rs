@@ -1,4 +1,5 @@
-//! `POST v2/models/{m}[/versions/{v}]/infer`: JSON and binary-tensor requests.
+//! `POST v2/models/{m}[/versions/{v}]/infer`: JSON, binary-tensor and raw binary
+//! requests, optionally compressed; responses compressed on `Accept-Encoding`.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -7,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
-use sluice_core::{Error, ErrorKind, InferRequest};
+use sluice_core::InferRequest;
 
+use crate::body::{compress_response, content_encoding, read_body, response_coding, Coding};
 use crate::codec::{decode_request, encode_response, OutputPlan};
 use crate::models::parse_version;
+use crate::raw::decode_raw_request;
 use crate::{ApiError, AppState};
 
 /// Triton's header giving the length of the JSON part of a binary request or response.
@@ -51,47 +54,57 @@ async fn run(
     // An unknown or unavailable model is reported before the body is read.
     s.runtime.check_servable(model, version)?;
     let started = std::time::Instant::now();
-    let (request, plan) = match receive(s, headers, body).await {
+    let (request, plan) = match receive(s, model, version, headers, body).await {
         Ok(received) => received,
         Err(e) => {
             s.runtime.record_invalid(model, version, started.elapsed());
             return Err(e);
         }
     };
+    let coding = response_coding(headers);
     let response = s.runtime.infer(model, version, request).await?;
     let encoded = encode_response(&response, &plan)?;
-    if encoded.binary.is_empty() {
-        let mut r = Response::new(Body::from(encoded.json));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return Ok(r);
-    }
     let json_len = encoded.json.len();
-    let total = json_len + encoded.binary.iter().map(Bytes::len).sum::<usize>();
-    let mut out = BytesMut::with_capacity(total);
-    out.extend_from_slice(&encoded.json);
-    for part in &encoded.binary {
-        out.extend_from_slice(part);
+    let binary = !encoded.binary.is_empty();
+    let content = if coding == Coding::Identity {
+        let total = json_len + encoded.binary.iter().map(Bytes::len).sum::<usize>();
+        let mut out = BytesMut::with_capacity(total);
+        out.extend_from_slice(&encoded.json);
+        for part in &encoded.binary {
+            out.extend_from_slice(part);
+        }
+        out.freeze()
+    } else {
+        Bytes::from(compress_response(coding, encoded.json, encoded.binary).await?)
+    };
+    let mut r = (StatusCode::OK, content).into_response();
+    let h = r.headers_mut();
+    let content_type = if binary {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if binary {
+        // The length of the JSON part before compression, as Triton sends it.
+        h.insert(HEADER_LENGTH, HeaderValue::from(json_len));
     }
-    let mut r = (StatusCode::OK, out.freeze()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    r.headers_mut()
-        .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    if let Some(encoding) = content_encoding(coding) {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     Ok(r)
 }
 
-/// Reads and decodes the body of an inference request.
+/// Reads and decodes the body of an inference request: JSON, JSON with binary
+/// tensors behind it, or (header length 0) one raw binary input.
 async fn receive(
     s: &AppState,
+    model: &str,
+    version: Option<u64>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(InferRequest, OutputPlan), ApiError> {
-    let body = read_body(headers, body, s.config.max_body_bytes).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -105,41 +118,11 @@ async fn receive(
                 })?,
         ),
     };
+    // The header length counts bytes of the body once decompressed.
+    let body = read_body(headers, body, s.config.max_body_bytes).await?;
+    if header_len == Some(0) {
+        let signature = s.runtime.model_metadata(model, version)?.signature;
+        return Ok(decode_raw_request(body, &signature)?);
+    }
     Ok(decode_request(&body, header_len)?)
-}
-
-/// Reads the whole body, refusing bodies over `limit` (413) and compressed bodies.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
-        if enc.as_bytes() != b"identity" {
-            return Err(ApiError(Error::unsupported(format!(
-                "Content-Encoding {enc:?} is not supported; send the body uncompressed"
-            ))));
-        }
-    }
-    let too_large = || {
-        ApiError(Error::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "the request body is larger than the limit of {limit} bytes (--max-body-bytes)"
-            ),
-        ))
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let limited = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit exceeded"))
-            || e.to_string().contains("length limit exceeded");
-        if limited {
-            too_large()
-        } else {
-            ApiError::invalid(format!("cannot read the request body: {e}"))
-        }
-    })
 }

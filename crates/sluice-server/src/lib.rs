@@ -10,7 +10,9 @@
 //! builds the router without binding a socket, so handler tests drive it with
 //! `tower::ServiceExt::oneshot`.
 
+mod body;
 mod codec;
+mod data;
 mod error;
 pub mod grpc;
 mod health;
@@ -19,11 +21,15 @@ mod listener;
 mod logging;
 mod metrics;
 mod models;
+mod raw;
 mod repository;
 mod stats;
 mod trace;
 mod wire;
 
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sluice_runtime::Runtime;
 
@@ -59,8 +65,11 @@ pub(crate) struct AppState {
     pub config: HttpConfig,
 }
 
-/// The v2 HTTP router over a runtime.
+/// The v2 HTTP router over a runtime. Every error it answers is JSON
+/// (`{"error": ...}`), axum's own rejections included, and every body it reads is
+/// bounded by `max_body_bytes`.
 pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
+    let limit = config.max_body_bytes;
     let state = AppState { runtime, config };
     Router::new()
         .merge(health::router())
@@ -71,22 +80,150 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .merge(logging::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(DefaultBodyLimit::max(limit))
         .layer(TraceContextLayer)
+}
+
+/// Turns an error response that is not JSON (axum's extractor rejections, 405s,
+/// body-limit 413s) into `{"error": "<its text>"}` with the same status and headers,
+/// so a client always gets an error body it can read.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut json = (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    json.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    json
+}
+
+/// Bounds on the HTTP connections one server holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once (0: no limit); see [`LimitedListener`].
+    pub max_connections: usize,
+    /// A request head (request line and headers) must arrive whole within this time,
+    /// counted from the accept and, on a keep-alive connection, from the end of the
+    /// previous response; else the connection is closed. Idle and slowloris clients
+    /// therefore cannot hold the `max_connections` slots. `None`: no bound.
+    pub header_read_timeout: Option<std::time::Duration>,
+}
+
+/// hyper's own default for `header_read_timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl ConnectionLimits {
+    pub fn new(max_connections: usize) -> Self {
+        ConnectionLimits {
+            max_connections,
+            header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish. At most `max_connections` connections are open at once (0: no
-/// limit); see [`LimitedListener`].
+/// limit); see [`LimitedListener`]. Request heads must arrive within
+/// [`DEFAULT_HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        LimitedListener::new(listener, max_connections),
-        router.into_make_service(),
+    serve_with(
+        listener,
+        router,
+        ConnectionLimits::new(max_connections),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// [`serve`] with the given [`ConnectionLimits`]. The accept loop is axum's
+/// (`axum::serve`), with hyper's header-read timeout set, which `axum::serve` cannot
+/// configure.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut listener =
+        LimitedListener::new(listener, limits.max_connections, limits.header_read_timeout);
+    // Dropping `signal_rx` tells the connections to finish; each holds a `close_rx`
+    // clone until it is done, so `close_tx.closed()` waits for all of them.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(signal_rx);
+    });
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (io, _addr) = tokio::select! {
+            conn = axum::serve::Listener::accept(&mut listener) => conn,
+            () = signal_tx.closed() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let signal_tx = signal_tx.clone();
+        let close_rx = close_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            if let Some(timeout) = limits.header_read_timeout {
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout);
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let mut conn = std::pin::pin!(conn);
+            let mut finishing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::trace!(%error, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = signal_tx.closed(), if !finishing => {
+                        finishing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(close_rx);
+        });
+    }
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+    Ok(())
 }

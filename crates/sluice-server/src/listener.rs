@@ -7,12 +7,19 @@
 //! limit the listener stops accepting: new connections wait in the kernel's backlog
 //! until one closes (as nginx does at `worker_connections`), and every connection
 //! that is accepted is served normally.
+//!
+//! A connection must send its first byte within the header-read timeout, or its reads
+//! fail and it closes: hyper's own header timeout starts only once it knows the
+//! protocol, and detecting HTTP/1 or HTTP/2 waits for the first bytes, so a client that
+//! never sends one would otherwise hold its slot for good.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,11 +29,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    first_byte_timeout: Option<Duration>,
 }
 
 impl LimitedListener {
-    /// `max` 0 means no limit.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// `max` 0 means no limit; a connection silent for `first_byte_timeout` after
+    /// the accept is closed.
+    pub fn new(inner: TcpListener, max: usize, first_byte_timeout: Option<Duration>) -> Self {
         let max = if max == 0 {
             Semaphore::MAX_PERMITS
         } else {
@@ -35,6 +44,7 @@ impl LimitedListener {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max)),
+            first_byte_timeout,
         }
     }
 }
@@ -42,6 +52,8 @@ impl LimitedListener {
 /// An accepted connection; its slot frees when it is dropped.
 pub struct LimitedStream {
     stream: TcpStream,
+    /// Until the first byte arrives: when the connection times out.
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -59,6 +71,9 @@ impl axum::serve::Listener for LimitedListener {
         (
             LimitedStream {
                 stream,
+                first_byte: self
+                    .first_byte_timeout
+                    .map(|t| Box::pin(tokio::time::sleep(t))),
                 _slot: slot,
             },
             addr,
@@ -76,7 +91,21 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Some(deadline) = self.first_byte.as_mut() {
+            match &poll {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        poll
     }
 }
 

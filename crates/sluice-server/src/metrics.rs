@@ -40,6 +40,7 @@ pub fn metrics_app(runtime: Runtime, config: MetricsConfig) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(MetricsState { runtime, config })
+        .layer(axum::middleware::map_response(crate::json_errors))
 }
 
 async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {

@@ -6,8 +6,9 @@
 //! and unloads block (they build engines, or wait for in-flight requests), so they run
 //! on tokio's blocking pool.
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -173,10 +174,21 @@ fn params(map: serde_json::Map<String, Value>) -> Result<Vec<(String, Param)>> {
         .collect()
 }
 
+/// Reads a control body under `--max-body-bytes` (compressed or not), like infer bodies.
+async fn read(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> std::result::Result<Bytes, ApiError> {
+    crate::body::read_body(headers, body, s.config.max_body_bytes).await
+}
+
 async fn index(
     State(s): State<AppState>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> std::result::Result<impl IntoResponse, ApiError> {
+    let body = read(&s, &headers, body).await?;
     let request: IndexRequest = parse_body(&body, "index request")?;
     let rows: Vec<Value> = index_rows(&s.runtime, request.ready)
         .into_iter()
@@ -200,8 +212,10 @@ async fn index(
 async fn load(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> std::result::Result<impl IntoResponse, ApiError> {
+    let body = read(&s, &headers, body).await?;
     let request: ControlRequest = parse_body(&body, "load request")?;
     let options = load_options(params(request.parameters)?)?;
     run_load(s.runtime.clone(), model, options).await?;
@@ -211,8 +225,10 @@ async fn load(
 async fn unload(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> std::result::Result<impl IntoResponse, ApiError> {
+    let body = read(&s, &headers, body).await?;
     let request: ControlRequest = parse_body(&body, "unload request")?;
     check_unload_params(params(request.parameters)?)?;
     run_unload(s.runtime.clone(), model).await?;

@@ -211,15 +211,17 @@ pub fn scheduling(
             ))
         })?,
     };
+    // Longer than `MAX_TIMEOUT` is cut to it, so `now + timeout` never overflows.
     let timeout = match timeout_us {
         None | Some(0) => None,
-        Some(t) => Some(std::time::Duration::from_micros(u64::try_from(t).map_err(
-            |_| {
+        Some(t) => Some(
+            std::time::Duration::from_micros(u64::try_from(t).map_err(|_| {
                 Error::invalid(format!(
                     "parameter 'timeout' must be a non-negative number of microseconds, got {t}"
                 ))
-            },
-        )?)),
+            })?)
+            .min(sluice_core::limits::MAX_TIMEOUT),
+        ),
     };
     Ok((priority, timeout))
 }
@@ -238,6 +240,15 @@ mod tests {
         assert!(w.int(-1).is_err());
         let mut w = ElementWriter::new("input 'x'", DataType::F32, 1);
         assert!(w.int(1).is_err(), "integers do not go into float tensors");
+    }
+
+    #[test]
+    fn huge_timeouts_are_cut_to_the_limit() {
+        let (_, timeout) = scheduling(None, Some(i128::from(u64::MAX))).unwrap();
+        assert_eq!(timeout, Some(sluice_core::limits::MAX_TIMEOUT));
+        let (_, timeout) = scheduling(None, Some(5)).unwrap();
+        assert_eq!(timeout, Some(std::time::Duration::from_micros(5)));
+        assert!(scheduling(None, Some(-1)).is_err());
     }
 
     #[test]

@@ -138,11 +138,17 @@ async fn model_metadata_with_and_without_version() {
     );
     let r = get(examples(), "/v2/models/mlp/versions/2").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.json()["error"], "model 'mlp' has no version 2");
+    assert_eq!(
+        r.json()["error"],
+        "Request for unknown model: 'mlp' version 2 is not found"
+    );
     let r = get(examples(), "/v2/models/nope/config").await;
     assert_eq!(
         (r.status, r.json()["error"].clone()),
-        (StatusCode::NOT_FOUND, json!("unknown model 'nope'"))
+        (
+            StatusCode::NOT_FOUND,
+            json!("Request for unknown model: 'nope' is not found")
+        )
     );
     let r = get(examples(), "/v2/models/cnn/config").await;
     assert_eq!(r.json()["max_batch_size"], 4);
@@ -224,9 +230,9 @@ async fn binary_infer_round_trip() {
 async fn errors_are_json_with_the_right_status() {
     let cases = [
         ("/v2/models/mixed/infer", "{".to_owned(), StatusCode::BAD_REQUEST, "malformed request JSON"),
-        ("/v2/models/nope/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "unknown model 'nope'"),
-        ("/v2/models/mixed/versions/9/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "no version 9"),
-        ("/v2/models/mixed/infer", json!({"inputs": []}).to_string(), StatusCode::BAD_REQUEST, "missing input 'a'"),
+        ("/v2/models/nope/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/mixed/versions/9/infer", "{}".to_owned(), StatusCode::NOT_FOUND, "'mixed' version 9 is not found"),
+        ("/v2/models/mixed/infer", json!({"inputs": []}).to_string(), StatusCode::BAD_REQUEST, "missing required input(s) ['a','b','h']"),
         (
             "/v2/models/mlp/infer",
             json!({"inputs": [{"name": "input", "shape": [33, 784], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}).to_string(),
@@ -437,7 +443,7 @@ async fn repository_bad_requests() {
             "/v2/repository/models/nope/unload",
             "",
             StatusCode::NOT_FOUND,
-            "unknown model 'nope'",
+            "Request for unknown model: 'nope' is not found",
         ),
         (
             "/v2/repository/models/mlp/load",
@@ -490,4 +496,135 @@ async fn load_and_unload_need_explicit_mode() {
     assert!(r.json()["error"].as_str().unwrap().contains("explicit"));
     let r = get(examples(), "/v2/models/mlp/ready").await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// The mlp's answer to `x`, decoded from a binary response body.
+fn probabilities(r: &Reply) -> Vec<f32> {
+    let n: usize = r.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    r.body[n..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn raw_and_compressed_requests_and_compressed_responses_agree() {
+    use std::io::{Read, Write};
+    let x: Vec<u8> = (0..784)
+        .flat_map(|i| (i as f32 / 392.0 - 1.0).to_le_bytes())
+        .collect();
+    // Triton's raw binary request: the body is the one input.
+    let raw = call(
+        examples(),
+        Request::post("/v2/models/mlp/infer")
+            .header("Inference-Header-Content-Length", "0")
+            .body(Body::from(x.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(raw.status, StatusCode::OK, "{:?}", raw.body);
+    let expected = probabilities(&raw);
+    assert_eq!(expected.len(), 10);
+    // The same as a JSON request, gzip-compressed, answered deflate-compressed.
+    let json_body = json!({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
+        "data": x.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>()}],
+        "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json_body.as_bytes()).unwrap();
+    let r = call(
+        examples(),
+        Request::post("/v2/models/mlp/infer")
+            .header("Content-Encoding", "gzip")
+            .header("Accept-Encoding", "deflate")
+            .body(Body::from(gz.finish().unwrap()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.headers["content-encoding"], "deflate");
+    let mut plain = Vec::new();
+    flate2::read::ZlibDecoder::new(&r.body[..])
+        .read_to_end(&mut plain)
+        .unwrap();
+    let inflated = Reply {
+        status: r.status,
+        headers: r.headers,
+        body: plain.into(),
+    };
+    assert_eq!(probabilities(&inflated), expected);
+    // A raw request to a model with several inputs is refused.
+    let r = call(
+        examples(),
+        Request::post("/v2/models/mixed/infer")
+            .header("Inference-Header-Content-Length", "0")
+            .body(Body::from(vec![0u8; 16]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Raw request must only have 1 input"));
+}
+
+#[tokio::test]
+async fn listed_outputs_are_binary_only_when_they_ask() {
+    let mut request = mixed_request();
+    request["parameters"] = json!({"binary_data_output": true});
+    request["outputs"] =
+        json!([{"name": "sum"}, {"name": "h2", "parameters": {"binary_data": true}}]);
+    let r = post(examples(), "/v2/models/mixed/infer", request.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let n: usize = r.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let meta: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+    assert_eq!(meta["outputs"][0]["data"], json!([1.5, 1.0, 5.0, -1.0]));
+    assert_eq!(meta["outputs"][1]["parameters"]["binary_data_size"], 8);
+    assert_eq!(r.body.len() - n, 8);
+}
+
+#[tokio::test]
+async fn load_bodies_obey_max_body_bytes_and_framework_errors_are_json() {
+    // Over axum's default 2 MiB, under --max-body-bytes: read (and then refused for
+    // what it says, not for its size).
+    let big = format!("{{\"parameters\": {{\"x\": \"{}\"}}}}", "A".repeat(3 << 20));
+    let r = post(explicit(&[]), "/v2/repository/models/mlp/load", big.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.json());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown load parameter 'x'"));
+    // Over --max-body-bytes: a JSON 413.
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| runtime("examples/models")).clone();
+    let small = app(
+        rt,
+        HttpConfig {
+            max_body_bytes: 1 << 20,
+            ..HttpConfig::default()
+        },
+    );
+    for uri in [
+        "/v2/repository/models/mlp/load",
+        "/v2/repository/index",
+        "/v2/logging",
+    ] {
+        let r = post(small.clone(), uri, big.clone()).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+        assert!(r.json()["error"].is_string(), "{uri}");
+    }
+    // axum's own rejections (405, a bad path) answer JSON too.
+    let r = get(examples(), "/v2/models/mlp/infer").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.json()["error"].is_string());
+    assert_eq!(r.headers["content-type"], "application/json");
 }

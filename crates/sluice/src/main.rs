@@ -62,6 +62,14 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     http_max_connections: usize,
 
+    /// Seconds an HTTP client has to send a whole request head (request line and
+    /// headers), counted from the accept and, on a keep-alive connection, from the
+    /// previous response (so it is also the idle keep-alive timeout); slower or silent
+    /// connections are closed and cannot hold --http-max-connections slots (0: no bound).
+    #[arg(long, env = "SLUICE_HTTP_HEADER_READ_TIMEOUT", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    http_header_read_timeout: f64,
+
     /// Address to listen on for gRPC (default: the HTTP address).
     #[arg(long, env = "SLUICE_GRPC_ADDRESS")]
     grpc_address: Option<std::net::IpAddr>,
@@ -144,6 +152,14 @@ struct ServeArgs {
     /// idle ones are unloaded to stay under it; requests to them wait for the reload.
     #[arg(long, env = "SLUICE_MODEL_MEMORY_BUDGET")]
     model_memory_budget: Option<u64>,
+
+    /// Seconds after SIGTERM during which new requests are still answered while
+    /// readiness already reports 503, so that Kubernetes removes the pod from its
+    /// Service endpoints (and kube-proxy, ingresses and meshes follow, which takes a
+    /// few seconds) before anything is refused. Then new requests get 503, accepted
+    /// ones finish, and the process exits 0. A second signal ends the grace at once.
+    #[arg(long, env = "SLUICE_DRAIN_GRACE_SECS", default_value_t = 0.0)]
+    drain_grace_secs: f64,
 
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -318,6 +334,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--load-model needs --model-control-mode explicit"
     );
     anyhow::ensure!(
+        args.drain_grace_secs.is_finite() && args.drain_grace_secs >= 0.0,
+        "--drain-grace-secs must be a number of seconds >= 0"
+    );
+    anyhow::ensure!(
         args.model_memory_budget != Some(0),
         "--model-memory-budget must be at least 1 byte"
     );
@@ -359,7 +379,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("sluice-io")
         .build()?;
     tokio.block_on(async {
-        let signal = shutdown_signal()?;
+        let mut signals = Signals::new()?;
+        let grace = std::time::Duration::from_secs_f64(args.drain_grace_secs);
         // gRPC is bound first: the "listening" lines come out gRPC, then HTTP.
         let grpc_addr = SocketAddr::new(
             args.grpc_address.unwrap_or(args.http_address),
@@ -414,14 +435,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         {
             let runtime = runtime.clone();
             tokio::spawn(async move {
-                signal.await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                runtime.begin_shutdown();
+                signals.next().await;
+                drain(&runtime, grace, &mut signals).await;
                 let _ = stop.send(true);
             });
         }
         let http = async {
-            sluice_server::serve(listener, router, args.http_max_connections, until_stopped())
+            let limits = sluice_server::ConnectionLimits {
+                max_connections: args.http_max_connections,
+                header_read_timeout: (args.http_header_read_timeout > 0.0)
+                    .then(|| std::time::Duration::from_secs_f64(args.http_header_read_timeout)),
+            };
+            sluice_server::serve_with(listener, router, limits, until_stopped())
                 .await
                 .context("HTTP server failed")
         };
@@ -458,26 +483,80 @@ fn sluice_repository_options(default_max_batch_size: i32) -> sluice_runtime::Rep
     }
 }
 
-/// Listens for SIGINT and SIGTERM from the moment it is called (so a signal that
-/// arrives before the servers run is not lost to the default action), and resolves on
-/// the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {},
-                _ = terminate.recv() => {},
-            }
-        })
+/// The drain after the first signal: readiness false at once; new requests still
+/// answered for `grace` (or until a second signal); then new requests refused with
+/// 503 while the listeners stay open until every accepted request is answered (so a
+/// late client gets a clear 503, not a refused connection). The servers stop after.
+async fn drain(runtime: &Runtime, grace: std::time::Duration, signals: &mut Signals) {
+    runtime.begin_drain();
+    if !grace.is_zero() {
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: not ready; still accepting requests for the drain grace"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            () = signals.next() => tracing::info!("second signal: drain grace ended early"),
+        }
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+    tracing::info!("shutting down: refusing new requests, finishing in-flight requests");
+    runtime.begin_shutdown();
+    let busy = || {
+        runtime
+            .stats(None, None)
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.stats.in_flight() > 0 || v.queue_len > 0)
+    };
+    while busy() {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// How often the drain checks whether accepted requests are all answered.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// SIGINT and SIGTERM, listened for from the moment [`Signals::new`] is called (so a
+/// signal that arrives before the servers run is not lost to the default action).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
-        })
+        }
+    }
+}
+
+/// A number of seconds: finite, 0 or more, at most a day.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!("'{text}' is not a number of seconds in 0..=86400")),
     }
 }

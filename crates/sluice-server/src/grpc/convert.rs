@@ -92,7 +92,7 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
-    Some(match unit {
+    let timeout = match unit {
         "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
         "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
         "S" => std::time::Duration::from_secs(n),
@@ -100,7 +100,8 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time
         "u" => std::time::Duration::from_micros(n),
         "n" => std::time::Duration::from_nanos(n),
         _ => return None,
-    })
+    };
+    Some(timeout.min(sluice_core::limits::MAX_TIMEOUT))
 }
 
 /// An integer request parameter (`int64_param` or `uint64_param`).
@@ -309,6 +310,9 @@ mod tests {
         }
         m.insert("grpc-timeout", "12x".parse().unwrap());
         assert_eq!(grpc_timeout(&m), None);
+        // Past 24 h the deadline is cut, so `now + timeout` cannot overflow.
+        m.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(sluice_core::limits::MAX_TIMEOUT));
     }
 
     fn raw_request(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> ModelInferRequest {

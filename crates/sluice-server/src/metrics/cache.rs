@@ -6,6 +6,9 @@ use sluice_runtime::{CacheStats, VersionStats};
 
 use super::Writer;
 
+/// A metric family read off each version: name, help and the figure.
+type PerVersion = (&'static str, &'static str, fn(&VersionStats) -> u64);
+
 /// Sluice's names. Nothing is written when no cache is configured.
 pub(super) fn native(out: &mut Writer, versions: &[VersionStats], cache: Option<CacheStats>) {
     let Some(c) = cache else {
@@ -25,7 +28,7 @@ pub(super) fn native(out: &mut Writer, versions: &[VersionStats], cache: Option<
         out.family(name, kind, help);
         out.sample(name, &[], value as f64);
     }
-    let per_version: [(&str, &str, fn(&VersionStats) -> u64); 2] = [
+    let per_version: [PerVersion; 2] = [
         (
             "sluice_model_cache_hits_total",
             "Requests of the model version answered from the response cache.",
@@ -52,7 +55,7 @@ pub(super) fn native(out: &mut Writer, versions: &[VersionStats], cache: Option<
 
 /// Triton's per-model cache metrics (durations in microseconds).
 pub(super) fn triton(out: &mut Writer, versions: &[VersionStats]) {
-    let families: [(&str, &str, fn(&VersionStats) -> u64); 4] = [
+    let families: [PerVersion; 4] = [
         (
             "nv_cache_num_hits_per_model",
             "Number of cache hits per model",
