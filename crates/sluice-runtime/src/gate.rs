@@ -104,10 +104,9 @@ mod tests {
         // generous pause (this only checks that it did not run; no timing is assumed
         // for the release below).
         assert!(ran.recv_timeout(Duration::from_millis(200)).is_err());
-        let mut writer = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("m"))
-            .unwrap();
+        let pipe = dir.path().join("m");
+        let open_writer = || std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        let mut writer = open_writer();
         writer.write_all(b"1").unwrap();
         ran.recv().unwrap();
         assert!(
@@ -116,10 +115,7 @@ mod tests {
         );
         drop(writer); // closing the test's end does not open the gate
         assert!(ran.recv_timeout(Duration::from_millis(100)).is_err());
-        let mut writer = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("m"))
-            .unwrap();
+        let mut writer = open_writer();
         writer.write_all(b"2").unwrap();
         ran.recv().unwrap();
         worker.join().unwrap();

@@ -383,6 +383,16 @@ pub fn encode_response(response: &InferResponse, plan: &OutputPlan) -> Result<En
 mod tests {
     use super::*;
 
+    /// The answer of model `m` version 1 with these outputs.
+    fn answer(outputs: Vec<Tensor>) -> InferResponse {
+        InferResponse {
+            model_name: "m".into(),
+            model_version: 1,
+            id: None,
+            outputs,
+        }
+    }
+
     fn decode(json: &str) -> Result<InferRequest> {
         decode_request(&Bytes::from(json.to_owned()), None).map(|(r, _)| r)
     }
@@ -468,12 +478,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{dt}: {e}"));
             assert_eq!(&req.inputs[0].data[..], &bytes[..], "{dt}");
             // And back to JSON.
-            let resp = InferResponse {
-                model_name: "m".into(),
-                model_version: 1,
-                id: None,
-                outputs: req.inputs,
-            };
+            let resp = answer(req.inputs);
             let enc = encode_response(&resp, &OutputPlan::default()).unwrap();
             let v: Value = serde_json::from_slice(&enc.json).unwrap();
             let back: Value = serde_json::from_str(data).unwrap();
@@ -550,12 +555,7 @@ mod tests {
         .unwrap();
         let expect = sluice_core::serialize_bytes(["", "caf\u{e9}", "a\"b"]).unwrap();
         assert_eq!(req.inputs[0].data, expect);
-        let resp = InferResponse {
-            model_name: "m".into(),
-            model_version: 1,
-            id: None,
-            outputs: req.inputs,
-        };
+        let resp = answer(req.inputs);
         let enc = encode_response(&resp, &OutputPlan::default()).unwrap();
         let v: Value = serde_json::from_slice(&enc.json).unwrap();
         assert_eq!(

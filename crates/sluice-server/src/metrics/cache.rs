@@ -40,17 +40,7 @@ pub(super) fn native(out: &mut Writer, versions: &[VersionStats], cache: Option<
             |v| v.stats.cache_miss.get().0,
         ),
     ];
-    for (name, help, figure) in per_version {
-        out.family(name, "counter", help);
-        for v in versions {
-            let version = v.version.to_string();
-            out.sample(
-                name,
-                &[("model", &v.name), ("version", &version)],
-                figure(v) as f64,
-            );
-        }
-    }
+    write_per_version(out, versions, &per_version);
 }
 
 /// Triton's per-model cache metrics (durations in microseconds).
@@ -77,7 +67,12 @@ pub(super) fn triton(out: &mut Writer, versions: &[VersionStats]) {
             |v| v.stats.cache_miss.get().1 / 1000,
         ),
     ];
-    for (name, help, figure) in families {
+    write_per_version(out, versions, &families);
+}
+
+/// One counter family per entry, one sample per model version.
+fn write_per_version(out: &mut Writer, versions: &[VersionStats], families: &[PerVersion]) {
+    for &(name, help, figure) in families {
         out.family(name, "counter", help);
         for v in versions {
             let version = v.version.to_string();
