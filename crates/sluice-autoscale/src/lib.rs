@@ -15,7 +15,10 @@
 
 pub mod policy;
 pub mod profile;
+pub mod report;
 pub mod rng;
+pub mod sim;
+pub mod trace;
 
 /// Errors of this crate: all are problems with what the user gave (config, profile,
 /// trace), reported with what to fix.
