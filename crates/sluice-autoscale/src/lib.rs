@@ -13,6 +13,8 @@
 //! seconds passed in, so the same `decide` runs in the simulator, in tests with exact
 //! instants, and behind a server's gauge; and a simulated day takes seconds.
 
+pub mod plan;
+pub mod plot;
 pub mod policy;
 pub mod profile;
 pub mod report;

@@ -140,7 +140,7 @@ impl TraceSpec {
         let mut out = Vec::new();
         match self {
             TraceSpec::Poisson { rate, seconds } => {
-                piecewise(&mut rng, &mut out, 0.0, *seconds, *rate)
+                piecewise(&mut rng, &mut out, 0.0, *seconds, *rate);
             }
             TraceSpec::Step { rates, every } => {
                 for (i, r) in rates.iter().enumerate() {

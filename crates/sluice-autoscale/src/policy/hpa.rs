@@ -502,10 +502,7 @@ mod tests {
         assert_eq!(metric_recommendation(&o, &cfg), Some(10));
         o.arrivals = 0;
         // zero load: the min bound (1)
-        assert_eq!(
-            decide(&o, &mut HpaState::default(), &cfg.clone()).replicas,
-            2
-        ); // window holds 2
+        assert_eq!(decide(&o, &mut HpaState::default(), &cfg).replicas, 2); // window holds 2
         let mut c = cfg;
         c.scale_down.stabilization_window_s = 0.0;
         assert_eq!(decide(&o, &mut HpaState::default(), &c).replicas, 1);
