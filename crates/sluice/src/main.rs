@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_runtime::{ControlMode, LifecycleConfig, Runtime, RuntimeConfig};
 use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
+mod autoscale;
 mod engines;
 
 /// Connections the metrics port keeps open at once.
@@ -36,6 +37,12 @@ enum Command {
     /// Load a KServe v2 server (Sluice or any other) and measure it: MLPerf scenarios,
     /// concurrency and rate sweeps, JSON report and plot.
     Bench(sluice_bench::BenchArgs),
+    /// Replay an arrival trace against replicas described by a profile and compare
+    /// autoscaling policies (HPA, KEDA, Knative, Ray Serve, INFaaS, Sluice's SLO-aware).
+    Simulate(autoscale::SimulateArgs),
+    /// Choose per pipeline stage the hardware classes, batch size and replicas of lowest
+    /// cost whose simulated p99 meets the objective.
+    Plan(autoscale::PlanArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -205,6 +212,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => sluice_bench::main(args),
+        Command::Simulate(args) => autoscale::simulate(args),
+        Command::Plan(args) => autoscale::plan(args),
     }
 }
 
