@@ -139,7 +139,7 @@ def calibrate(out, rate, seconds, slo_ms):
         # warm the model, then measure only the open-loop run
         bench(port, "wide", out, "--scenario", "single-stream", "--duration", "2", "--warmup", "0")
         before = histogram(mport, "wide")
-        run = bench(port, "wide", out, "--scenario", "server", "--target-qps", str(rate),
+        run = bench(port, "wide", out, "--scenario", "server", "--target-qps", str(rate), "--latency-bound-ms", str(slo_ms),
                     "--duration", str(seconds), "--warmup", "0", "--seed", "7")
         after = histogram(mport, "wide")
     finally:

@@ -154,3 +154,37 @@ def test_plan_errors(tmp_path):
     p = run("plan", "--ensemble", tmp_path / "pipe", "--profiles", profiles, "--trace", "poisson:rate=1,seconds=1",
             "--slo-ms", 10, check=False)
     assert p.returncode != 0 and 'no profile' in p.stderr and '"pre"' in p.stderr
+
+
+def test_slo_overlay_scales_on_the_envelope_over_the_printed_capacity(tmp_path):
+    """deploy/overlays/slo: a KEDA ScaledObject on the Deployment, AverageValue over the
+    documented envelope query (so KEDA's HPA computes ceil(envelope / capacity)), never
+    below one replica, scale-down after the SLO policy's 120-s window; its threshold is a
+    capacity in the unit `sluice simulate` prints."""
+    import shutil
+    import yaml  # from tests/python/requirements.txt (the deploy tests use it)
+    from conftest import ROOT
+
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy/overlays/slo")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    objs = [o for o in yaml.safe_load_all(out.stdout) if o]
+    (so,) = [o for o in objs if o["kind"] == "ScaledObject"]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    assert "replicas" not in dep["spec"]
+    assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert so["spec"]["minReplicaCount"] == 1
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 120
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    (trig,) = so["spec"]["triggers"]
+    assert trig["metricType"] == "AverageValue" and float(trig["metadata"]["threshold"]) > 0
+    assert trig["metadata"]["query"] in (ROOT / "deploy/README.md").read_text()
+    # the unit of the threshold: what `sluice simulate` prints for a profile (8 rows in
+    # 10 ms mean -> 800/s x 0.85 headroom = 680 req/s)
+    prof = profile(tmp_path, "p.json", batches=((1, 2.0, 3.0), (8, 10.0, 10.0)))
+    p = run("simulate", "--profile", prof, "--trace", "poisson:rate=10,seconds=10", "--slo-ms", 50)
+    assert "sluice-slo capacity: 680.0 req/s per replica" in p.stdout, p.stdout

@@ -44,7 +44,7 @@ from test_metrics import PROMETHEUS, promql, start_prometheus
 DEPLOY = ROOT / "deploy"
 CRDS = ROOT / "tests" / "data" / "crds"
 KUSTOMIZATIONS = ["base", "overlays/models-volume", "overlays/hpa", "overlays/keda",
-                  "overlays/kserve", "prometheus-adapter"]
+                  "overlays/kserve", "prometheus-adapter", "overlays/slo"]
 OLDEST_KUBERNETES = "1.29"
 REQUIRE = os.environ.get("SLUICE_REQUIRE_KUBE") == "1"
 
