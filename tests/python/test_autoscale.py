@@ -159,7 +159,7 @@ def test_plan_errors(tmp_path):
 def test_slo_overlay_scales_on_the_envelope_over_the_printed_capacity(tmp_path):
     """deploy/overlays/slo: a KEDA ScaledObject on the Deployment, AverageValue over the
     documented envelope query (so KEDA's HPA computes ceil(envelope / capacity)), never
-    below one replica, scale-down after the SLO policy's 120-s window; its threshold is a
+    below one replica, scale-down after the SLO policy's 300-s window; its threshold is a
     capacity in the unit `sluice simulate` prints."""
     import shutil
     import yaml  # from tests/python/requirements.txt (the deploy tests use it)
@@ -178,7 +178,7 @@ def test_slo_overlay_scales_on_the_envelope_over_the_printed_capacity(tmp_path):
     assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     assert so["spec"]["minReplicaCount"] == 1
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 120
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
     (trig,) = so["spec"]["triggers"]
     assert trig["metricType"] == "AverageValue" and float(trig["metadata"]["threshold"]) > 0
