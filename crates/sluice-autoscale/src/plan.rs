@@ -247,9 +247,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
                 .min_by(|a, b| a.1 .0.p50_s(1).total_cmp(&b.1 .0.p50_s(1)))
                 .expect("checked: not empty");
             let p = &st.classes[fast].0;
-            let b = p
-                .best_batch(input.slo_s / n_stages as f64)
-                .map_or(1, |x| x.0);
+            // the batch of highest throughput within the whole objective (greedy moves
+            // may lower it); the largest one when none fits
+            let b = p.best_batch(input.slo_s).map_or(p.max_batch(), |x| x.0);
             let n = ((mean_rate / p.throughput(b)).ceil() as u32).clamp(1, input.max_replicas);
             let mut counts = vec![0; st.classes.len()];
             counts[fast] = n;
@@ -277,6 +277,19 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
                 la.total_cmp(&lb)
             });
         let Some(i) = bottleneck else {
+            // every stage at the bound: a last try at each stage's largest batch
+            let widest: Vec<Choice> = current
+                .iter()
+                .zip(&input.stages)
+                .map(|(c, st)| Choice {
+                    counts: c.counts.clone(),
+                    max_batch: batch_sizes(st).last().copied().unwrap_or(1),
+                })
+                .collect();
+            if widest != current && s.eval(&widest).feasible {
+                current = widest;
+                break;
+            }
             return Err(Error::Config(format!(
                 "no plan with at most {} replicas per class meets the {:.1} ms objective",
                 input.max_replicas,

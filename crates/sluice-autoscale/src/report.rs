@@ -199,8 +199,9 @@ pub struct Comparison {
     pub hardware_class: String,
     pub batch_size: u32,
     /// What one replica answers within the objective under the SLO-aware policy's
-    /// default headroom (the threshold of `deploy/overlays/slo`).
-    pub slo_capacity_per_replica: f64,
+    /// default headroom (the threshold of `deploy/overlays/slo`); `None` when no
+    /// batch size of the profile meets the objective.
+    pub slo_capacity_per_replica: Option<f64>,
     pub policies: Vec<PolicyReport>,
 }
 
@@ -334,7 +335,10 @@ pub fn compare(
         model: profile.model.clone(),
         hardware_class: profile.hardware_class.clone(),
         batch_size: batch,
-        slo_capacity_per_replica: slo::SloConfig::default().resolve(profile, slo_s)?.capacity,
+        slo_capacity_per_replica: slo::SloConfig::default()
+            .resolve(profile, slo_s)
+            .ok()
+            .map(|p| p.capacity),
         policies: reports,
     })
 }
@@ -345,10 +349,11 @@ pub fn table(c: &Comparison) -> String {
         "{} on {} (batch {}), objective {} ms, {} requests over {:.0} s\n",
         c.model, c.hardware_class, c.batch_size, c.slo_ms, c.trace_requests, c.trace_seconds
     );
-    s.push_str(&format!(
-        "sluice-slo capacity: {:.1} req/s per replica (the threshold for deploy/overlays/slo)\n",
-        c.slo_capacity_per_replica
-    ));
+    if let Some(cap) = c.slo_capacity_per_replica {
+        s.push_str(&format!(
+            "sluice-slo capacity: {cap:.1} req/s per replica (the threshold for deploy/overlays/slo)\n"
+        ));
+    }
     s.push_str(&format!(
         "{:<16} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8} {:>6}\n",
         "policy", "attainment", "p50 ms", "p99 ms", "replica-s", "cost $", "actions", "peak"

@@ -201,3 +201,28 @@ fn impossible_objectives_are_reported() {
     assert!(e.contains("at least one hardware class"), "{e}");
     assert!(homogeneous(&input(stages, &arrivals, 10.0, 1.0, 4), "gpu").is_err());
 }
+
+#[test]
+fn initial_plan_uses_batches_that_fit_the_whole_objective() {
+    // stage a needs batch 8 to carry 400/s on 3 replicas (batch 1: 3 × 100/s); 2 × its
+    // batch-8 run (40 ms) exceeds half of the 60-ms objective but fits the whole of it
+    let arrivals = TraceSpec::Poisson {
+        rate: 400.0,
+        seconds: 30.0,
+    }
+    .generate(2);
+    let stages = vec![
+        PlanStage {
+            name: "a".into(),
+            classes: vec![class("c", 1.0, &[(1, 10.0), (8, 20.0)])],
+        },
+        PlanStage {
+            name: "b".into(),
+            classes: vec![class("c", 1.0, &[(1, 0.5), (8, 1.0)])],
+        },
+    ];
+    let inp = input(stages, &arrivals, 30.0, 0.06, 3);
+    let p = homogeneous(&inp, "c").unwrap();
+    assert_eq!(p.stages[0].max_batch, 8, "{}", describe(&p));
+    assert!(p.p99_ms.unwrap() <= 60.0);
+}
