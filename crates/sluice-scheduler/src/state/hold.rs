@@ -29,7 +29,7 @@
 //! 4. **no saving, no hold**: `r T ≥ F E`;
 //! 5. **bounds**: the hold ends at the earliest of the learned silence (no more rows
 //!    coming), the end of the window (one fixed cost after the run's end), the run's
-//!    end plus the configured maximum, and a queued deadline less the run.
+//!    end plus the configured maximum, and a queued deadline less a full batch's run.
 //!
 //! The caller re-asks at each arrival and at the returned instant; every bound is
 //! measured from the run's end, so later looks never stretch a hold.
@@ -73,7 +73,7 @@ pub(crate) struct Look {
     /// The longest a batch may be held (`sluice_adaptive_max_delay_microseconds`).
     pub(crate) max: Duration,
     /// The latest instant a run may start for the earliest queued deadline to be
-    /// met (that deadline less the run's estimated time).
+    /// met (that deadline less a full batch's estimated run: what a hold may grow to).
     pub(crate) start_by: Option<Instant>,
     pub(crate) now: Instant,
 }

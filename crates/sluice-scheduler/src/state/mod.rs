@@ -195,7 +195,11 @@ impl<T: Pending> State<T> {
                 latency: &self.latency,
                 ahead: self.queues.rows_through(ix),
                 instances: self.instances,
-                max_batch: self.config.max_batch_size.max(1),
+                // Without batching a request runs alone.
+                max_batch: match self.config.batching {
+                    Batching::Off => rows.max(1),
+                    Batching::Dynamic(_) => self.config.max_batch_size.max(1),
+                },
             };
             if let Some(e) = admission::check(load, rows, now, deadline, &self.config.label) {
                 return Err((payload, e, Rejection::Deadline));

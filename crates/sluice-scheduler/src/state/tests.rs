@@ -696,6 +696,16 @@ fn early_rejection_counts_instances_levels_and_what_was_learned() {
     assert!(s
         .enqueue(Item::new("unknown"), 1, within(us(1)), t0)
         .is_ok());
+    // Without batching, the request's own run is of its own rows: 8 rows ahead drain
+    // in 4 ms, then 1 row (learned: 1 ms).
+    let mut s = loaded(None, 1, 8);
+    s.record(1, ms(1));
+    assert!(s.enqueue(Item::new("alone"), 1, within(ms(5)), t0).is_ok());
+    let mut s = loaded(None, 1, 8);
+    s.record(1, ms(1));
+    assert!(s
+        .enqueue(Item::new("alone"), 1, within(ms(5) - us(1)), t0)
+        .is_err());
     // Turned off: queued, to time out in the queue as in Triton.
     let mut s = loaded(Some(Delay::Static(Duration::ZERO)), 1, 8);
     s.config.early_rejection = false;
