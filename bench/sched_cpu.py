@@ -38,7 +38,7 @@ def answered(port):
 
 
 def one_run(binary, tool, clients, seconds):
-    proc, ports = serverproc.start(binary, ROOT / "examples" / "models")
+    proc, ports = serverproc.start(binary, ROOT / "examples" / "models", "--metrics-port", "0")
     try:
         port = ports["HTTP"]
         for _ in range(300):
