@@ -20,13 +20,15 @@
 //!
 //! 1. **no fixed cost, no hold**: an engine whose cost is all per row (`F` = 0) never
 //!    waits;
-//! 2. **nothing expected, no hold**: no run has ended yet, the window of one fixed
-//!    cost after the last run's end has passed, or the rows usually seen in it are in;
+//! 2. **nothing expected, no hold**: no run has ended yet, nothing has been learned
+//!    about the rows after a run, or the last run's window has closed (a row came
+//!    after it);
 //! 3. **independent arrivals are never held**: the rows after a run must come at least
 //!    [`BURST_FACTOR`] times as fast as rows on average, the sign that answers bring
 //!    requests back (under Poisson arrivals a greedy batcher already grows its batches
 //!    from the queue that forms during each run, and holding only adds latency);
-//! 4. **no saving, no hold**: `r T ≥ F E`;
+//! 4. **no saving, no hold**: `r T ≥ F E`, which includes the expected rows all being in
+//!    (`E ≤ 0`);
 //! 5. **bounds**: the hold ends at the earliest of the learned silence (no more rows
 //!    coming), the end of the window (one fixed cost after the run's end), the run's
 //!    end plus the configured maximum, and a queued deadline less a full batch's run.
@@ -49,10 +51,6 @@ pub(crate) const GAP_WEIGHT: f64 = 1.0 / 64.0;
 /// Weight of one run's window in the learned rows after a run and their timing: about
 /// the last five runs, as for the latency model.
 pub(crate) const AFTER_RUN_WEIGHT: f64 = 0.2;
-
-/// Rule 2: the expected rows count as in once fewer than this many are still
-/// expected (the learned count is a mean, so it is rarely a whole number).
-pub(crate) const ROWS_LEFT_MIN: f64 = 0.25;
 
 /// Rule 5 (silence): before the first row after a run has come, the rows count as
 /// not coming after this many times the usual wait for the first one...
@@ -104,7 +102,8 @@ impl Hold {
         let fixed = look.fixed?.as_secs_f64();
         // Rule 2.
         let expected = self.after_run.remaining(look.now)?;
-        // Rule 3.
+        // Rule 3. (`>` vs `>=` differ only when two learned f64 means tie exactly: an
+        // equivalent mutant.)
         if expected.per_row * BURST_FACTOR > self.gap.mean() {
             return None;
         }
@@ -235,16 +234,15 @@ impl AfterRun {
         w.last = offset;
     }
 
-    /// What is still expected after the last run's end, as of `now`; `None` when
-    /// nothing is (rule 2).
+    /// What is still expected after the last run's end, as of `now` (possibly no rows
+    /// or fewer than none); `None` when nothing is known (rule 2).
     fn remaining(&self, now: Instant) -> Option<Expected> {
         let m = self.mean?;
         let w = self.open?;
         let elapsed = now.saturating_duration_since(w.start);
+        // Past the window's end, rule 5 ends the hold; once the expected rows are in,
+        // rule 4 does (`E ≤ 0`).
         let left = m.rows - w.rows as f64;
-        if elapsed >= w.horizon || left < ROWS_LEFT_MIN {
-            return None;
-        }
         let per_row = m.last / m.rows.max(1.0);
         let silence = if w.rows == 0 {
             w.start + Duration::from_secs_f64(FIRST_ROW_SILENCE * m.first)
@@ -259,5 +257,79 @@ impl AfterRun {
             run_end: w.start,
             window_end: w.start + w.horizon,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The learned means, exactly (the rules that read them are tested in
+    //! `state/tests.rs`).
+
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn the_mean_gap_is_per_row_and_weighted() {
+        let t = Instant::now();
+        let mut g = Gap::default();
+        g.arrived(t, 1);
+        assert_eq!(
+            g.mean(),
+            f64::INFINITY,
+            "one arrival: nothing to compare with"
+        );
+        g.arrived(t + Duration::from_millis(1), 1);
+        assert!(close(g.mean(), 0.001));
+        // 6.4 ms for 2 rows: 3.2 ms a row, weighted 1/64.
+        g.arrived(t + Duration::from_micros(7400), 2);
+        assert!(
+            close(g.mean(), 0.001 * 63.0 / 64.0 + 0.0032 / 64.0),
+            "{}",
+            g.mean()
+        );
+    }
+
+    #[test]
+    fn the_rows_after_a_run_are_weighted_means_of_the_windows() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let mut a = AfterRun::default();
+        a.start(t, ms(1));
+        for offset in [100, 400] {
+            a.arrived(t + us(offset), 2);
+        }
+        let t2 = t + ms(10);
+        a.start(t2, ms(1));
+        a.arrived(t2 + us(200), 1);
+        a.arrived(t2 + us(300), 1);
+        let t3 = t + ms(20);
+        a.start(t3, ms(1));
+        let e = a.remaining(t3).unwrap();
+        // rows 4 then 2, first 100 then 200 µs, last 400 then 300 µs, weights 0.8/0.2.
+        assert!(close(e.rows, 3.6), "{}", e.rows);
+        assert!(close(e.within, 0.00038), "{}", e.within);
+        assert!(close(e.per_row, 0.00038 / 3.6), "{}", e.per_row);
+        let first = Duration::from_secs_f64(FIRST_ROW_SILENCE * 0.00012);
+        let silence = t3 + first + SILENCE_SLACK;
+        let diff = e.silence.max(silence) - e.silence.min(silence);
+        assert!(diff <= Duration::from_nanos(1), "{diff:?}");
+        assert_eq!((e.run_end, e.window_end), (t3, t3 + ms(1)));
+    }
+
+    #[test]
+    fn a_row_at_the_end_of_the_window_counts_and_one_after_closes_it() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = AfterRun::default();
+        a.start(t, ms(1));
+        a.arrived(t + ms(1), 1);
+        assert_eq!(a.open.map(|w| w.rows), Some(1));
+        a.arrived(t + ms(1) + Duration::from_nanos(1), 1);
+        assert!(a.open.is_none());
+        assert!(a.mean.is_some_and(|m| m.rows == 1.0));
     }
 }

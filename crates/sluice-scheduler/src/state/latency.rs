@@ -47,6 +47,8 @@ impl LatencyModel {
             return Some(Duration::from_secs_f64(self.seconds[rows]));
         }
         let below = (1..rows).rev().find(|&b| self.seconds[b] > 0.0);
+        // (Starting at `rows`, whose slot is empty here, would find the same: the mutant
+        // `rows * 1` is equivalent.)
         let above = (rows + 1..self.seconds.len()).find(|&b| self.seconds[b] > 0.0);
         let s = match (below, above) {
             (Some(a), Some(c)) => {
@@ -82,6 +84,8 @@ impl LatencyModel {
         let whole = self.estimate(full)?.as_secs_f64();
         let per_row = (whole - this) / (full - rows) as f64;
         let fixed = this - per_row * rows as f64;
+        // (`fixed >= 0.0` would be equivalent: a zero fixed cost opens no window after a
+        // run and never passes the hold's cost rule, exactly as `None`.)
         (fixed > 0.0 && per_row >= 0.0).then(|| Duration::from_secs_f64(fixed))
     }
 }

@@ -205,12 +205,23 @@ fn delay_action_moves_timed_out_requests_to_the_back() {
         max_queue_size: 10,
     }];
     let mut s = State::new(config, 1);
-    push(&mut s, "old", 1, t0);
-    push(&mut s, "new", 1, t0 + ms(2));
+    let (old_seq, _) = s
+        .enqueue(Item::new("old"), 1, JobOptions::default(), t0)
+        .unwrap();
+    let (new_seq, _) = s
+        .enqueue(Item::new("new"), 1, JobOptions::default(), t0 + ms(2))
+        .unwrap();
     let step = s.next(t0 + ms(2));
     assert!(step.expired.is_empty());
     assert_eq!(names(&step.batch), ["new"]);
-    assert_eq!(names(&s.next(t0 + ms(2)).batch), ["old"]);
+    assert!(s.is_queued(old_seq), "still queued, behind everything else");
+    assert!(!s.is_queued(new_seq), "taken");
+    let old = s.next(t0 + ms(2)).batch.unwrap();
+    assert_eq!(old[0].payload.0, "old");
+    assert_eq!(
+        old[0].deadline, None,
+        "a delayed request has no deadline left"
+    );
 }
 
 #[test]
@@ -340,6 +351,18 @@ fn latency_model_interpolates() {
     assert_eq!(m.estimate(1), Some(ms(2)));
     assert_eq!(m.estimate(8), Some(ms(8)));
     assert!((m.best_throughput().unwrap() - 1000.0).abs() < 1e-6);
+    // Sizes outside 1..=max read as the nearest size.
+    assert_eq!(m.estimate(9), m.estimate(8));
+    assert_eq!(m.estimate(0), m.estimate(1));
+    m.observe(9, ms(100));
+    assert_eq!(
+        m.estimate(8),
+        Some(ms(8)),
+        "a size above the maximum is not learned"
+    );
+    // A weighted mean: 2 ms then 7 ms at 4/5 and 1/5.
+    m.observe(2, ms(7));
+    assert_eq!(m.estimate(2), Some(ms(3)));
 }
 
 /// Asserts that `actual` is `expected` to the nanosecond (learned means are f64
@@ -739,6 +762,7 @@ fn queue_counts_follow_arrivals_runs_expiry_and_cancellation() {
         )
         .unwrap();
     assert_eq!((s.len(), s.waiting()), (4, 4));
+    assert!(!s.is_empty());
     assert!([a, g, b, c].iter().all(|&seq| s.is_queued(seq)));
     cancel.set(true);
     assert_eq!(
@@ -805,24 +829,118 @@ fn a_full_level_makes_room_by_dropping_cancelled_entries() {
 
 #[test]
 fn deadlines_of_entries_that_ran_do_not_pile_up() {
+    // A parked low-priority entry keeps the earliest deadline at the top of the heap,
+    // so the items of the level-1 entries that ran (later deadlines) stay below it
+    // until the heap holds more than 2 × the queued entries + 64: then it is rebuilt.
     let t0 = Instant::now();
-    let mut s = State::new(dynamic(1, &[], Delay::Static(Duration::ZERO)), 1);
-    for i in 0..1000 {
-        s.enqueue(
-            Item::new("x"),
-            1,
-            within(Duration::from_secs(60)),
-            t0 + us(i),
-        )
-        .unwrap();
-        assert!(s.next(t0 + us(i)).batch.is_some());
-        assert!(s.queues.deadline_items() <= 2 * s.len() + 64 + 1);
+    let mut config = dynamic(1, &[], Delay::Static(Duration::ZERO));
+    config.levels = vec![LevelPolicy::reject_after(None, 1000); 2];
+    let mut s = State::new(config, 1);
+    let low = JobOptions {
+        priority: 2,
+        timeout: Some(Duration::from_secs(1)),
+    };
+    s.enqueue(Item::new("parked"), 1, low, t0).unwrap();
+    s.enqueue(Item::new("parked too"), 1, low, t0).unwrap();
+    let mut items = Vec::new();
+    for i in 0..100 {
+        let at = t0 + us(i);
+        s.enqueue(Item::new("x"), 1, within(Duration::from_secs(60)), at)
+            .unwrap();
+        assert_eq!(names(&s.next(at).batch), ["x"]);
+        items.push(s.queues.deadline_items());
     }
-    // The next deadline is the queued entry's, not one of those that ran (60 s).
-    s.enqueue(Item::new("y"), 1, within(ms(5)), t0 + ms(1))
-        .unwrap();
-    s.enqueue(Item::new("z"), 1, within(ms(1)), t0 + ms(1))
-        .unwrap();
-    assert_eq!(names(&s.next(t0 + ms(1)).batch), ["y"]);
-    assert_eq!(s.queues.earliest_deadline(), Some(t0 + ms(2)));
+    // Looking at 3 queued entries, the heap is rebuilt once it holds 71 > 2 × 3 + 64.
+    assert_eq!(items[..68], (3..=70).collect::<Vec<_>>()[..]);
+    assert_eq!(items[68], 3);
+    // The next deadline is a parked entry's, not one of those that ran; then, once
+    // they have run, none.
+    assert_eq!(
+        s.queues.earliest_deadline(),
+        Some(t0 + Duration::from_secs(1))
+    );
+    assert_eq!(names(&s.next(t0 + ms(1)).batch), ["parked"]);
+    assert_eq!(names(&s.next(t0 + ms(1)).batch), ["parked too"]);
+    let step = s.next(t0 + ms(1));
+    assert!(step.batch.is_none() && step.wake_at.is_none());
+}
+
+#[test]
+fn a_full_level_drops_its_cancelled_rows_from_the_counts() {
+    // 1 ms per row (1000 rows/s); a level of 2 holds a cancelled 1-row request and a
+    // 3-row one; a third request makes room: 3 rows are ahead of it, then a run of 4.
+    let t0 = Instant::now();
+    let mut config = dynamic(8, &[], Delay::Static(Duration::ZERO));
+    config.levels = vec![LevelPolicy::reject_after(None, 2)];
+    let fresh = || {
+        let mut s = State::new(config.clone(), 1);
+        s.record(1, ms(1));
+        s.record(8, ms(8));
+        let gone = Item::new("gone");
+        let cancel = Rc::clone(&gone.1);
+        s.enqueue(gone, 1, JobOptions::default(), t0).unwrap();
+        push(&mut s, "b", 3, t0);
+        cancel.set(true);
+        s
+    };
+    assert!(fresh()
+        .enqueue(Item::new("c"), 1, within(ms(7)), t0)
+        .is_ok());
+    assert!(fresh()
+        .enqueue(Item::new("c"), 1, within(ms(7) - us(1)), t0)
+        .is_err());
+    // Two rounds of making room before the next look: both reported, counts intact.
+    let mut s = State::new(SchedulerConfig::simple("m:1", 0, 1), 1);
+    let a = Item::new("a");
+    let cancel_a = Rc::clone(&a.1);
+    s.enqueue(a, 1, JobOptions::default(), t0).unwrap();
+    cancel_a.set(true);
+    let b = Item::new("b");
+    let cancel_b = Rc::clone(&b.1);
+    s.enqueue(b, 1, JobOptions::default(), t0).unwrap();
+    cancel_b.set(true);
+    push(&mut s, "c", 1, t0);
+    assert_eq!(s.len(), 1);
+    let step = s.next(t0);
+    assert_eq!(step.cancelled.len(), 2);
+    assert_eq!(names(&step.batch), ["c"]);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_batch_that_cannot_grow_runs_at_once() {
+    // 3 rows queued, then 2 that do not fit a batch of 4: waiting cannot fill it.
+    let t0 = Instant::now();
+    let mut s = State::new(dynamic(4, &[], Delay::Static(ms(10))), 1);
+    push(&mut s, "a", 3, t0);
+    push(&mut s, "b", 2, t0);
+    assert_eq!(names(&s.next(t0).batch), ["a"]);
+    let step = s.next(t0);
+    assert!(step.batch.is_none());
+    assert_eq!(step.wake_at, Some(t0 + ms(10)));
+}
+
+#[test]
+fn early_rejection_sizes_the_own_run_from_the_rows_ahead_and_its_own() {
+    // 1 ms per row at any batch size (1000 rows/s): 3 rows ahead drain in 3 ms, then a
+    // run of 3 + 2 rows takes 5 ms: answered at 8 ms.
+    let t0 = Instant::now();
+    let fresh = || {
+        let mut s = State::new(dynamic(8, &[], Delay::Static(Duration::ZERO)), 1);
+        s.record(1, ms(1));
+        s.record(8, ms(8));
+        push(&mut s, "x", 3, t0);
+        s
+    };
+    assert!(fresh()
+        .enqueue(Item::new("in time"), 2, within(ms(8)), t0)
+        .is_ok());
+    let (_, err, _) = fresh()
+        .enqueue(Item::new("late"), 2, within(ms(8) - us(1)), t0)
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("about 3000 µs of work is ahead of it, then its run of about 5000 µs"),
+        "{err}"
+    );
 }
