@@ -5,11 +5,11 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`queues`] | the priority queues, their entry and row counts, deadlines and cancellation |
-//! | [`dispatch`] | the policy: off, size, preferred sizes, static delay, or the adaptive hold |
-//! | [`hold`] | the adaptive hold (opt-in): when waiting for returning requests pays |
-//! | [`admission`] | early rejection of requests that would be answered after their deadline |
-//! | [`latency`] | the engine's latency per batch size, learned from runs |
+//! | `queues` | the priority queues, their entry and row counts, deadlines and cancellation |
+//! | `dispatch` | the policy: off, size, preferred sizes, static delay, or the adaptive hold |
+//! | `hold` | the adaptive hold (opt-in): when waiting for returning requests pays |
+//! | `admission` | early rejection of requests that would be answered after their deadline |
+//! | `latency` | the engine's latency per batch size, learned from runs |
 //!
 //! [`State`] wires them: `enqueue` (admission, then a queue), `next` (expire, form the
 //! candidate batch, ask the policy), `record`/`ended` (what the models learn).
@@ -38,7 +38,7 @@ pub enum Rejection {
     /// Its priority level's queue is full.
     QueueFull,
     /// It would be answered after its timeout given the work ahead of it
-    /// ([`admission`]).
+    /// (`state/admission.rs`).
     Deadline,
 }
 
