@@ -7,7 +7,8 @@ written to the git-ignored `models-extra/batching/`:
 - `cnn_*`: the example small CNN with the same variants.
 
 Variants: `off` (no dynamic batching: one request per run), `d0`, `d1ms`, `d5ms` (Triton's
-static `max_queue_delay`), `adaptive` (Sluice's learned delay). All: max_batch_size 32,
+static `max_queue_delay`), `adaptive` (Sluice's learned hold, asked for with the
+`sluice_adaptive_batching` parameter; without it a delay of 0 never waits, as in Triton). All: max_batch_size 32,
 one instance.
 
 With `--resnet50`, also `models-extra/batching-resnet50/resnet50_*`: the ResNet-50-shaped
@@ -36,7 +37,8 @@ VARIANTS = {
           'parameters { key: "sluice_adaptive_batching" value: { string_value: "false" } }\n',
     "d1ms": "dynamic_batching { max_queue_delay_microseconds: 1000 }\n",
     "d5ms": "dynamic_batching { max_queue_delay_microseconds: 5000 }\n",
-    "adaptive": "dynamic_batching { }\n",
+    "adaptive": 'dynamic_batching { }\n'
+                'parameters { key: "sluice_adaptive_batching" value: { string_value: "true" } }\n',
 }
 
 

@@ -17,6 +17,9 @@ pub struct SchedulerConfig {
     pub levels: Vec<LevelPolicy>,
     /// Level (1-based) of requests that name none.
     pub default_level: usize,
+    /// Refuse at once (429) a request with a timeout that would be answered after it,
+    /// given the work ahead (`sluice_early_rejection`, default on).
+    pub early_rejection: bool,
 }
 
 /// Whether requests are combined into engine batches.
@@ -66,10 +69,18 @@ pub enum TimeoutAction {
     Delay,
 }
 
-/// Parameter that turns the adaptive delay on or off (`"true"`/`"false"`).
+/// Parameter that turns Sluice's adaptive hold on (`"true"`) in place of Triton's static
+/// `max_queue_delay_microseconds` (which then bounds the hold, if set). Off by default:
+/// a Triton config means what it means in Triton (a delay of 0 never waits).
 pub const ADAPTIVE_PARAMETER: &str = "sluice_adaptive_batching";
+/// Parameter that turns early rejection off (`"false"`); on by default.
+pub const EARLY_REJECTION_PARAMETER: &str = "sluice_early_rejection";
 /// Parameter bounding the adaptive delay, in microseconds.
 pub const ADAPTIVE_MAX_DELAY_PARAMETER: &str = "sluice_adaptive_max_delay_microseconds";
+/// The adaptive hold's bound when neither `sluice_adaptive_max_delay_microseconds` nor
+/// `max_queue_delay_microseconds` sets one: a few fixed costs of a memory-bound model
+/// on a CPU (the hold itself stops after one fixed cost), small against the
+/// 10–100 ms objectives of interactive serving.
 const DEFAULT_ADAPTIVE_MAX_DELAY: Duration = Duration::from_millis(5);
 
 impl SchedulerConfig {
@@ -81,6 +92,7 @@ impl SchedulerConfig {
             batching: Batching::Off,
             levels: vec![LevelPolicy::reject_after(None, queue_capacity)],
             default_level: 1,
+            early_rejection: true,
         }
     }
 
@@ -93,9 +105,11 @@ impl SchedulerConfig {
     ) -> Result<Self> {
         let label = label.into();
         let max_batch_size = usize::try_from(config.max_batch_size).unwrap_or(0);
+        let early_rejection = flag(config, EARLY_REJECTION_PARAMETER)?.unwrap_or(true);
         let Some(db) = &config.dynamic_batching else {
             return Ok(SchedulerConfig {
                 label,
+                early_rejection,
                 ..Self::simple("", max_batch_size, queue_capacity)
             });
         };
@@ -111,39 +125,35 @@ impl SchedulerConfig {
                 "preferred_batch_size {p} is larger than max_batch_size {max_batch_size}"
             )));
         }
-        let adaptive = match config.parameter(ADAPTIVE_PARAMETER) {
-            None => db.max_queue_delay_microseconds == 0,
-            Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(Error::invalid(format!(
-                    "parameter {ADAPTIVE_PARAMETER} must be true or false, got '{other}'"
-                )))
-            }
-        };
+        let adaptive = flag(config, ADAPTIVE_PARAMETER)?.unwrap_or(false);
+        // Checked whether or not the hold is on: a bad value is a mistake either way.
+        let max_param = config
+            .parameter(ADAPTIVE_MAX_DELAY_PARAMETER)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|&us| us <= limits::MAX_QUEUE_DELAY_MICROSECONDS)
+                    .map(Duration::from_micros)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer \
+                             in 0..={}, got '{v}'",
+                            limits::MAX_QUEUE_DELAY_MICROSECONDS
+                        ))
+                    })
+            })
+            .transpose()?;
+        let static_delay = Duration::from_micros(db.max_queue_delay_microseconds);
         let delay = if adaptive {
-            let max = match config.parameter(ADAPTIVE_MAX_DELAY_PARAMETER) {
-                Some(v) => Duration::from_micros(
-                    v.trim()
-                        .parse()
-                        .ok()
-                        .filter(|&us| us <= limits::MAX_QUEUE_DELAY_MICROSECONDS)
-                        .ok_or_else(|| {
-                            Error::invalid(format!(
-                                "parameter {ADAPTIVE_MAX_DELAY_PARAMETER} must be an integer \
-                                 in 0..={}, got '{v}'",
-                                limits::MAX_QUEUE_DELAY_MICROSECONDS
-                            ))
-                        })?,
-                ),
-                None if db.max_queue_delay_microseconds > 0 => {
-                    Duration::from_micros(db.max_queue_delay_microseconds)
-                }
-                None => DEFAULT_ADAPTIVE_MAX_DELAY,
-            };
+            let max = max_param.unwrap_or(if static_delay.is_zero() {
+                DEFAULT_ADAPTIVE_MAX_DELAY
+            } else {
+                static_delay
+            });
             Delay::Adaptive { max }
         } else {
-            Delay::Static(Duration::from_micros(db.max_queue_delay_microseconds))
+            Delay::Static(static_delay)
         };
         let level_count = usize::try_from(db.priority_levels)
             .unwrap_or(usize::MAX)
@@ -213,6 +223,7 @@ impl SchedulerConfig {
             }),
             levels,
             default_level,
+            early_rejection,
         })
     }
 
@@ -223,6 +234,18 @@ impl SchedulerConfig {
 
     pub fn preserve_ordering(&self) -> bool {
         matches!(&self.batching, Batching::Dynamic(d) if d.preserve_ordering)
+    }
+}
+
+/// A `"true"`/`"false"` model parameter, if set.
+fn flag(config: &ModelConfig, name: &str) -> Result<Option<bool>> {
+    match config.parameter(name) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(Error::invalid(format!(
+            "parameter {name} must be true or false, got '{other}'"
+        ))),
     }
 }
 
@@ -277,8 +300,19 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_is_the_default_without_a_delay() {
+    fn adaptive_only_when_asked() {
+        // Triton's meaning: no delay set (or 0) never waits.
         let c = config("{}", "").unwrap();
+        let Batching::Dynamic(d) = &c.batching else {
+            panic!("batching")
+        };
+        assert_eq!(d.delay, Delay::Static(Duration::ZERO));
+        assert!(c.early_rejection);
+        let c = config(
+            "{}",
+            r#""sluice_adaptive_batching":{"string_value":"true"}"#,
+        )
+        .unwrap();
         let Batching::Dynamic(d) = &c.batching else {
             panic!("batching")
         };
@@ -347,5 +381,24 @@ mod tests {
             r#""sluice_adaptive_max_delay_microseconds":{"string_value":"60000000"}"#,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn early_rejection_can_be_turned_off() {
+        let off = r#""sluice_early_rejection":{"string_value":"false"}"#;
+        assert!(!config("{}", off).unwrap().early_rejection);
+        let json = r#"{"max_batch_size": 0, "input": [{"name":"x","data_type":"TYPE_FP32","dims":[1]}],
+            "output": [{"name":"y","data_type":"TYPE_FP32","dims":[1]}],
+            "parameters": {"sluice_early_rejection":{"string_value":"false"}}}"#;
+        let c =
+            SchedulerConfig::from_model_config("m:1", &ModelConfig::from_json(json).unwrap(), 9)
+                .unwrap();
+        assert!(!c.early_rejection, "also without dynamic_batching");
+        let err = config("{}", r#""sluice_early_rejection":{"string_value":"no"}"#).unwrap_err();
+        assert!(
+            err.message()
+                .contains("sluice_early_rejection must be true or false"),
+            "{err}"
+        );
     }
 }

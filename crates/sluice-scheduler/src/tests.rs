@@ -225,6 +225,7 @@ fn batching(max: usize, delay: Delay, preserve_ordering: bool) -> SchedulerConfi
         }),
         levels: vec![LevelPolicy::reject_after(None, 1000)],
         default_level: 1,
+        early_rejection: true,
     }
 }
 
