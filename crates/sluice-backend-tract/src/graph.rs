@@ -11,7 +11,7 @@ use tract_onnx::prelude::{
     TypedFact, TypedModel, TypedRunnableModel,
 };
 
-use crate::cache::calibrate_once;
+use crate::cache::{Caches, PlanKey};
 use crate::convert::datum_type;
 use crate::plans::Schedule;
 use crate::{tract_err, Plans};
@@ -40,8 +40,14 @@ pub(crate) fn check_datatypes(config: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-/// Reads, checks and optimizes the file into plans, and times them.
-pub(crate) fn build(spec: &LoadSpec<'_>, sizes: Vec<usize>) -> Result<Plans> {
+/// Reads, checks and optimizes the file into plans, and times them (or takes the
+/// timings `caches` remembers under `key`).
+pub(crate) fn build(
+    spec: &LoadSpec<'_>,
+    sizes: Vec<usize>,
+    caches: &Caches,
+    key: Option<&PlanKey>,
+) -> Result<Plans> {
     let config = spec.config;
     let path = spec.model_file;
     let mut model = tract_onnx::onnx()
@@ -191,7 +197,7 @@ pub(crate) fn build(spec: &LoadSpec<'_>, sizes: Vec<usize>) -> Result<Plans> {
         }
     }
     let max = usize::try_from(config.max_batch_size).unwrap_or(0);
-    let calibration = calibrate_once(path, &symbolic, &planned, config);
+    let calibration = caches.calibrate_once(key, &symbolic, &planned, config);
     let schedule = match &calibration {
         Some(c) => {
             let per_item = |costs: &[(usize, f64)]| {

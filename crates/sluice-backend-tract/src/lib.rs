@@ -30,7 +30,7 @@ use std::sync::Arc;
 use sluice_core::{Backend, Error, LoadSpec, LoadedModel, ModelConfig, Result};
 use tract_onnx::prelude::{TractError, TypedRunnableModel};
 
-use crate::cache::load;
+use crate::cache::Caches;
 use crate::calibrate::Calibration;
 use crate::plans::Schedule;
 pub use crate::plans::{BatchPlans, PLANNED_BATCH_SIZES};
@@ -42,10 +42,12 @@ pub struct TractConfig {
     pub batch_plans: BatchPlans,
 }
 
-/// The tract execution backend.
-#[derive(Debug, Clone, Copy, Default)]
+/// The tract execution backend. Clones share one set of caches (plans of loaded
+/// models, calibrations); separately made backends share nothing.
+#[derive(Debug, Clone, Default)]
 pub struct TractBackend {
     config: TractConfig,
+    caches: Arc<Caches>,
 }
 
 impl TractBackend {
@@ -55,7 +57,10 @@ impl TractBackend {
     }
 
     pub fn with_config(config: TractConfig) -> Self {
-        TractBackend { config }
+        TractBackend {
+            config,
+            caches: Arc::default(),
+        }
     }
 }
 
@@ -65,7 +70,8 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Arc<dyn LoadedModel>> {
-        let loaded = sluice_core::catch_panics("tract", "loading", || load(spec, self.config))?;
+        let loaded =
+            sluice_core::catch_panics("tract", "loading", || self.caches.load(spec, self.config))?;
         Ok(Arc::new(loaded))
     }
 }
@@ -91,7 +97,13 @@ pub(crate) struct Plans {
     /// How each batch size runs on them.
     pub(crate) schedule: Arc<Schedule>,
     /// The timings the schedule was made from.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "read by the tests that check calibrations are shared"
+        )
+    )]
     pub(crate) calibration: Option<Calibration>,
 }
 

@@ -3,21 +3,23 @@ use std::path::Path;
 use sluice_repository::{Repository, RepositoryOptions};
 
 use super::*;
+use crate::cache::Caches;
 use sluice_core::{DataType, InstanceOptions};
 
-fn calibration_of(root: &Path) -> Option<Calibration> {
+fn calibration_of(caches: &Caches, root: &Path) -> Option<Calibration> {
     let source = Repository::open(root, RepositoryOptions::default())
         .unwrap()
         .read_model("cnn")
         .unwrap();
-    load(
-        &source.load_spec(&source.versions[0]),
-        TractConfig::default(),
-    )
-    .unwrap()
-    .plans
-    .calibration
-    .clone()
+    caches
+        .load(
+            &source.load_spec(&source.versions[0]),
+            TractConfig::default(),
+        )
+        .unwrap()
+        .plans
+        .calibration
+        .clone()
 }
 
 #[test]
@@ -28,20 +30,23 @@ fn loaded_models_of_one_file_share_their_plans() {
         .read_model("cnn")
         .unwrap();
     let spec = source.load_spec(&source.versions[0]);
-    let a = load(&spec, TractConfig::default()).unwrap();
-    let b = load(&spec, TractConfig::default()).unwrap();
+    let caches = Caches::default();
+    let load = |spec: &LoadSpec<'_>| caches.load(spec, TractConfig::default()).unwrap();
+    let a = load(&spec);
+    let b = load(&spec);
     assert!(Arc::ptr_eq(&a.plans, &b.plans), "one set of plans");
+    // Another backend value owns other caches: nothing is shared with it.
+    let elsewhere = Caches::default()
+        .load(&spec, TractConfig::default())
+        .unwrap();
+    assert!(!Arc::ptr_eq(&a.plans, &elsewhere.plans));
     // Another batch size shapes other plans: built anew.
     let mut smaller = source.config.clone();
     smaller.max_batch_size = source.config.max_batch_size / 2;
-    let c = load(
-        &LoadSpec {
-            config: &smaller,
-            ..spec
-        },
-        TractConfig::default(),
-    )
-    .unwrap();
+    let c = load(&LoadSpec {
+        config: &smaller,
+        ..spec
+    });
     assert!(!Arc::ptr_eq(&a.plans, &c.plans));
     // The server keeps only instances once they exist: they keep the plans shared.
     let plans = Arc::downgrade(&a.plans);
@@ -52,7 +57,7 @@ fn loaded_models_of_one_file_share_their_plans() {
         })
         .unwrap();
     drop((a, b));
-    let d = load(&spec, TractConfig::default()).unwrap();
+    let d = load(&spec);
     assert!(std::ptr::eq(plans.as_ptr(), Arc::as_ptr(&d.plans)));
     drop(instance);
 }
@@ -86,11 +91,12 @@ fn a_bytes_model_is_refused_at_load_naming_the_engine() {
 #[test]
 fn a_reloaded_file_keeps_its_calibration_and_a_new_one_is_timed() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models");
-    let first = calibration_of(&examples);
+    let caches = Caches::default();
+    let first = calibration_of(&caches, &examples);
     assert!(first.is_some(), "the example CNN batches and is calibrated");
     assert_eq!(
         first,
-        calibration_of(&examples),
+        calibration_of(&caches, &examples),
         "the same file: remembered"
     );
     // A copy is another file: timed anew (nanosecond timings never repeat exactly).
@@ -101,7 +107,7 @@ fn a_reloaded_file_keeps_its_calibration_and_a_new_one_is_timed() {
         dir.path().join("cnn/1/model.onnx"),
     )
     .unwrap();
-    let copy = calibration_of(dir.path());
+    let copy = calibration_of(&caches, dir.path());
     assert!(copy.is_some());
     assert_ne!(first, copy);
 }

@@ -3,18 +3,19 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::build::FileKey;
+use sluice_core::FileIdentity;
+
 use crate::lifecycle::drain;
-use crate::{Absent, Phase, Runtime};
+use crate::{Entry, Runtime, State};
 
 impl Runtime {
     /// The memory to account for a version: the larger of this measurement and the
-    /// first one of the same file.
+    /// first one of the same file (one whose identity cannot be read is measured anew).
     pub(crate) fn remembered_memory(
         &self,
         name: &str,
         version: u64,
-        file: &FileKey,
+        file: Option<FileIdentity>,
         measured: u64,
     ) -> u64 {
         let mut memo = self
@@ -24,9 +25,11 @@ impl Runtime {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (name.to_owned(), version);
         match memo.get(&key) {
-            Some((f, first)) if f == file => measured.max(*first),
+            Some((f, first)) if FileIdentity::same(Some(*f), file) => measured.max(*first),
             _ => {
-                memo.insert(key, (file.clone(), measured));
+                if let Some(file) = file {
+                    memo.insert(key, (file, measured));
+                }
                 measured
             }
         }
@@ -43,7 +46,7 @@ impl Runtime {
             .name("sluice-trim".to_owned())
             .spawn(move || {
                 let _guard = runtime.lock_loader();
-                runtime.make_room(0, "");
+                runtime.make_room(0, None);
             });
         if let Err(error) = spawned {
             tracing::warn!(%error, "cannot start a thread to get under the memory budget");
@@ -51,9 +54,11 @@ impl Runtime {
     }
 
     /// Unloads least recently used idle models until `need` more bytes fit in the
-    /// budget. A model some request holds is never chosen; when nothing can go, the
-    /// load proceeds over budget (with a warning) rather than fail a request.
-    pub(crate) fn make_room(&self, need: u64, keep: &str) {
+    /// budget, never the model named `keep` (the one being loaded; `None` when
+    /// trimming after requests). A model some request holds is never chosen; when
+    /// nothing can go, the load proceeds over budget (with a warning) rather than fail
+    /// a request.
+    pub(crate) fn make_room(&self, need: u64, keep: Option<&str>) {
         let Some(budget) = self.inner.config.lifecycle.memory_budget else {
             return;
         };
@@ -62,13 +67,13 @@ impl Runtime {
                 let mut models = self.models_mut();
                 let used: u64 = models
                     .values()
-                    .filter_map(|e| e.serving.as_ref())
+                    .filter_map(Entry::serving)
                     .map(|l| l.memory_bytes())
                     .sum();
-                let loaded_count = models.values().filter(|e| e.serving.is_some()).count();
+                let loaded_count = models.values().filter_map(Entry::serving).count();
                 // The last loaded model stays even when it alone is over the budget:
                 // evicting it would only make its next request reload it.
-                let last_one = keep.is_empty() && loaded_count <= 1;
+                let last_one = keep.is_none() && loaded_count <= 1;
                 if used.saturating_add(need) <= budget || last_one {
                     self.inner.over_budget.store(false, Ordering::Release);
                     return;
@@ -76,15 +81,12 @@ impl Runtime {
                 let candidate = models
                     .iter()
                     .filter(|(n, e)| {
-                        n.as_str() != keep
-                            && e.phase == Phase::Idle
-                            && e.serving
-                                .as_ref()
-                                .is_some_and(|l| l.memory_bytes() > 0 && l.idle())
+                        keep != Some(n.as_str())
+                            && matches!(&e.state, State::Serving { loaded, reloading: false }
+                                if loaded.memory_bytes() > 0 && loaded.idle())
                     })
                     .min_by_key(|(_, e)| {
-                        e.serving
-                            .as_ref()
+                        e.serving()
                             .map_or(0, |l| l.last_used.load(Ordering::Relaxed))
                     })
                     .map(|(n, _)| n.clone());
@@ -99,9 +101,7 @@ impl Runtime {
                     return;
                 };
                 let e = models.get_mut(&victim).expect("chosen from the map");
-                e.absent = Absent::Evicted;
-                e.autoload = true;
-                let loaded = e.serving.take();
+                let loaded = e.evict();
                 tracing::info!(model = %victim, used, need, budget, "evicting the least recently used idle model");
                 loaded
             };

@@ -8,8 +8,8 @@ use sluice_core::{ModelConfig, ModelSignature, Result};
 
 use crate::build::VersionSlot;
 use crate::{
-    no_version, unavailable, unknown_model, Absent, IndexEntry, ModelMetadata, ModelState, Phase,
-    Runtime,
+    no_version, unavailable, unknown_model, Absent, IndexEntry, ModelMetadata, ModelState, Runtime,
+    State,
 };
 
 /// What metadata and config answers read: from what serves, or from the last load.
@@ -34,12 +34,12 @@ impl Runtime {
         if !self.inner.config.strict_readiness {
             return true;
         }
-        self.models().values().all(|e| match &e.serving {
+        self.models().values().all(|e| match e.serving() {
             Some(l) => l
                 .versions
                 .values()
                 .all(|v| matches!(v, VersionSlot::Ready(_))),
-            None => e.on_demand() || e.absent == Absent::Unloaded,
+            None => e.on_demand() || e.absent() == Some(&Absent::Unloaded),
         })
     }
 
@@ -73,8 +73,8 @@ impl Runtime {
                 ));
                 continue;
             };
-            match &e.serving {
-                Some(loaded) => {
+            match &e.state {
+                State::Serving { loaded, .. } => {
                     for (&version, v) in &loaded.versions {
                         out.push(match v {
                             VersionSlot::Ready(s) => IndexEntry {
@@ -88,11 +88,9 @@ impl Runtime {
                         });
                     }
                 }
-                None => out.push(match e.phase {
-                    Phase::Loading => row(None, ModelState::Loading, String::new()),
-                    Phase::Unloading => row(None, ModelState::Unloading, String::new()),
-                    Phase::Idle => row(None, ModelState::Unavailable, e.absent.reason()),
-                }),
+                State::Loading { .. } => out.push(row(None, ModelState::Loading, String::new())),
+                State::Unloading => out.push(row(None, ModelState::Unloading, String::new())),
+                State::Absent(a) => out.push(row(None, ModelState::Unavailable, a.reason())),
             }
         }
         out
@@ -109,7 +107,7 @@ impl Runtime {
                 false => unknown_model(name),
             });
         };
-        match (&e.serving, &e.shell) {
+        match (e.serving(), &e.shell) {
             (Some(l), _) => Ok(Described {
                 config: Arc::clone(&l.config),
                 platform: l.platform.clone(),
@@ -122,7 +120,7 @@ impl Runtime {
                 versions: s.versions.clone(),
                 ready: s.versions.clone(),
             }),
-            (None, _) => Err(unavailable(name, &e.absent.reason())),
+            (None, _) => Err(unavailable(name, &e.reason())),
         }
     }
 

@@ -42,7 +42,7 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
-pub(crate) use entry::{Absent, Entry, Phase, Shell};
+pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 
 /// The model registry. Cheap to clone.
@@ -66,7 +66,7 @@ struct Inner {
     /// the next finished request retries it.
     over_budget: AtomicBool,
     /// First memory measurement of each (model, version) file; see `build`.
-    measured: Mutex<std::collections::HashMap<(String, u64), (build::FileKey, u64)>>,
+    measured: Mutex<std::collections::HashMap<(String, u64), (sluice_core::FileIdentity, u64)>>,
     /// Drain began: readiness is false, requests are still accepted.
     draining: AtomicBool,
     shutting_down: AtomicBool,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_core::{Error, Result};
 
 use crate::build::{Served, VersionSlot};
-use crate::{no_version, unavailable, unknown_model, Absent, Entry, Phase, Runtime};
+use crate::{no_version, unavailable, unknown_model, Absent, Entry, Runtime, State};
 
 /// Where a request stands with its model.
 pub(crate) enum Lookup {
@@ -40,14 +40,13 @@ impl Runtime {
                 Lookup::Fail(unknown_model(name))
             };
         };
-        let loading = e.phase == Phase::Loading;
-        let Some(loaded) = &e.serving else {
-            return match e.phase {
-                Phase::Loading => Lookup::Wait,
-                Phase::Unloading => Lookup::Fail(unavailable(name, "unloading")),
-                Phase::Idle if e.startable() => Lookup::Start,
-                Phase::Idle => Lookup::Fail(unavailable(name, &e.absent.reason())),
-            };
+        let loading = e.loading();
+        let loaded = match &e.state {
+            State::Serving { loaded, .. } => loaded,
+            State::Loading { .. } => return Lookup::Wait,
+            State::Unloading => return Lookup::Fail(unavailable(name, "unloading")),
+            State::Absent(_) if e.startable() => return Lookup::Start,
+            State::Absent(a) => return Lookup::Fail(unavailable(name, &a.reason())),
         };
         let found = match version {
             Some(v) => match loaded.versions.get(&v) {

@@ -15,7 +15,7 @@ impl Runtime {
         let used = self
             .models()
             .values()
-            .filter_map(|e| e.serving.as_ref())
+            .filter_map(|e| e.serving())
             .map(|l| l.memory_bytes())
             .sum();
         (used, self.inner.config.lifecycle.memory_budget)
@@ -55,18 +55,14 @@ impl Runtime {
         };
         let models = self.models();
         let ready = |name: &str, e: &Entry| -> Vec<VersionStats> {
-            e.serving.as_ref().map_or_else(Vec::new, |l| {
+            e.serving().map_or_else(Vec::new, |l| {
                 l.ready().map(|(v, s)| one(name, v, s)).collect()
             })
         };
         match (name, version) {
             (None, _) => Ok(models.iter().flat_map(|(n, e)| ready(n, e)).collect()),
             (Some(name), None) => match models.get(name) {
-                Some(e)
-                    if e.serving
-                        .as_ref()
-                        .is_some_and(|l| l.ready().next().is_some()) =>
-                {
+                Some(e) if e.serving().is_some_and(|l| l.ready().next().is_some()) => {
                     Ok(ready(name, e))
                 }
                 _ => {
@@ -76,7 +72,7 @@ impl Runtime {
             },
             (Some(name), Some(v)) => {
                 let found = models.get(name).and_then(|e| {
-                    e.serving.as_ref().and_then(|l| match l.versions.get(&v) {
+                    e.serving().and_then(|l| match l.versions.get(&v) {
                         Some(VersionSlot::Ready(s)) => Some(one(name, v, s)),
                         _ => None,
                     })
