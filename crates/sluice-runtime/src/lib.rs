@@ -2,10 +2,10 @@
 //! repository, picks a backend per model, loads each selected version into an
 //! instance pool, routes validated requests to the right pool, and changes the set
 //! of loaded models while traffic flows (control modes, load/unload, hot swap,
-//! memory budget; see [`lifecycle`](crate::lifecycle)).
+//! memory budget; see the `lifecycle` and `budget` modules).
 //!
 //! Key decisions: each model and each version carries its own state and reason, and
-//! a model's serving state is one immutable [`Loaded`](build::Loaded) behind an
+//! a model's serving state is one immutable `Loaded` (module `build`) behind an
 //! `Arc` that a change replaces whole. A request takes an `Arc` of the version it
 //! runs on, so a swap or unload never pulls a pool from under it: the old pool is
 //! dropped (drained, then joined) only once no request holds it. A request for a
