@@ -44,6 +44,12 @@ if [ -z "${SKIP_LINT:-}" ]; then
   cargo fmt --all -- --check
   step "cargo clippy"
   cargo clippy --release --workspace --all-targets -- -D warnings
+  # Drift checks: broken doc links, unused dependencies.
+  step "cargo doc (warnings denied)"
+  RUSTDOCFLAGS=-Dwarnings cargo doc --release --no-deps --workspace
+  step "unused dependencies (cargo machete)"
+  command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
+  cargo machete
 fi
 
 step "cargo build"
@@ -51,6 +57,12 @@ cargo build --release --workspace
 
 step "cargo test"
 cargo test --release --workspace
+
+# The crates with features (sluice: ort, otlp; sluice-server: otlp) must build and pass
+# without them. The whole workspace keeps its members (sluice-backend-ort among them), so
+# no dependency changes its features and only those two crates rebuild.
+step "cargo test without default features"
+cargo test --release --workspace --no-default-features --lib --bins
 
 step "python end-to-end tests"
 SLUICE_BIN="$PWD/target/release/sluice" .venv/bin/python -m pytest -q tests/python

@@ -1,15 +1,16 @@
 """Shared fixtures: start a real `sluice serve` process on free ports and stop it.
 
 The binary is `target/release/sluice` (built by scripts/test.sh); set SLUICE_BIN to
-use another. Servers bind port 0; the chosen ports are read from the log lines
-"gRPC server listening on ADDR", "metrics server listening on ADDR" and
-"HTTP server listening on ADDR" (always the last of them).
+use another. Servers bind port 0; the chosen ports are read from the JSON file the
+server writes once it listens (`serve --ready-file PATH`), not from its log.
 """
 
+import json
 import os
-import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,8 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
 EXAMPLES = ROOT / "examples" / "models"
 BROKEN = ROOT / "tests" / "data" / "broken_models"
-
-LISTEN = re.compile(r"(HTTP|gRPC|metrics) server listening on [^:\s]+:(\d+)")
 
 
 class Server:
@@ -37,18 +36,28 @@ class Server:
             args += ["--grpc-port", "0"]
         if "--allow-metrics" not in extra_args:
             args += ["--metrics-port", "0"]
+        self._ready_dir = tempfile.mkdtemp(prefix="sluice-ready-")
+        ready_file = Path(self._ready_dir) / "ready.json"
+        args += ["--ready-file", str(ready_file)]
         args += list(extra_args)
         self.lines = []
-        self.ports = {}
-        self._seen = threading.Event()
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _STARTED.append(self.proc)
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._seen.wait(120):
-            self.proc.kill()
-            raise RuntimeError("sluice did not start:\n" + "\n".join(self.lines))
-        if self.proc.poll() is not None:
-            raise RuntimeError("sluice exited:\n" + "\n".join(self.lines))
+        self.ready = wait_for_ready_file(ready_file, self.proc, timeout=120)
+        if self.ready is None:
+            code = self.proc.poll()
+            if code is None:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self._ready_dir, ignore_errors=True)
+            what = "did not start" if code is None else f"exited with {code}"
+            raise RuntimeError(f"sluice {what}:\n" + "\n".join(self.lines))
+        self.ports = {
+            name: self.ready[key]["port"]
+            for name, key in (("HTTP", "http"), ("gRPC", "grpc"), ("metrics", "metrics"))
+            if self.ready.get(key)
+        }
         self.http_port = self.ports["HTTP"]
         self.grpc_port = self.ports.get("gRPC")
         self.metrics_port = self.ports.get("metrics")
@@ -58,14 +67,7 @@ class Server:
 
     def _read(self):
         for line in self.proc.stderr:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            m = LISTEN.search(line)
-            if m:
-                self.ports[m.group(1)] = int(m.group(2))
-                if m.group(1) == "HTTP":
-                    self._seen.set()
-        self._seen.set()
+            self.lines.append(line.rstrip("\n"))
 
     def log(self):
         return "\n".join(self.lines)
@@ -80,7 +82,26 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
                 raise
+            finally:
+                shutil.rmtree(self._ready_dir, ignore_errors=True)
+        shutil.rmtree(self._ready_dir, ignore_errors=True)
         return self.proc.returncode
+
+
+def wait_for_ready_file(path, proc, timeout):
+    """The parsed ready file of `proc` once it exists; None if `proc` exits first or
+    `timeout` seconds pass. The server renames the file into place whole, so a file
+    that exists is complete."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.01)
+    return None
 
 
 _GRPC = None

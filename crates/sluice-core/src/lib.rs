@@ -2,7 +2,8 @@
 //! requests and responses, the error type, and the `Backend → LoadedModel → Instance`
 //! traits that execution engines implement.
 //!
-//! Key decision: this crate does no IO and knows no wire format. Every other crate
+//! Key decision: this crate knows no wire format and does no IO beyond reading a
+//! model file's metadata ([`FileIdentity::of`], [`LoadSpec::check_file_exists`]). Every other crate
 //! speaks in these types, so a request decoded from HTTP JSON, Triton's binary
 //! extension or gRPC becomes the same [`InferRequest`], and is checked once by
 //! [`ModelSignature::validate`] into a [`ValidRequest`] that cannot hold a wrong
@@ -12,6 +13,7 @@ mod backend;
 mod config;
 mod datatype;
 mod error;
+mod file;
 mod request;
 mod reshape;
 mod signature;
@@ -26,6 +28,7 @@ pub use config::{
 };
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
+pub use file::FileIdentity;
 pub use request::{CacheControl, InferRequest, InferResponse, RequestedOutput};
 pub use reshape::ReshapePlan;
 pub use signature::{BytesContent, ModelSignature, TensorSpec, ValidRequest};

@@ -253,8 +253,9 @@ impl Repository {
 }
 
 impl Repository {
-    /// A summary of what is on disk for a model: names, sizes and modification times
-    /// of its config files, version folders and their files (and `warmup/`). Equal
+    /// A summary of what is on disk for a model: the names and
+    /// [`FileIdentity`](sluice_core::FileIdentity)s (device, inode, size, modification
+    /// time) of its config files, version folders and their files (and `warmup/`). Equal
     /// fingerprints mean nothing was added, removed or rewritten; poll mode compares them.
     pub fn fingerprint(&self, name: &str) -> Result<u64> {
         use std::hash::{Hash, Hasher};
@@ -273,8 +274,8 @@ impl Repository {
                     continue;
                 };
                 path.strip_prefix(&dir).unwrap_or(&path).hash(&mut hasher);
-                meta.len().hash(&mut hasher);
-                meta.modified().ok().hash(&mut hasher);
+                // The same notion of "the same file" as the engines' and the runtime's.
+                sluice_core::FileIdentity::from_metadata(&meta).hash(&mut hasher);
                 if meta.is_dir() && depth < 2 {
                     stack.push((path, depth + 1));
                 }

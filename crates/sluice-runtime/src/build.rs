@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sluice_core::{
-    Backend, Error, InstanceOptions, ModelConfig, ModelSignature, ReshapePlan, Result,
+    Backend, Error, FileIdentity, InstanceOptions, ModelConfig, ModelSignature, ReshapePlan, Result,
 };
 use sluice_repository::{ModelSource, ModelVersion};
 use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
@@ -24,40 +24,27 @@ use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
 use crate::{warmup, Backends};
 
 /// One ready version: its pool and what it cost to load.
+///
+/// Lifetime rule (what [`Loaded::idle`] and `lifecycle::drain` rely on when they read
+/// `Arc::strong_count`): an `Arc<Served>` is held by the `Loaded` maps that list it
+/// (one, or two while a swap carries it over) and by each request from
+/// `Runtime::acquire` until `Runtime::infer` drops it after its run. New request
+/// clones are made only under the registry's read lock from a `Loaded` the registry
+/// holds; nothing else keeps one. So under the registry's write lock a count of 1
+/// means no request holds it, and once a `Loaded` has left the registry its counts
+/// only fall.
 pub(crate) struct Served {
     pub signature: Arc<ModelSignature>,
     pub pool: InstancePool,
     pub load_duration: Duration,
     pub memory_bytes: u64,
     /// Which file this version was loaded from, to reuse it when nothing changed.
-    pub file: FileKey,
+    pub file: Option<FileIdentity>,
     /// Unique to this load (part of the response cache's key, so a reload of the
     /// same version number never answers from the previous load's entries).
     pub generation: u64,
     /// `response_cache { enable: true }` in its config.
     pub cache_enabled: bool,
-}
-
-/// A model file as it was when loaded: path, size and modification time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileKey {
-    path: std::path::PathBuf,
-    len: u64,
-    modified: Option<SystemTime>,
-}
-
-impl FileKey {
-    pub fn of(path: &Path) -> FileKey {
-        let meta = std::fs::metadata(path).ok();
-        FileKey {
-            path: path.to_path_buf(),
-            len: meta.as_ref().map_or(0, std::fs::Metadata::len),
-            modified: meta.and_then(|m| m.modified().ok()),
-        }
-    }
-    pub fn len(&self) -> u64 {
-        self.len
-    }
 }
 
 pub(crate) enum VersionSlot {
@@ -84,7 +71,8 @@ impl Loaded {
     pub fn memory_bytes(&self) -> u64 {
         self.ready().map(|(_, s)| s.memory_bytes).sum()
     }
-    /// No request holds any of its versions (only the registry does).
+    /// No request holds any of its versions (only the registry does). Meaningful under
+    /// the registry's write lock (see the lifetime rule on [`Served`]).
     pub fn idle(&self) -> bool {
         self.ready().all(|(_, s)| Arc::strong_count(s) == 1)
     }
@@ -150,7 +138,7 @@ pub(crate) fn load_version(
     model_dir: &Path,
 ) -> Result<Served> {
     let started = Instant::now();
-    let file = FileKey::of(&version.model_file);
+    let file = FileIdentity::of(&version.model_file);
     let rss_before = crate::memory::resident_bytes();
     // The engine sees each reshaped tensor with its reshape's shape; requests are
     // validated and batched with the config's dims, and `Reshaped` instances turn one
@@ -218,7 +206,7 @@ pub(crate) fn load_version(
         signature,
         pool,
         load_duration: started.elapsed(),
-        memory_bytes: measured.max(file.len()),
+        memory_bytes: measured.max(file.map_or(0, |f| f.len)),
         file,
         generation: cx
             .generations

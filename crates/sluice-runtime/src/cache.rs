@@ -423,7 +423,7 @@ pub struct CacheStats {
     pub bytes: u64,
     pub budget_bytes: u64,
     pub entries: u64,
-    /// See [`CacheCounters::pending`].
+    /// See `CacheCounters::pending`.
     pub pending: u64,
 }
 

@@ -13,16 +13,17 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, RwLock};
+use std::sync::{Arc, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use sluice_core::{Error, Result};
 use sluice_repository::Repository;
 
-use crate::build::{self, BuildContext, FileKey, Loaded, Served, VersionSlot};
+use crate::build::{self, BuildContext, Loaded, Served, VersionSlot};
 use crate::{
-    Absent, Backends, ControlMode, Entry, Inner, LoadOptions, Phase, Runtime, RuntimeConfig, Shell,
+    Absent, Backends, ControlMode, Entry, Inner, LoadOptions, Runtime, RuntimeConfig, Shell, State,
 };
+use sluice_core::FileIdentity;
 
 impl Runtime {
     /// Reads the repository and loads the models the control mode selects (all of
@@ -127,19 +128,19 @@ impl Runtime {
         self.unload_now(name, false)
     }
 
-    fn lock_loader(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock_loader(&self) -> MutexGuard<'_, ()> {
         self.inner
             .loader
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn set_phase(&self, name: &str, phase: Phase) {
+    fn begin_load(&self, name: &str) {
         let autoload = self.inner.config.lifecycle.memory_budget.is_some();
         self.models_mut()
             .entry(name.to_owned())
             .or_insert_with(|| Entry::new(autoload))
-            .phase = phase;
+            .begin_load();
         self.notify();
     }
 
@@ -154,7 +155,7 @@ impl Runtime {
             if !e.startable() {
                 return;
             }
-            e.phase = Phase::Loading;
+            e.begin_load();
         }
         self.notify();
         let runtime = self.clone();
@@ -169,8 +170,7 @@ impl Runtime {
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start a loader thread");
             if let Some(e) = self.models_mut().get_mut(&name_for_error) {
-                e.phase = Phase::Idle;
-                e.absent = Absent::Failed(format!("cannot start a loader thread: {error}"));
+                e.load_failed(format!("cannot start a loader thread: {error}"));
             }
             self.notify();
         }
@@ -182,7 +182,7 @@ impl Runtime {
         if self.is_shutting_down() {
             return Err(Error::unavailable("the server is shutting down"));
         }
-        self.set_phase(name, Phase::Loading);
+        self.begin_load(name);
         // Taken before reading, so a change made during the load is seen by the next scan.
         let fingerprint = if options.files.is_empty() {
             self.inner.repository.fingerprint(name).ok()
@@ -198,7 +198,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        self.make_room(0, name);
+        self.make_room(0, Some(name));
         drop(guard);
         if let Some((old, carried)) = old {
             drain(&old, &carried);
@@ -220,15 +220,11 @@ impl Runtime {
         let exists = self.inner.repository.root().join(name).is_dir();
         let mut models = self.models_mut();
         if let Some(e) = models.get_mut(name) {
-            e.phase = Phase::Idle;
             // Poll mode retries only once these files change again.
             e.fingerprint = fingerprint;
-            if e.serving.is_none() {
-                if !exists {
-                    models.remove(name);
-                } else {
-                    e.absent = Absent::Failed(error.message().to_owned());
-                }
+            e.load_failed(error.message().to_owned());
+            if e.serving().is_none() && !exists {
+                models.remove(name);
             }
         }
         drop(models);
@@ -272,7 +268,7 @@ impl Runtime {
         let old = self
             .models()
             .get(name)
-            .and_then(|e| e.serving.as_ref().map(Arc::clone));
+            .and_then(|e| e.serving().map(Arc::clone));
         let mut versions = BTreeMap::new();
         for v in &source.versions {
             let reusable = old.as_ref().and_then(|old| {
@@ -281,7 +277,7 @@ impl Runtime {
                     Some(VersionSlot::Ready(s))
                         if same_config
                             && options.files.is_empty()
-                            && s.file == FileKey::of(&v.model_file) =>
+                            && FileIdentity::same(s.file, FileIdentity::of(&v.model_file)) =>
                     {
                         Some(Arc::clone(s))
                     }
@@ -298,12 +294,12 @@ impl Runtime {
                     Some(VersionSlot::Ready(s)) => Some(s.memory_bytes),
                     _ => None,
                 })
-                .unwrap_or_else(|| FileKey::of(&v.model_file).len());
-            self.make_room(estimate, name);
+                .unwrap_or_else(|| FileIdentity::of(&v.model_file).map_or(0, |f| f.len));
+            self.make_room(estimate, Some(name));
             let slot = match build::load_version(&cx, backend.as_ref(), &config, &source, v, &dir) {
                 Ok(mut served) => {
                     served.memory_bytes =
-                        self.remembered_memory(name, v.version, &served.file, served.memory_bytes);
+                        self.remembered_memory(name, v.version, served.file, served.memory_bytes);
                     tracing::info!(
                         model = name,
                         version = v.version,
@@ -349,19 +345,17 @@ impl Runtime {
             versions: loaded.versions.keys().copied().collect(),
         };
         let failed = (new_ready == 0).then(|| first_failure(&loaded));
-        let carried: Vec<*const Served> = loaded.ready().map(|(_, s)| Arc::as_ptr(s)).collect();
+        let carried: Vec<Weak<Served>> = loaded.ready().map(|(_, s)| Arc::downgrade(s)).collect();
         let replaced = {
             let mut models = self.models_mut();
             let autoload = self.inner.config.lifecycle.memory_budget.is_some();
             let e = models
                 .entry(name.to_owned())
                 .or_insert_with(|| Entry::new(autoload));
-            e.phase = Phase::Idle;
-            e.absent = Absent::NotLoaded;
             e.autoload = autoload;
             e.fingerprint = fingerprint;
             e.shell = Some(shell);
-            e.serving.replace(Arc::new(loaded))
+            e.serve(Arc::new(loaded))
         };
         self.notify();
         match failed {
@@ -386,8 +380,7 @@ impl Runtime {
                     Err(crate::unknown_model(name))
                 };
             };
-            e.phase = Phase::Unloading;
-            e.serving.take()
+            e.begin_unload()
         };
         self.notify();
         if let Some(old) = old {
@@ -402,9 +395,8 @@ impl Runtime {
             if forget {
                 models.remove(name);
             } else if let Some(e) = models.get_mut(name) {
-                if e.serving.is_none() {
-                    e.phase = Phase::Idle;
-                    e.absent = Absent::Unloaded;
+                if e.serving().is_none() {
+                    e.state = State::Absent(Absent::Unloaded);
                     e.autoload = false;
                 }
             }
@@ -412,104 +404,6 @@ impl Runtime {
         self.notify();
         tracing::info!(model = name, "model unloaded");
         Ok(())
-    }
-
-    /// The memory to account for a version: the larger of this measurement and the
-    /// first one of the same file.
-    fn remembered_memory(&self, name: &str, version: u64, file: &FileKey, measured: u64) -> u64 {
-        let mut memo = self
-            .inner
-            .measured
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (name.to_owned(), version);
-        match memo.get(&key) {
-            Some((f, first)) if f == file => measured.max(*first),
-            _ => {
-                memo.insert(key, (file.clone(), measured));
-                measured
-            }
-        }
-    }
-
-    /// Retries getting under the memory budget on a thread of its own (called when a
-    /// request finishes while the runtime is over budget).
-    pub(crate) fn trim_to_budget(&self) {
-        if !self.inner.over_budget.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let runtime = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("sluice-trim".to_owned())
-            .spawn(move || {
-                let _guard = runtime.lock_loader();
-                runtime.make_room(0, "");
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start a thread to get under the memory budget");
-        }
-    }
-
-    /// Unloads least recently used idle models until `need` more bytes fit in the
-    /// budget. A model some request holds is never chosen; when nothing can go, the
-    /// load proceeds over budget (with a warning) rather than fail a request.
-    fn make_room(&self, need: u64, keep: &str) {
-        let Some(budget) = self.inner.config.lifecycle.memory_budget else {
-            return;
-        };
-        loop {
-            let victim = {
-                let mut models = self.models_mut();
-                let used: u64 = models
-                    .values()
-                    .filter_map(|e| e.serving.as_ref())
-                    .map(|l| l.memory_bytes())
-                    .sum();
-                let loaded_count = models.values().filter(|e| e.serving.is_some()).count();
-                // The last loaded model stays even when it alone is over the budget:
-                // evicting it would only make its next request reload it.
-                let last_one = keep.is_empty() && loaded_count <= 1;
-                if used.saturating_add(need) <= budget || last_one {
-                    self.inner.over_budget.store(false, Ordering::Release);
-                    return;
-                }
-                let candidate = models
-                    .iter()
-                    .filter(|(n, e)| {
-                        n.as_str() != keep
-                            && e.phase == Phase::Idle
-                            && e.serving
-                                .as_ref()
-                                .is_some_and(|l| l.memory_bytes() > 0 && l.idle())
-                    })
-                    .min_by_key(|(_, e)| {
-                        e.serving
-                            .as_ref()
-                            .map_or(0, |l| l.last_used.load(Ordering::Relaxed))
-                    })
-                    .map(|(n, _)| n.clone());
-                let Some(victim) = candidate else {
-                    self.inner.over_budget.store(true, Ordering::Release);
-                    tracing::warn!(
-                        used,
-                        need,
-                        budget,
-                        "over the memory budget: every other loaded model is in use"
-                    );
-                    return;
-                };
-                let e = models.get_mut(&victim).expect("chosen from the map");
-                e.absent = Absent::Evicted;
-                e.autoload = true;
-                let loaded = e.serving.take();
-                tracing::info!(model = %victim, used, need, budget, "evicting the least recently used idle model");
-                loaded
-            };
-            self.notify();
-            if let Some(loaded) = victim {
-                drain(&loaded, &[]);
-            }
-        }
     }
 }
 
@@ -524,20 +418,33 @@ fn first_failure(loaded: &Loaded) -> String {
         .unwrap_or_else(|| "no version was selected".to_owned())
 }
 
-/// What a load replaced: the old model, and the versions the new one carried over.
-type Replaced = (Arc<Loaded>, Vec<*const Served>);
+/// What a load replaced: the old model, and the versions the new one carried over
+/// (weak, so they count for nothing in the strong counts `drain` reads).
+type Replaced = (Arc<Loaded>, Vec<Weak<Served>>);
 
 /// Waits until no request holds a version of `old` that was not carried over into
 /// its replacement, then drops `old` (each dropped pool runs what is queued and joins
 /// its threads).
-fn drain(old: &Arc<Loaded>, carried: &[*const Served]) {
+///
+/// Why polling the strong count is safe (the lifetime rule of
+/// [`Served`](crate::build::Served)): once `old` has left the registry nothing can
+/// reach its versions to clone a new `Arc`, so each count only falls; a count of 1 is
+/// `old`'s own map, and anything above it is a request still running on that version
+/// (carried versions are also held by their new `Loaded`, hence skipped). The carried
+/// list is compared by address through `Weak`s, which keep each allocation alive, so
+/// an address can never be reused by another version while it is compared.
+pub(crate) fn drain(old: &Arc<Loaded>, carried: &[Weak<Served>]) {
     let started = std::time::Instant::now();
     let mut next_log = Duration::from_secs(5);
+    let is_carried = |s: &Arc<Served>| {
+        carried
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(s)))
+    };
     loop {
-        // The registry no longer holds `old`; it holds one reference to each version.
         let busy = old
             .ready()
-            .any(|(_, s)| Arc::strong_count(s) > 1 && !carried.contains(&Arc::as_ptr(s)));
+            .any(|(_, s)| Arc::strong_count(s) > 1 && !is_carried(s));
         if !busy {
             break;
         }

@@ -2,7 +2,7 @@
 //! models load, changed ones reload (hot swap), removed ones unload.
 //!
 //! Key decision: debounce by stability, not by time since the last write: a model is
-//! reloaded only when its fingerprint (names, sizes, modification times of its files)
+//! reloaded only when its fingerprint (names and `FileIdentity`s of its files)
 //! differs from what was last loaded *and* is the same on two scans in a row, so a
 //! copy still in progress is never loaded half-written. A reload that fails leaves
 //! the last good versions serving.
@@ -91,7 +91,7 @@ impl Runtime {
             Some(e) => (
                 true,
                 e.fingerprint,
-                e.serving.is_none() && e.absent == crate::Absent::Evicted,
+                e.absent() == Some(&crate::Absent::Evicted),
             ),
         }
     }

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use sluice_backend_tract::TractBackend;
 use sluice_core::{DataType, ErrorKind, InferRequest, Tensor};
 use sluice_runtime::{
-    Backends, ControlMode, IndexEntry, LifecycleConfig, LoadOptions, ModelState, RepositoryOptions,
-    Runtime, RuntimeConfig,
+    Backends, ControlMode, IndexEntry, LifecycleConfig, LoadOptions, ModelState, Runtime,
 };
 
 fn examples() -> PathBuf {
@@ -20,17 +19,10 @@ fn examples() -> PathBuf {
 }
 
 fn start(repository: &Path, lifecycle: LifecycleConfig) -> Runtime {
-    let config = RuntimeConfig {
-        repository: repository.to_path_buf(),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 16,
-        strict_readiness: true,
-        lifecycle,
-        execution_gates: None,
-        cache: sluice_runtime::CacheConfig::None,
-    };
+    let config = sluice_test_support::runtime_config(repository)
+        .queue_capacity(16)
+        .lifecycle(lifecycle)
+        .build();
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
 

@@ -156,7 +156,6 @@ impl<'a> ElementWriter<'a> {
         match self.datatype {
             DataType::F16 => self.out.put_slice(&f16::from_f64(v).to_le_bytes()),
             DataType::Bf16 => self.out.put_slice(&bf16::from_f64(v).to_le_bytes()),
-            #[allow(clippy::cast_possible_truncation)]
             DataType::F32 => self.out.put_f32_le(v as f32),
             DataType::F64 => self.out.put_f64_le(v),
             _ => return Err(self.not_valid(v)),

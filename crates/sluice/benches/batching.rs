@@ -242,7 +242,7 @@ fn main() {
             model.dims,
             Some(objective),
         );
-        let server_pid = _server.as_ref().map(common::ServerProcess::pid);
+        let server_pid = _server.as_ref().map(common::ServerProcess::id);
         let before = rss_mib(server_pid);
         let s = tokio.block_on(open_loop(&request, best * 2.0, overload, objective));
         let after = rss_mib(server_pid);

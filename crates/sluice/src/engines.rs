@@ -71,7 +71,10 @@ fn onnxruntime(args: &EngineArgs) -> Result<Option<Arc<dyn sluice_core::Backend>
 }
 
 /// The library to open and how it was found; `Ok(None)` when switched off.
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+#[cfg_attr(
+    not(feature = "ort"),
+    allow(dead_code, reason = "only the ort engine opens a library")
+)]
 fn locate(args: &EngineArgs) -> Result<Option<(PathBuf, &'static str)>, String> {
     match args.ort_library.as_deref().map(str::trim) {
         Some("off") => return Ok(None),

@@ -16,6 +16,7 @@ use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig
 
 mod autoscale;
 mod engines;
+mod ready_file;
 
 /// Connections the metrics port keeps open at once.
 const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -192,6 +193,11 @@ struct ServeArgs {
         value_delimiter = ';'
     )]
     cache_config: Vec<String>,
+
+    /// Once listening, write this file: JSON with the process id and each listener's
+    /// address and port (removed on exit). For supervisors and tests that bind port 0.
+    #[arg(long, env = "SLUICE_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,6 +308,11 @@ impl LogControl for LiveFilter {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let logs = init_logs(&args)?;
+    let ready_out = args
+        .ready_file
+        .as_deref()
+        .map(ready_file::ReadyFile::claim)
+        .transpose()?;
     anyhow::ensure!(
         args.intra_op_threads > 0,
         "--intra-op-threads must be at least 1"
@@ -419,6 +430,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!("HTTP server listening on {local}");
+        if let Some(file) = &ready_out {
+            file.write(&ready_file::Bound {
+                http: local,
+                grpc: grpc_listener.local_addr()?,
+                metrics: metrics_listener
+                    .as_ref()
+                    .map(|l| l.local_addr())
+                    .transpose()?,
+            })?;
+        }
         let router = sluice_server::app(
             runtime.clone(),
             HttpConfig {

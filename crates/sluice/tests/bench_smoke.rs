@@ -3,25 +3,19 @@
 //! check that the load generator talks to the server and reports what it saw, not
 //! how fast anything is.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
+use sluice_test_support::{Serve, ServerProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// A real `sluice serve`, its ports read from its ready file.
 struct Server {
-    child: std::process::Child,
+    _process: ServerProcess,
     http: String,
     grpc: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn examples() -> PathBuf {
@@ -29,45 +23,11 @@ fn examples() -> PathBuf {
 }
 
 fn server() -> Server {
-    let mut child = Command::new(SLUICE)
-        .args(["serve", "--model-repository"])
-        .arg(examples())
-        .args([
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args(["--metrics-port", "0", "--ort-library", "off"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice serve");
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut http, mut grpc) = (None, None);
-    while http.is_none() || grpc.is_none() {
-        let line = lines
-            .next()
-            .expect("sluice exited before listening")
-            .unwrap();
-        let addr = |l: &str, what: &str| {
-            l.split(what)
-                .nth(1)
-                .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
-        };
-        if let Some(a) = addr(&line, "HTTP server listening on ") {
-            http = Some(a.replace("0.0.0.0", "127.0.0.1"));
-        }
-        if let Some(a) = addr(&line, "gRPC server listening on ") {
-            grpc = Some(a.replace("0.0.0.0", "127.0.0.1"));
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let process = Serve::new(SLUICE, examples()).spawn();
     Server {
-        child,
-        http: http.unwrap(),
-        grpc: grpc.unwrap(),
+        http: process.ready().http.expect("HTTP listener").to_string(),
+        grpc: process.grpc_addr(),
+        _process: process,
     }
 }
 

@@ -83,7 +83,6 @@ fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Bytes {
 }
 
 fn mlp_request(id: &str, rows: usize) -> ModelInferRequest {
-    #[allow(clippy::cast_precision_loss)]
     let values = (0..rows * 784).map(|i| (i % 17) as f32 / 17.0);
     ModelInferRequest {
         model_name: "mlp".into(),

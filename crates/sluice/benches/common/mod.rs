@@ -1,6 +1,9 @@
 //! Shared pieces of the system benchmarks: an in-process server, a keep-alive HTTP
 //! client sending Triton binary requests, closed- and open-loop load, percentiles.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each bench target includes this module and uses a different part of it"
+)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use sluice_backend_tract::TractBackend;
 use sluice_core::{Backend, DataType, InstanceOptions, Tensor};
 use sluice_repository::{Repository, RepositoryOptions};
-use sluice_runtime::{Backends, Runtime, RuntimeConfig};
+use sluice_runtime::{Backends, Runtime};
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -140,27 +143,9 @@ pub struct Endpoints {
 
 /// Starts an in-process server (HTTP and gRPC) on 127.0.0.1 over `repo`.
 pub async fn start_server(repo: &Path) -> (Endpoints, Runtime) {
-    let config = RuntimeConfig {
-        repository: repo.to_path_buf(),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 1024,
-        strict_readiness: true,
-        lifecycle: sluice_runtime::LifecycleConfig::default(),
-        execution_gates: None,
-        cache: sluice_runtime::CacheConfig::None,
-    };
-    let repo = repo.to_path_buf();
+    let config = sluice_test_support::runtime_config(repo).build();
     let runtime = tokio::task::spawn_blocking(move || {
-        Runtime::start(
-            RuntimeConfig {
-                repository: repo,
-                ..config
-            },
-            Backends::new().with(Arc::new(TractBackend::new())),
-        )
-        .unwrap()
+        Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
     })
     .await
     .unwrap();
@@ -440,73 +425,19 @@ pub fn rss_mib(pid: Option<u32>) -> f64 {
 }
 
 /// A `sluice serve` child process (killed on drop).
-pub struct ServerProcess {
-    child: std::process::Child,
-}
-
-impl ServerProcess {
-    /// The server's process id (under `taskset`, which execs it).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use sluice_test_support::ServerProcess;
 
 /// Starts the real `sluice serve` on `repo`, pinned to `cpus` with `taskset` (e.g. "0"),
 /// so the load generator (this process, pinned elsewhere) does not share its cores.
 pub fn spawn_server(repo: &Path, cpus: &str) -> (Endpoints, ServerProcess) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new("taskset")
-        .args([
-            "-c",
-            cpus,
-            env!("CARGO_BIN_EXE_sluice"),
-            "serve",
-            "--model-repository",
-        ])
-        .arg(repo)
-        .args([
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--ort-library",
-            "off",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("taskset and the sluice binary");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let mut port = |server: &str| loop {
-        let line = lines
-            .next()
-            .expect("sluice exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split(&format!("{server} server listening on ")).nth(1) {
-            break rest.rsplit(':').next().unwrap().trim().to_owned();
-        }
-    };
-    // The server logs gRPC's address first, then HTTP's.
-    let grpc = port("gRPC");
-    let http = port("HTTP");
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let process = sluice_test_support::Serve::new(env!("CARGO_BIN_EXE_sluice"), repo)
+        .pinned(cpus)
+        .spawn();
     let endpoints = Endpoints {
-        http: format!("http://127.0.0.1:{http}"),
-        grpc: format!("127.0.0.1:{grpc}"),
+        http: process.http_url(),
+        grpc: process.grpc_addr(),
     };
-    (endpoints, ServerProcess { child })
+    (endpoints, process)
 }
 
 /// `(executions, items)` of a model so far, from Triton's statistics extension
