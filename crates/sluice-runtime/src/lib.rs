@@ -19,6 +19,7 @@ mod gate;
 mod lifecycle;
 mod memory;
 mod poll;
+mod remote;
 mod warmup;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 use build::{Loaded, Served, VersionSlot};
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
+pub use remote::RemoteRepositories;
 
 /// Settings of the runtime, validated by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +310,8 @@ struct Inner {
     shutting_down: AtomicBool,
     /// The response cache, when one is configured.
     cache: Option<cache::ResponseCache>,
+    /// Remote repositories mirrored into the repository folder (see `remote`).
+    remote: std::sync::OnceLock<Arc<dyn remote::RemoteRepositories>>,
 }
 
 /// Where a request stands with its model.
@@ -422,6 +426,8 @@ impl Runtime {
                 }),
             }
         }
+        drop(models);
+        remote::annotate(self.inner.remote.get(), &mut out);
         out
     }
 
