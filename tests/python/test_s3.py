@@ -108,7 +108,9 @@ def test_bucket_serves_the_example_repository_like_the_local_folder(aws, monkeyp
         for out in MODELS[name]["outputs"]:
             assert_close(r_http[out], expected[out], what=f"{name}.{out} over HTTP from the bucket")
             assert_close(r_grpc[out], expected[out], what=f"{name}.{out} over gRPC from the bucket")
-            np.testing.assert_array_equal(r_http[out], f_http[out], err_msg=f"{name}.{out}: bucket vs folder")
+            # tract picks its batch plan by measured speed, so two servers may round
+            # differently in the last bit; the files themselves are the same bytes.
+            assert_close(r_http[out], f_http[out], rtol=1e-5, atol=1e-6, what=f"{name}.{out}: bucket vs folder")
     x = np.ones((2, WIDTH), np.float32)
     oracle = Oracle()
     oracle.add(3, tagged_model(3))

@@ -188,7 +188,9 @@ fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
 
 #[cfg(not(unix))]
 fn symlink(_target: &Path, _link: &Path) -> std::io::Result<()> {
-    Err(std::io::Error::other("remote repositories need symlinks (unix)"))
+    Err(std::io::Error::other(
+        "remote repositories need symlinks (unix)",
+    ))
 }
 
 #[cfg(test)]
@@ -211,7 +213,10 @@ mod tests {
         std::fs::write(&t, b"abc").unwrap();
         cache.persist(t, &blob).unwrap();
         assert!(cache.has_blob(&blob, 3));
-        assert!(!cache.has_blob(&blob, 4), "a blob of another size is not a hit");
+        assert!(
+            !cache.has_blob(&blob, 4),
+            "a blob of another size is not a hit"
+        );
         let files = BTreeMap::from([("1/model.onnx".to_owned(), blob.clone())]);
         let snap = cache.snapshot("repo", "m", 7, &files).unwrap();
         assert_eq!(std::fs::read(snap.join("1/model.onnx")).unwrap(), b"abc");
@@ -219,17 +224,21 @@ mod tests {
 
         let view = View::new(&cache).unwrap();
         view.link("m", &snap).unwrap();
-        assert_eq!(std::fs::read(view.path().join("m/1/model.onnx")).unwrap(), b"abc");
-        let other = cache
-            .snapshot("repo", "m", 8, &BTreeMap::new())
-            .unwrap();
+        assert_eq!(
+            std::fs::read(view.path().join("m/1/model.onnx")).unwrap(),
+            b"abc"
+        );
+        let other = cache.snapshot("repo", "m", 8, &BTreeMap::new()).unwrap();
         view.link("m", &other).unwrap();
         assert_eq!(view.target("m").unwrap(), other);
         assert!(!view.path().join("m/1").exists());
         view.unlink("m");
         assert!(view.target("m").is_none());
         // Nothing half-made is left behind.
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -180,7 +180,10 @@ impl RepositorySet {
                     Source::Local(abs)
                 }
                 RepositoryLocation::S3(url) => {
-                    let id = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(url.to_string().as_bytes()));
+                    let id = format!(
+                        "{:016x}",
+                        xxhash_rust::xxh3::xxh3_64(url.to_string().as_bytes())
+                    );
                     Source::Remote {
                         remote: Remote::new(url.clone(), &config.store)?,
                         id,
@@ -312,6 +315,11 @@ impl RepositorySet {
                     Ok::<_, Error>((name, listing))
                 })
                 .buffer_unordered(8)
+                // A folder with no objects left (some stores keep the empty "folder")
+                // is no model, as in S3.
+                .try_filter(|(_, listing)| {
+                    futures_util::future::ready(!matches!(listing, Ok(files) if files.is_empty()))
+                })
                 .try_collect::<BTreeMap<_, _>>()
                 .await
         })
@@ -372,7 +380,13 @@ impl RepositorySet {
 
     /// Points the view at a model's new folder and removes snapshots of it older
     /// than the one it replaced.
-    fn show(&self, state: &mut State, name: &str, owner: usize, target: &Path) -> Result<(), Error> {
+    fn show(
+        &self,
+        state: &mut State,
+        name: &str,
+        owner: usize,
+        target: &Path,
+    ) -> Result<(), Error> {
         self.inner.view.link(name, target)?;
         state.owner.insert(name.to_owned(), owner);
         let history = state.history.entry(name.to_owned()).or_default();
@@ -396,7 +410,8 @@ impl RepositorySet {
     fn backoff(&self, failures: u32) -> Duration {
         let base = self.inner.config.interval;
         let cap = self.inner.config.max_backoff.max(base);
-        base.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(cap)
+        base.saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(cap)
     }
 
     /// One pass over every location. Returns the models newly shown by a `Once`
@@ -440,8 +455,11 @@ impl RepositorySet {
                     }
                 },
                 Source::Remote { remote, id } => {
-                    let due = state.remotes[i].next_due.is_none_or(|d| Instant::now() >= d);
-                    let skip = !initial && (!due || (mode == SyncMode::Once && state.remotes[i].reached));
+                    let due = state.remotes[i]
+                        .next_due
+                        .is_none_or(|d| Instant::now() >= d);
+                    let skip =
+                        !initial && (!due || (mode == SyncMode::Once && state.remotes[i].reached));
                     if skip {
                         if let Some(old) = lock(&self.inner.notes).sources.get(&source.label()) {
                             source_notes.insert(source.label(), old.clone());
@@ -490,8 +508,10 @@ impl RepositorySet {
                         r.next_due = None;
                         r.reached = true;
                     }
-                    let prints: BTreeMap<String, u64> =
-                        listed.iter().map(|(n, l)| (n.clone(), fingerprint(l))).collect();
+                    let prints: BTreeMap<String, u64> = listed
+                        .iter()
+                        .map(|(n, l)| (n.clone(), fingerprint(l)))
+                        .collect();
                     let seen = state.remotes[i].seen.replace(prints.clone());
                     for (name, listing) in listed {
                         if let Some(&first) = claimed.get(&name) {
@@ -504,12 +524,18 @@ impl RepositorySet {
                             SyncMode::OnDemand => {
                                 shown
                                     || (initial
-                                        && self.inner.config.startup_models.iter().any(|m| m == "*" || *m == name))
+                                        && self
+                                            .inner
+                                            .config
+                                            .startup_models
+                                            .iter()
+                                            .any(|m| m == "*" || *m == name))
                             }
                             SyncMode::Once | SyncMode::Poll => true,
                         };
                         if !wanted {
-                            available.insert(name.clone(), format!("not loaded (in {})", remote.url()));
+                            available
+                                .insert(name.clone(), format!("not loaded (in {})", remote.url()));
                             continue;
                         }
                         if mode == SyncMode::OnDemand && shown && !initial {
@@ -574,7 +600,9 @@ impl RepositorySet {
                             }
                         }
                     }
-                    state.remotes[i].applied.retain(|n, _| prints.contains_key(n));
+                    state.remotes[i]
+                        .applied
+                        .retain(|n, _| prints.contains_key(n));
                 }
             }
         }
@@ -591,7 +619,13 @@ impl RepositorySet {
         newly
     }
 
-    fn duplicate(&self, notes: &mut BTreeMap<String, String>, name: &str, first: usize, other: usize) {
+    fn duplicate(
+        &self,
+        notes: &mut BTreeMap<String, String>,
+        name: &str,
+        first: usize,
+        other: usize,
+    ) {
         let (a, b) = (&self.inner.sources[first], &self.inner.sources[other]);
         tracing::warn!(model = name, served_from = %a.label(), ignored = %b.label(), "a model name is in two repositories");
         notes.insert(

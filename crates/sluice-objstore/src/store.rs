@@ -99,7 +99,10 @@ pub fn model_files(base: &str, objects: Vec<ObjectInfo>, max_object_bytes: u64) 
         let Some(rel) = o.key.strip_prefix(base) else {
             continue;
         };
-        if rel.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\')) {
+        if rel
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\'))
+        {
             return Err(format!(
                 "key '{}' is not a plain path inside the model folder '{base}'",
                 o.key
@@ -141,7 +144,9 @@ pub struct Remote {
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remote").field("url", &self.url.to_string()).finish()
+        f.debug_struct("Remote")
+            .field("url", &self.url.to_string())
+            .finish()
     }
 }
 
@@ -165,7 +170,13 @@ impl Remote {
         // rustls needs a process-wide crypto provider; `ring` (never aws-lc-rs).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let redact = Redactor::new(settings);
-        let mut builder = AmazonS3Builder::new();
+        // Client options first: `with_client_options` replaces them whole, including
+        // the `allow_http` that the settings below may turn on.
+        let mut builder = AmazonS3Builder::new().with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(settings.connect_timeout)
+                .with_timeout(settings.request_timeout),
+        );
         let mut env_endpoint = None;
         let mut allow_http_set = false;
         for (name, value) in &settings.aws {
@@ -195,18 +206,16 @@ impl Remote {
             }
         }
         let has_region = settings.aws.iter().any(|(k, _)| {
-            matches!(k.to_ascii_uppercase().as_str(), "AWS_REGION" | "AWS_DEFAULT_REGION")
+            matches!(
+                k.to_ascii_uppercase().as_str(),
+                "AWS_REGION" | "AWS_DEFAULT_REGION"
+            )
         });
         if !has_region {
             builder = builder.with_config(AmazonS3ConfigKey::Region, "us-east-1");
         }
         let store = builder
             .with_bucket_name(url.bucket.clone())
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(settings.connect_timeout)
-                    .with_timeout(settings.request_timeout),
-            )
             .with_retry(RetryConfig {
                 max_retries: 2,
                 retry_timeout: Duration::from_secs(10),
@@ -267,7 +276,11 @@ impl Remote {
     /// The files of one model folder, checked: every key a plain relative path under
     /// the folder, none larger than `max_object_bytes`. A store that cannot be
     /// reached is an `Err`; a folder that cannot be used is an `Ok(Err(reason))`.
-    pub async fn list_model(&self, name: &str, max_object_bytes: u64) -> Result<ModelListing, Error> {
+    pub async fn list_model(
+        &self,
+        name: &str,
+        max_object_bytes: u64,
+    ) -> Result<ModelListing, Error> {
         let folder = match self.prefix_path() {
             Some(p) => p.clone().join(name),
             None => Path::from(name),
@@ -308,16 +321,21 @@ impl Remote {
             ..GetOptions::default()
         };
         let key = &object.key;
-        let got = self.store.get_opts(&location, options).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                Error::Model(format!("object '{key}' disappeared before it could be downloaded"))
-            }
-            object_store::Error::Precondition { .. } => Error::Model(format!(
-                "object '{key}' changed after it was listed; it is read again at the next scan"
-            )),
-            other => Error::Store(self.describe(&format!("cannot download '{key}'"), &other)),
-        })?;
-        if got.meta.size != object.size || (object.etag.is_some() && got.meta.e_tag != object.etag) {
+        let got = self
+            .store
+            .get_opts(&location, options)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::Model(format!(
+                    "object '{key}' disappeared before it could be downloaded"
+                )),
+                object_store::Error::Precondition { .. } => Error::Model(format!(
+                    "object '{key}' changed after it was listed; it is read again at the next scan"
+                )),
+                other => Error::Store(self.describe(&format!("cannot download '{key}'"), &other)),
+            })?;
+        if got.meta.size != object.size || (object.etag.is_some() && got.meta.e_tag != object.etag)
+        {
             return Err(Error::Model(format!(
                 "object '{key}' changed after it was listed ({} bytes now, {} listed)",
                 got.meta.size, object.size
@@ -367,7 +385,10 @@ mod tests {
         let settings = StoreSettings {
             aws: vec![
                 ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "wJalrXUtnFEMI/K7MDENG".into()),
+                (
+                    "AWS_SECRET_ACCESS_KEY".into(),
+                    "wJalrXUtnFEMI/K7MDENG".into(),
+                ),
                 ("AWS_REGION".into(), "eu-west-1".into()),
             ],
             ..StoreSettings::default()
@@ -391,17 +412,30 @@ mod tests {
         let base = "repo/m/";
         let ok = model_files(
             base,
-            vec![obj("repo/m/config.pbtxt", 10), obj("repo/m/1/", 0), obj("repo/m/1/model.onnx", 100)],
+            vec![
+                obj("repo/m/config.pbtxt", 10),
+                obj("repo/m/1/", 0),
+                obj("repo/m/1/model.onnx", 100),
+            ],
             100,
         )
         .unwrap();
-        assert_eq!(ok.keys().collect::<Vec<_>>(), ["1/model.onnx", "config.pbtxt"]);
+        assert_eq!(
+            ok.keys().collect::<Vec<_>>(),
+            ["1/model.onnx", "config.pbtxt"]
+        );
         let refused = [
             (vec![obj("repo/m/1/../../other/x", 1)], "not a plain path"),
             (vec![obj("repo/m/./1/model.onnx", 1)], "not a plain path"),
             (vec![obj("repo/m/1//model.onnx", 1)], "not a plain path"),
-            (vec![obj("repo/m/1/model.onnx", 101)], "more than the 100 bytes"),
-            (vec![obj("repo/m/1", 5), obj("repo/m/1/model.onnx", 1)], "both an object and a folder"),
+            (
+                vec![obj("repo/m/1/model.onnx", 101)],
+                "more than the 100 bytes",
+            ),
+            (
+                vec![obj("repo/m/1", 5), obj("repo/m/1/model.onnx", 1)],
+                "both an object and a folder",
+            ),
         ];
         for (objects, why) in refused {
             let e = model_files(base, objects.clone(), 100).unwrap_err();
@@ -434,12 +468,21 @@ mod tests {
 
         // Rewritten after the listing: the ETag no longer matches.
         store.put(&key, vec![8u8; 1000].into()).await.unwrap();
-        let e = remote.download(&object, &dir.path().join("b")).await.unwrap_err();
-        assert!(matches!(e, Error::Model(_)) && e.to_string().contains("changed"), "{e}");
+        let e = remote
+            .download(&object, &dir.path().join("b"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Model(_)) && e.to_string().contains("changed"),
+            "{e}"
+        );
 
         // Gone after the listing.
         store.delete(&key).await.unwrap();
-        let e = remote.download(&object, &dir.path().join("c")).await.unwrap_err();
+        let e = remote
+            .download(&object, &dir.path().join("c"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::Model(_)), "{e}");
         assert!(e.to_string().contains("1/model.onnx"), "{e}");
 

@@ -52,7 +52,8 @@ pub struct S3Url {
 impl S3Url {
     /// Parses what follows `s3://`.
     pub fn parse(rest: &str) -> Result<S3Url, Error> {
-        let bad = |why: &str| Error::InvalidUrl(format!("'s3://{rest}' is not a valid S3 URL: {why}"));
+        let bad =
+            |why: &str| Error::InvalidUrl(format!("'s3://{rest}' is not a valid S3 URL: {why}"));
         let (endpoint, path) = if let Some(after) = rest
             .strip_prefix("http://")
             .map(|a| ("http", a))
@@ -82,7 +83,9 @@ impl S3Url {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid_bucket {
-            return Err(bad("the bucket name may hold only letters, digits, '.', '-' and '_'"));
+            return Err(bad(
+                "the bucket name may hold only letters, digits, '.', '-' and '_'",
+            ));
         }
         let prefix = prefix.trim_matches('/');
         if prefix
@@ -130,9 +133,24 @@ mod tests {
             ("s3://models", None, "models", ""),
             ("s3://models/", None, "models", ""),
             ("s3://models/a/b/", None, "models", "a/b"),
-            ("s3://127.0.0.1:9000/models/repo", Some("http://127.0.0.1:9000"), "models", "repo"),
-            ("s3://https://s3.example.com:443/b/p", Some("https://s3.example.com:443"), "b", "p"),
-            ("s3://http://localhost:8333/b", Some("http://localhost:8333"), "b", ""),
+            (
+                "s3://127.0.0.1:9000/models/repo",
+                Some("http://127.0.0.1:9000"),
+                "models",
+                "repo",
+            ),
+            (
+                "s3://https://s3.example.com:443/b/p",
+                Some("https://s3.example.com:443"),
+                "b",
+                "p",
+            ),
+            (
+                "s3://http://localhost:8333/b",
+                Some("http://localhost:8333"),
+                "b",
+                "",
+            ),
         ];
         for (text, endpoint, bucket, prefix) in cases {
             let u = s3(text);
@@ -140,7 +158,10 @@ mod tests {
             assert_eq!(u.bucket, bucket, "{text}");
             assert_eq!(u.prefix, prefix, "{text}");
         }
-        assert_eq!(s3("s3://127.0.0.1:9000/b/p/").to_string(), "s3://http://127.0.0.1:9000/b/p");
+        assert_eq!(
+            s3("s3://127.0.0.1:9000/b/p/").to_string(),
+            "s3://http://127.0.0.1:9000/b/p"
+        );
     }
 
     #[test]

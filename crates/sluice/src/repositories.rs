@@ -74,7 +74,9 @@ impl RepositoryArgs {
             "--model-download-concurrency must be at least 1"
         );
         let store = StoreSettings {
-            aws: std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect(),
+            aws: std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .collect(),
             ..StoreSettings::default()
         };
         let set = RepositorySet::open(SetConfig {
@@ -116,7 +118,10 @@ impl Repositories {
         runtime.attach_remote(Arc::new(Hook(set.clone())));
         let runtime = runtime.clone();
         set.spawn(Box::new(move |name| {
-            tracing::info!(model = name, "loading a model whose store answered after start-up");
+            tracing::info!(
+                model = name,
+                "loading a model whose store answered after start-up"
+            );
             let _ = runtime.load_discovered(name);
         }))
         .map_err(|e| anyhow::anyhow!("{e}"))
