@@ -73,11 +73,6 @@ impl Cache {
         self.root.join("blobs").join(format!("{hash:032x}"))
     }
 
-    /// The blob is there and has the listed size (a warm cache).
-    pub fn has_blob(&self, path: &Path, size: u64) -> bool {
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == size)
-    }
-
     /// A new file for a download in progress, deleted unless persisted.
     pub fn temp_file(&self) -> Result<tempfile::TempPath, Error> {
         let tmp = self.root.join("tmp");
@@ -86,12 +81,6 @@ impl Cache {
             .tempfile_in(&tmp)
             .map(tempfile::NamedTempFile::into_temp_path)
             .map_err(|e| io("create a file in", &tmp, &e))
-    }
-
-    /// Moves a complete download into place (atomic).
-    pub fn persist(&self, temp: tempfile::TempPath, blob: &Path) -> Result<(), Error> {
-        temp.persist(blob)
-            .map_err(|e| io("move a download to", blob, &e.error))
     }
 
     /// The snapshot folder of a model with fingerprint `fp`, built from `files`
@@ -136,6 +125,17 @@ impl Cache {
             }
         }
     }
+}
+
+/// The blob is there and has the listed size (a warm cache).
+pub fn has_blob(path: &Path, size: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == size)
+}
+
+/// Moves a complete download into place (atomic).
+pub fn persist(temp: tempfile::TempPath, blob: &Path) -> Result<(), Error> {
+    temp.persist(blob)
+        .map_err(|e| io("move a download to", blob, &e.error))
 }
 
 /// The folder the runtime reads: one symlink per model.
@@ -208,16 +208,13 @@ mod tests {
             modified_ms: 1,
         };
         let blob = cache.blob_path("repo", &obj);
-        assert!(!cache.has_blob(&blob, 3));
+        assert!(!has_blob(&blob, 3));
         let t = cache.temp_file().unwrap();
         std::fs::write(&t, b"abc").unwrap();
-        cache.persist(t, &blob).unwrap();
-        assert!(cache.has_blob(&blob, 3));
-        assert!(
-            !cache.has_blob(&blob, 4),
-            "a blob of another size is not a hit"
-        );
-        let files = BTreeMap::from([("1/model.onnx".to_owned(), blob.clone())]);
+        persist(t, &blob).unwrap();
+        assert!(has_blob(&blob, 3));
+        assert!(!has_blob(&blob, 4), "a blob of another size is not a hit");
+        let files = BTreeMap::from([("1/model.onnx".to_owned(), blob)]);
         let snap = cache.snapshot("repo", "m", 7, &files).unwrap();
         assert_eq!(std::fs::read(snap.join("1/model.onnx")).unwrap(), b"abc");
         assert_eq!(cache.snapshot("repo", "m", 7, &files).unwrap(), snap);

@@ -341,7 +341,7 @@ impl RepositorySet {
         let mut fetched = Fetched::default();
         for (rel, object) in files {
             let blob = cache.blob_path(id, object);
-            if cache.has_blob(&blob, object.size) {
+            if crate::cache::has_blob(&blob, object.size) {
                 fetched.reused += 1;
             } else {
                 missing.push((object.clone(), blob.clone()));
@@ -354,7 +354,7 @@ impl RepositorySet {
                 .map(|(object, blob)| async move {
                     let temp = cache.temp_file()?;
                     remote.download(&object, &temp).await?;
-                    cache.persist(temp, &blob)?;
+                    crate::cache::persist(temp, &blob)?;
                     Ok::<u64, Error>(object.size)
                 })
                 .buffer_unordered(concurrency)

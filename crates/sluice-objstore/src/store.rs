@@ -282,7 +282,7 @@ impl Remote {
         max_object_bytes: u64,
     ) -> Result<ModelListing, Error> {
         let folder = match self.prefix_path() {
-            Some(p) => p.clone().join(name),
+            Some(p) => p.join(name),
             None => Path::from(name),
         };
         let base = format!("{}/", folder.as_ref());
