@@ -414,7 +414,8 @@ mod tests {
             base,
             vec![
                 obj("repo/m/config.pbtxt", 10),
-                obj("repo/m/1/", 0),
+                // A console's `m/1/` folder marker, as object_store lists it.
+                obj("repo/m/1", 0),
                 obj("repo/m/1/model.onnx", 100),
             ],
             100,
