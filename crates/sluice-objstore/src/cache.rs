@@ -58,6 +58,11 @@ impl Cache {
         &self.root
     }
 
+    /// A temporary cache (no `--model-cache-dir` given).
+    pub fn is_temporary(&self) -> bool {
+        self._temp.is_some()
+    }
+
     /// Where the verified copy of one object version lives.
     pub fn blob_path(&self, repo_id: &str, object: &ObjectInfo) -> PathBuf {
         let identity = format!(

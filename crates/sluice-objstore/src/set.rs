@@ -243,9 +243,14 @@ impl RepositorySet {
             .collect()
     }
 
-    /// Stops the background thread.
+    /// Stops the background thread and, for a temporary cache, removes it (the
+    /// runtime may still hold this set through its hook, so this cannot wait for a drop).
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::Release);
+        let _state = lock(&self.inner.state);
+        if self.inner.cache.is_temporary() {
+            let _ = std::fs::remove_dir_all(self.inner.cache.root());
+        }
     }
 
     /// Starts the thread that lists the stores every interval (see [`SyncMode`]).

@@ -476,8 +476,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         tokio::try_join!(http, grpc, metrics)?;
         let runtime = runtime.clone();
-        repositories.stop();
         tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
+        repositories.stop();
         tracing::info!("stopped");
         anyhow::Ok(())
     })
