@@ -93,6 +93,8 @@ impl Runtime {
                 State::Absent(a) => out.push(row(None, ModelState::Unavailable, a.reason())),
             }
         }
+        drop(models);
+        crate::remote::annotate(self.inner.remote.get(), &mut out);
         out
     }
 

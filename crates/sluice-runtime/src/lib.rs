@@ -26,6 +26,7 @@ mod lifecycle;
 mod lookup;
 mod memory;
 mod poll;
+mod remote;
 mod stats;
 mod views;
 mod warmup;
@@ -41,6 +42,7 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
+pub use remote::RemoteRepositories;
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
@@ -72,6 +74,8 @@ struct Inner {
     shutting_down: AtomicBool,
     /// The response cache, when one is configured.
     cache: Option<cache::ResponseCache>,
+    /// Remote repositories mirrored into the repository folder (see `remote`).
+    remote: std::sync::OnceLock<Arc<dyn remote::RemoteRepositories>>,
 }
 
 impl Runtime {

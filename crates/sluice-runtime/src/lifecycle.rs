@@ -59,6 +59,7 @@ impl Runtime {
                 draining: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 cache,
+                remote: std::sync::OnceLock::new(),
             }),
         };
         let startup: Vec<String> = match lifecycle.mode {
@@ -117,6 +118,9 @@ impl Runtime {
     pub fn load(&self, name: &str, options: &LoadOptions) -> Result<()> {
         self.explicit_only("load")?;
         sluice_repository::check_model_name(name)?;
+        if options.files.is_empty() {
+            self.refresh_remote(name)?;
+        }
         self.load_now(name, options)
     }
 

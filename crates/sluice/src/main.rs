@@ -17,6 +17,7 @@ use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig
 mod autoscale;
 mod engines;
 mod ready_file;
+mod repositories;
 
 /// Connections the metrics port keeps open at once.
 const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -48,10 +49,8 @@ enum Command {
 
 #[derive(Parser, Debug)]
 struct ServeArgs {
-    /// Model repository: one folder per model, Triton's layout
-    /// (`<model>/config.pbtxt|config.json`, `<model>/<version>/model.onnx`).
-    #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
-    model_repository: PathBuf,
+    #[command(flatten)]
+    repositories: repositories::RepositoryArgs,
 
     /// Address to listen on for HTTP.
     #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0")]
@@ -373,8 +372,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         poll_interval: std::time::Duration::from_secs_f64(args.repository_poll_secs),
         memory_budget: args.model_memory_budget,
     };
+    let repositories = args.repositories.open(&repositories::Mode {
+        control: lifecycle.mode,
+        poll_interval: lifecycle.poll_interval,
+        startup_models: &lifecycle.startup_models,
+    })?;
     let config = RuntimeConfig {
-        repository: args.model_repository.clone(),
+        repository: repositories.path.clone(),
         repository_options: sluice_repository_options(args.default_max_batch_size),
         default_backend: args.default_backend.clone(),
         intra_op_threads: args.intra_op_threads,
@@ -385,8 +389,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache,
     };
     let backends = engines::backends(&args.engines, &args.default_backend)?;
-    tracing::info!(repository = %args.model_repository.display(), "loading models");
+    tracing::info!(repository = ?args.repositories.model_repository, "loading models");
     let runtime = Runtime::start(config, backends).map_err(|e| anyhow::anyhow!("{e}"))?;
+    repositories.attach(&runtime)?;
     let ready = runtime
         .index()
         .iter()
@@ -502,6 +507,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::try_join!(http, grpc, metrics)?;
         let runtime = runtime.clone();
         tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
+        repositories.stop();
         tracing::info!("stopped");
         anyhow::Ok(())
     })
