@@ -15,6 +15,7 @@ use sluice_runtime::{ControlMode, LifecycleConfig, Runtime, RuntimeConfig};
 use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig};
 
 mod engines;
+mod route;
 
 /// Connections the metrics port keeps open at once.
 const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -36,6 +37,9 @@ enum Command {
     /// Load a KServe v2 server (Sluice or any other) and measure it: MLPerf scenarios,
     /// concurrency and rate sweeps, JSON report and plot.
     Bench(sluice_bench::BenchArgs),
+    /// Route KServe v2 traffic (HTTP and gRPC) to replicas by model: placement,
+    /// power of two choices on predicted completion time, retries and hedged requests.
+    Route(route::RouteArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -205,6 +209,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => sluice_bench::main(args),
+        Command::Route(args) => route::main(args),
     }
 }
 
