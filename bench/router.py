@@ -33,7 +33,7 @@ LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
 
 def start_router(replicas, *extra):
     args = [str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-            "--poll-ms", "100", "--log", "warn"]
+            "--poll-ms", "100", "--log", "warn,sluice::route=info"]
     for proc, ports in replicas:
         args += ["--replica", f"127.0.0.1:{ports['HTTP']}/{ports['gRPC']}"]
     proc = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

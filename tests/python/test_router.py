@@ -279,6 +279,7 @@ def test_a_killed_replica_costs_no_request(tmp_path, cluster):
     bad = [x for x in results if x[0] != 200 or x[2] != [2.0] * GATED_WIDTH]
     assert not bad, bad[:5]
     st = r.state()
+    print(f"{held:.0f} held on the victim, {len(results)} requests, {st['retries']} retries, {st['ejections']} ejections")
     assert st["retries"] >= held, st  # every request held there was retried
     assert st["errors"] == 0, st
 
@@ -370,6 +371,9 @@ def test_hedging_cuts_the_tail_of_a_stalled_replica(tmp_path, cluster):
             g.open_for_good()
             g.close()
     plain_max = max(x[1] for x in slow)
+    print(f"healthy p99 {healthy_p99 * 1e3:.1f} ms; hedged p99 {hedged_p99 * 1e3:.1f} ms max {hedged_max * 1e3:.1f} ms "
+          f"({st['hedges']} hedges, {st['hedge_wins']} won, {st['requests']} requests, {sent_there()} sent to the "
+          f"stalled replica); unhedged max {plain_max * 1e3:.0f} ms ({plain.replica(stalled)['sent']} sent there)")
     assert all(x[0] == 200 for x in slow)
     assert plain_max >= hold, plain_max
     assert plain_max > 2 * hedged_max, (plain_max, hedged_max)

@@ -215,11 +215,8 @@ impl GrpcInferenceService for Front {
         r: Request<ServerMetadataRequest>,
     ) -> RpcResult<ServerMetadataResponse> {
         let m = r.into_inner();
-        self.other("", move |mut c| {
-            let m = m.clone();
-            async move { c.server_metadata(m).await }
-        })
-        .await
+        self.other("", move |mut c| async move { c.server_metadata(m).await })
+            .await
     }
 
     async fn model_metadata(

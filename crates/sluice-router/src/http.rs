@@ -227,7 +227,8 @@ fn rewrite_timeout(
 fn model_of(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/models/")?;
     let name = rest.split('/').next()?;
-    (!name.is_empty() && !(name == "stats" && rest == "stats")).then_some(name)
+    let server_wide = name.is_empty() || (name == "stats" && rest == "stats");
+    (!server_wide).then_some(name)
 }
 
 async fn read(request: Request, limit: usize) -> Result<Outgoing, Response> {

@@ -67,6 +67,8 @@ pub struct Metrics {
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// One lock per (replica, model) pair, so one load of a model runs on a replica at a time.
+type LoadLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
 
 /// What every handler and the poller share.
 pub struct Shared {
@@ -75,7 +77,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub(crate) http: HttpClient,
     pub(crate) rng: Mutex<fastrand::Rng>,
-    pub(crate) loads: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) loads: LoadLocks,
     grpc_clients: Mutex<HashMap<String, grpc::Client>>,
 }
 
@@ -132,7 +134,10 @@ pub async fn run(
         }
     };
     let app = http::app(shared.clone());
-    let http_server = axum::serve(http_listener, app).with_graceful_shutdown(until());
+    let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http_server = axum::serve(listener, app).with_graceful_shutdown(until());
     let grpc_server = async {
         match grpc_listener {
             Some(l) => grpc::serve(shared.clone(), l, until())

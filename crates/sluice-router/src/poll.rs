@@ -67,7 +67,7 @@ pub async fn run(shared: Arc<Shared>) {
                     last_discovery = Some(Instant::now());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "replica discovery failed; keeping the last set")
+                    tracing::warn!(error = %e, "replica discovery failed; keeping the last set");
                 }
             }
         }
