@@ -56,8 +56,8 @@ def start_router(replicas, *extra):
 
 def bench(port, model, concurrency, duration):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([str(BIN), "bench", "-u", f"127.0.0.1:{port}", "-m", model, "--concurrency",
-                        str(concurrency), "--duration", str(duration), "--warmup", "1", "--report", f.name,
+        subprocess.run([str(BIN), "bench", "-u", f"127.0.0.1:{port}", "-m", model, "--concurrency-range",
+                        f"{concurrency}:{concurrency}", "--duration", str(duration), "--warmup", "1", "--report", f.name,
                         "--quiet"], check=True, stdout=subprocess.DEVNULL)
         report = json.load(open(f.name))
     run = report["runs"][0] if "runs" in report else report
@@ -114,10 +114,10 @@ def staller(proc, stop_event, seed, fraction=0.01, stall=0.1):
 
 
 def tail(args):
-    replicas = [serverproc.start(BIN, EXAMPLES, cpus="0,1") for _ in range(3)]
+    replicas = [serverproc.start(BIN, EXAMPLES, "--metrics-port", "0", cpus="0,1") for _ in range(3)]
     try:
-        for mode in ["off", "p95"]:
-            router, rports, base = start_router(replicas, "--hedge", mode)
+        for mode, burst in [("off", "3"), ("p95", "3"), ("p95", "20")]:
+            router, rports, base = start_router(replicas, "--hedge", mode, "--hedge-burst", burst)
             stop_event = threading.Event()
             t = threading.Thread(target=staller, args=(replicas[0][0], stop_event, 7))
             t.start()
@@ -129,7 +129,7 @@ def tail(args):
                 replicas[0][0].send_signal(signal.SIGCONT)
             st = requests.get(f"{base}/v2/router/state", timeout=5).json()
             extra = st["hedges"] / max(st["requests"], 1)
-            print(f"hedge {mode:3s}: {s['rps']:7.0f} req/s p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms "
+            print(f"hedge {mode:3s} burst {burst:2s}: {s['rps']:7.0f} req/s p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms "
                   f"p99.9 {s['p999']:.2f} ms max {s['max']} ms errors {s['errors']} "
                   f"hedges {st['hedges']} ({100 * extra:.2f} % extra) won {st['hedge_wins']}")
             stop(router)
@@ -145,7 +145,7 @@ def balance(args):
         shutil.copy(EXAMPLES / "mlp" / "1" / "model.onnx", tmp / n / "1" / "model.onnx")
         cfg = (EXAMPLES / "mlp" / "config.pbtxt").read_text().replace('name: "mlp"', f'name: "{n}"')
         (tmp / n / "config.pbtxt").write_text(cfg)
-    replicas = [serverproc.start(BIN, tmp, "--model-control-mode", "explicit", "--model-memory-budget",
+    replicas = [serverproc.start(BIN, tmp, "--metrics-port", "0", "--model-control-mode", "explicit", "--model-memory-budget",
                                  str(400 << 20), cpus="0,1") for _ in range(3)]
     router, rports, base = start_router(replicas, "--copy-rate-per-min", "2000")
     weights = [1 / (i + 1) ** 1.1 for i in range(len(names))]

@@ -340,3 +340,60 @@ pub async fn load(shared: &Arc<Shared>, replica: &str, model: &str) -> Result<()
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dns_discovery_gives_every_address_with_the_replica_ports() {
+        let d = Discovery::Dns {
+            name: "localhost".into(),
+            http_port: 8000,
+            grpc_port: 8001,
+            refresh: std::time::Duration::from_secs(1),
+        };
+        let addrs = discover(&d).await.expect("localhost resolves");
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.host == "127.0.0.1" && a.http_port == 8000 && a.grpc_port == 8001),
+            "{addrs:?}"
+        );
+        let mut sorted = addrs.clone();
+        sorted.dedup();
+        assert_eq!(sorted, addrs, "no duplicates");
+    }
+
+    #[test]
+    fn load_bodies_are_read_per_model_and_versions_merge() {
+        let v = serde_json::json!({
+            "ready": false,
+            "memory_used_bytes": 10,
+            "memory_budget_bytes": 100,
+            "models": [
+                {"name": "a", "version": 1, "state": "READY", "in_flight": 2, "queue": 1,
+                 "service_ns": 500, "success": 7, "executions": 3, "memory_bytes": 4},
+                {"name": "a", "version": 2, "state": "READY", "in_flight": 1, "queue": 0,
+                 "service_ns": 900, "success": 1, "executions": 1, "memory_bytes": 5},
+                {"name": "b", "state": "UNAVAILABLE"},
+                {"name": "c", "state": "LOADING"},
+                {"state": "READY"}
+            ]
+        });
+        let load = parse_load(&v);
+        assert!(!load.ready);
+        assert_eq!((load.memory_used, load.memory_budget), (10, Some(100)));
+        let a = &load.holdings["a"];
+        assert_eq!(a.state, HoldState::Ready);
+        assert_eq!(
+            (a.in_flight, a.success, a.memory_bytes, a.service_ns),
+            (3, 8, 9, 900)
+        );
+        assert_eq!(load.holdings["b"].state, HoldState::Absent);
+        assert_eq!(load.holdings["c"].state, HoldState::Loading);
+        assert_eq!(load.holdings.len(), 3);
+        let none = parse_load(&serde_json::json!({"models": []}));
+        assert!(none.ready && none.memory_budget.is_none());
+    }
+}
