@@ -59,7 +59,9 @@ class Router:
         return requests.get(f"{self.base}/v2/router/state", timeout=10).json()
 
     def replica(self, server):
-        return next(r for r in self.state()["replicas"] if r["id"] == f"127.0.0.1:{server.http_port}")
+        """The router's view of `server` (unknown and unusable before its first discovery)."""
+        unknown = {"usable": False, "models": [], "sent": 0}
+        return next((r for r in self.state()["replicas"] if r["id"] == f"127.0.0.1:{server.http_port}"), unknown)
 
     def holds(self, server, model):
         r = self.replica(server)
@@ -356,7 +358,7 @@ def test_hedging_cuts_the_tail_of_a_stalled_replica(tmp_path, cluster):
         slow, ts = run_load(plain.base, stop)
         assert wait_until(lambda: plain.replica(stalled)["sent"] >= 1 and in_flight(stalled) >= 2, timeout=60), (
             plain.state())
-        hold = 2.0
+        hold = 3.0
         time.sleep(hold)
         stop.set()
         executions_before = stats(stalled)["execution_count"]
