@@ -88,10 +88,14 @@ impl Shared {
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
             .build(connector);
-        let view = view::View {
+        let mut view = view::View {
             hedge_tokens: config.hedge.burst,
             ..Default::default()
         };
+        // A static list is known at once (health unknown until the first probe).
+        if let Discovery::Static(list) = &config.discovery {
+            view.set_replicas(list);
+        }
         Arc::new(Shared {
             config,
             view: Mutex::new(view),
