@@ -44,7 +44,8 @@ from test_metrics import PROMETHEUS, promql, start_prometheus
 DEPLOY = ROOT / "deploy"
 CRDS = ROOT / "tests" / "data" / "crds"
 KUSTOMIZATIONS = ["base", "overlays/models-volume", "overlays/hpa", "overlays/keda",
-                  "overlays/kserve", "prometheus-adapter", "overlays/slo"]
+                  "overlays/kserve", "prometheus-adapter", "overlays/slo", "router",
+                  "overlays/router"]
 OLDEST_KUBERNETES = "1.29"
 REQUIRE = os.environ.get("SLUICE_REQUIRE_KUBE") == "1"
 
@@ -619,3 +620,36 @@ def test_the_readme_documents_the_queries_the_manifests_use():
     assert rule["metricsQuery"] in documented
     assert trigger["metadata"]["query"] in documented
     assert f'sum by (pod) ({rule["seriesQuery"].split("{")[0]}{{namespace="sluice"}})' in documented
+
+
+def test_router_finds_the_replicas_and_its_settings_exist():
+    """overlays/router: the routers resolve the headless Service whose selector matches
+    the replica pods, their Service selects only router pods, the replicas run in
+    explicit mode under a memory budget, and every SLUICE_ROUTE_* variable the manifest
+    sets is one `sluice route` reads (its --help lists it)."""
+    from conftest import BIN
+    objects = render("overlays/router")
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    replicas, router = deployments["sluice"], deployments["sluice-router"]
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["route"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    headless = services[env["SLUICE_ROUTE_REPLICA_DNS"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    pod_labels = replicas["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    router_labels = router["spec"]["template"]["metadata"]["labels"]
+    assert services["sluice-router"]["spec"]["selector"].items() <= router_labels.items()
+    assert not services["sluice-router"]["spec"]["selector"].items() <= pod_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in replicas["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert int(env["SLUICE_ROUTE_REPLICA_HTTP_PORT"]) == ports["http"]
+    assert int(env["SLUICE_ROUTE_REPLICA_GRPC_PORT"]) == ports["grpc"]
+    replica_env = {e["name"]: e.get("value") for e in replicas["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert replica_env["SLUICE_MODEL_CONTROL_MODE"] == "explicit"
+    assert int(replica_env["SLUICE_MODEL_MEMORY_BUDGET"]) > 0
+    assert replicas["spec"]["replicas"] == 3
+    helptext = subprocess.run([str(BIN), "route", "--help"], capture_output=True, text=True, check=True).stdout
+    for name in env:
+        assert f"env: {name}=" in helptext or f"[env: {name}]" in helptext, name
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -18,6 +18,7 @@ pub mod grpc;
 mod health;
 mod infer;
 mod listener;
+mod load;
 mod logging;
 mod metrics;
 mod models;
@@ -78,6 +79,7 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .merge(infer::router())
         .merge(stats::router())
         .merge(logging::router())
+        .merge(load::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
         .layer(axum::middleware::map_response(json_errors))

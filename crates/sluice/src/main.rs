@@ -18,6 +18,7 @@ mod autoscale;
 mod engines;
 mod ready_file;
 mod repositories;
+mod route;
 
 /// Connections the metrics port keeps open at once.
 const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -45,6 +46,9 @@ enum Command {
     /// Choose per pipeline stage the hardware classes, batch size and replicas of lowest
     /// cost whose simulated p99 meets the objective.
     Plan(autoscale::PlanArgs),
+    /// Route KServe v2 traffic (HTTP and gRPC) to replicas by model: placement,
+    /// power of two choices on predicted completion time, retries and hedged requests.
+    Route(route::RouteArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -219,6 +223,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => sluice_bench::main(args),
         Command::Simulate(args) => autoscale::simulate(args),
         Command::Plan(args) => autoscale::plan(args),
+        Command::Route(args) => route::main(args),
     }
 }
 

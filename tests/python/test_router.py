@@ -1,0 +1,385 @@
+"""`sluice route` end to end: real `sluice serve` replicas on loopback, each holding a
+different subset of a repository (explicit mode), one or two routers in front of them,
+and the unmodified tritonclient (HTTP and gRPC) as the client. Outputs are checked
+against ONNX Runtime; replicas are SIGKILLed and stalled with execution gates (never
+by hoping something is slow)."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from conftest import BIN, EXAMPLES, GATED_WIDTH, Gate, Server, _STARTED, gated_body, make_gated_model, wait_until
+from models import MODELS, V2_DTYPE, assert_close, random_inputs, reference
+
+LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
+
+
+class Router:
+    """A running `sluice route` in front of `replicas` (conftest `Server`s)."""
+
+    def __init__(self, replicas, *extra):
+        args = [str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+                "--poll-ms", "100", "--log", "info"]
+        for r in replicas:
+            args += ["--replica", f"127.0.0.1:{r.http_port}/{r.grpc_port}"]
+        args += list(extra)
+        self.lines, self.ports = [], {}
+        self._seen = threading.Event()
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _STARTED.append(self.proc)
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self._seen.wait(60) and "HTTP" in self.ports, "router did not start:\n" + self.log()
+        self.base = f"http://127.0.0.1:{self.ports['HTTP']}"
+        self.http_url = f"127.0.0.1:{self.ports['HTTP']}"
+        self.grpc_url = f"127.0.0.1:{self.ports['gRPC']}"
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            m = LISTEN.search(line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(2))
+                if m.group(1) == "HTTP":
+                    self._seen.set()
+        self._seen.set()
+
+    def log(self):
+        return "\n".join(self.lines)
+
+    def state(self):
+        return requests.get(f"{self.base}/v2/router/state", timeout=10).json()
+
+    def replica(self, server):
+        """The router's view of `server` (unknown and unusable before its first discovery)."""
+        unknown = {"usable": False, "models": [], "sent": 0}
+        return next((r for r in self.state()["replicas"] if r["id"] == f"127.0.0.1:{server.http_port}"), unknown)
+
+    def holds(self, server, model):
+        r = self.replica(server)
+        return r["usable"] and any(m["name"] == model and m["state"] == "READY" for m in r["models"])
+
+    def wait_usable(self, servers, timeout=30):
+        assert wait_until(lambda: all(self.replica(s)["usable"] for s in servers), timeout=timeout), (
+            self.state(), self.log())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def cluster():
+    """Starts replicas and routers; all are stopped at the end, pass or fail."""
+    started = []
+
+    def replica(repository, *args):
+        s = Server(repository, *args)
+        started.append(s)
+        return s
+
+    def router(replicas, *args):
+        r = Router(replicas, *args)
+        started.append(r)
+        return r
+
+    yield replica, router
+    for p in reversed(started):
+        if p.proc.poll() is None:
+            p.stop()
+
+
+def explicit(*models, budget=None):
+    args = ["--model-control-mode", "explicit"]
+    for m in models:
+        args += ["--load-model", m]
+    if budget:
+        args += ["--model-memory-budget", str(budget)]
+    return args
+
+
+def loaded(server, model):
+    index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
+    return any(e["name"] == model and e.get("state") == "READY" for e in index)
+
+
+def http_infer(url, name, seed):
+    inputs = random_inputs(name, rows=2 if MODELS[name]["batch"] else 1, seed=seed)
+    c = httpclient.InferenceServerClient(url=url)
+    try:
+        ins = []
+        for iname, arr in inputs.items():
+            i = httpclient.InferInput(iname, list(arr.shape), V2_DTYPE[arr.dtype.type])
+            i.set_data_from_numpy(arr)  # binary tensor extension (tritonclient's default)
+            ins.append(i)
+        result = c.infer(name, ins)
+        for out in MODELS[name]["outputs"]:
+            assert_close(result.as_numpy(out), reference(name, inputs)[out], what=f"http {name}/{out}")
+    finally:
+        c.close()
+
+
+def grpc_infer(url, name, seed):
+    inputs = random_inputs(name, rows=2 if MODELS[name]["batch"] else 1, seed=seed)
+    c = grpcclient.InferenceServerClient(url=url)
+    try:
+        ins = []
+        for iname, arr in inputs.items():
+            i = grpcclient.InferInput(iname, list(arr.shape), V2_DTYPE[arr.dtype.type])
+            i.set_data_from_numpy(arr)
+            ins.append(i)
+        outs = [grpcclient.InferRequestedOutput(o) for o in MODELS[name]["outputs"]]
+        result = c.infer(name, ins, outputs=outs)
+        for out in MODELS[name]["outputs"]:
+            assert_close(result.as_numpy(out), reference(name, inputs)[out], what=f"grpc {name}/{out}")
+    finally:
+        c.close()
+
+
+SUBSETS = [("mlp", "digits"), ("digits", "cnn"), ("cnn", "mlp")]
+
+
+def test_every_model_through_one_address_and_unheld_models_get_placed(cluster):
+    """Three replicas with different subsets of the example repository (budgets of
+    different sizes); tritonclient over HTTP and gRPC reaches every model through the
+    router with outputs equal to ONNX Runtime's. `mixed` is held by nobody: the first
+    request loads it on the replica the placement names (the most free budget), and
+    two routers name the same replica for every model before and after."""
+    replica, router = cluster
+    budgets = [300 << 20, 900 << 20, 600 << 20]
+    servers = [replica(EXAMPLES, *explicit(*subset, budget=b)) for subset, b in zip(SUBSETS, budgets)]
+    a = router(servers)
+    b = router(list(reversed(servers)))  # discovered in another order
+    a.wait_usable(servers)
+    b.wait_usable(servers)
+    assert requests.get(f"{a.base}/v2/health/ready", timeout=5).status_code == 200
+    for s, subset in zip(servers, SUBSETS):
+        assert wait_until(lambda: all(a.holds(s, m) for m in subset)), a.state()
+
+    plan_a = requests.get(f"{a.base}/v2/router/placement", timeout=5).json()
+    plan_b = requests.get(f"{b.base}/v2/router/placement", timeout=5).json()
+    assert plan_a == plan_b, (plan_a, plan_b)
+    mixed = next(m for m in plan_a["models"] if m["name"] == "mixed")
+    assert mixed["holders"] == []
+    target = mixed["first_copy"]
+    # The replica with the most free budget (the 900 MiB one) gets the first copy.
+    assert target == f"127.0.0.1:{servers[1].http_port}", plan_a
+
+    for seed, name in enumerate(["mlp", "digits", "cnn"]):
+        http_infer(a.http_url, name, seed)
+        grpc_infer(a.grpc_url, name, seed + 10)
+    # Every model was answered by a replica that holds it: nobody loaded anything else.
+    for s, subset in zip(servers, SUBSETS):
+        for m in ["mlp", "digits", "cnn"]:
+            assert loaded(s, m) == (m in subset), (s.http_port, m)
+
+    http_infer(a.http_url, "mixed", 5)  # waits for the load, then answered
+    grpc_infer(b.grpc_url, "mixed", 6)  # the other router finds it there (after a poll)
+    holders = [s for s in servers if loaded(s, "mixed")]
+    assert [f"127.0.0.1:{s.http_port}" for s in holders] == [target]
+    assert a.state()["loads"] == 1, a.state()
+
+    # Both routers agree again once they have polled the new state.
+    def agree():
+        pa = requests.get(f"{a.base}/v2/router/placement", timeout=5).json()
+        pb = requests.get(f"{b.base}/v2/router/placement", timeout=5).json()
+        return pa == pb and any(m["name"] == "mixed" and m["holders"] == [target] for m in pa["models"])
+    assert wait_until(agree), (a.state(), b.state())
+
+    # Router errors and replica errors: an unknown model gets the replica's own 404.
+    r = requests.post(f"{a.base}/v2/models/nope/infer", json={"inputs": []}, timeout=10)
+    assert r.status_code == 404 and "error" in r.json(), r.text
+    index = requests.post(f"{a.base}/v2/repository/index", json={}, timeout=10).json()
+    assert {e["name"] for e in index if e.get("state") == "READY"} == {"mlp", "digits", "cnn", "mixed"}
+
+
+def gated_replicas(tmp_path, replica, n, name="gated"):
+    """`n` replicas of one repository holding a gated model, each with its own gate."""
+    repo = tmp_path / "repo"
+    gates = []
+    servers = []
+    for i in range(n):
+        d = tmp_path / f"gates{i}"
+        if i == 0:
+            gates.append(make_gated_model(repo, d, name))
+        else:
+            d.mkdir()
+            os.mkfifo(d / name)
+            gates.append(Gate(d / name))
+        servers.append(replica(repo, "--test-execution-gates", str(d)))
+    return servers, gates
+
+
+def post_gated(base, timeout=60):
+    t0 = time.monotonic()
+    r = requests.post(f"{base}/v2/models/gated/infer", json=gated_body(), timeout=timeout)
+    return r.status_code, time.monotonic() - t0, (r.json()["outputs"][0]["data"] if r.ok else r.text)
+
+
+def stats(server, model="gated"):
+    return requests.get(f"{server.base}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
+
+
+def in_flight(server, model="gated"):
+    from conftest import metric
+    return metric(server, "sluice_inference_in_flight", model=model)
+
+
+def test_a_killed_replica_costs_no_request(tmp_path, cluster):
+    """Requests held in a replica's engine (observed there) when it is SIGKILLed are
+    retried once on another replica and succeed; requests under load while the router
+    detects the death all succeed too; nothing hangs."""
+    replica, router = cluster
+    servers, gates = gated_replicas(tmp_path, replica, 3)
+    victim = servers[0]
+    try:
+        for g in gates[1:]:
+            g.open_for_good()
+        r = router(servers, "--hedge", "off")
+        r.wait_usable(servers)
+        assert wait_until(lambda: all(r.holds(s, "gated") for s in servers))
+
+        results, stop = [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                results.append(post_gated(r.base))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        # Some routed requests are now held in the victim's engine or queue.
+        assert wait_until(lambda: in_flight(victim) >= 1, timeout=60), r.state()
+        held = in_flight(victim)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        # Detection: the router marks it down (failed probe / ejection).
+        assert wait_until(lambda: not r.replica(victim)["usable"], timeout=10), r.state()
+        done_at_detection = len(results)
+        assert wait_until(lambda: len(results) >= done_at_detection + 100, timeout=60)
+        stop.set()
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive(), "a request hangs"
+    finally:
+        for g in gates:
+            g.close()
+    bad = [x for x in results if x[0] != 200 or x[2] != [2.0] * GATED_WIDTH]
+    assert not bad, bad[:5]
+    st = r.state()
+    print(f"{held:.0f} held on the victim, {len(results)} requests, {st['retries']} retries, {st['ejections']} ejections")
+    assert st["retries"] >= held, st  # every request held there was retried
+    assert st["errors"] == 0, st
+
+
+def run_load(base, stop, threads=4):
+    results = []
+
+    def one():
+        while not stop.is_set():
+            results.append(post_gated(base))
+
+    ts = [threading.Thread(target=one) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    return results, ts
+
+
+def test_hedging_cuts_the_tail_of_a_stalled_replica(tmp_path, cluster):
+    """One of three replicas is stalled: its one engine instance is held by an execution
+    gate (a request sent to it directly), so whatever the router sends there waits in
+    its queue. With hedging (after 50 ms), every request is answered near the healthy
+    replicas' latency, the backups stay within the 5 % budget, and the losers queued on
+    the stalled replica are dropped when the router closes their connections: the
+    replica never executes them. Without hedging, the requests sent there wait for the
+    stall to end."""
+    replica, router = cluster
+    servers, gates = gated_replicas(tmp_path, replica, 3)
+    stalled = servers[0]
+    try:
+        for g in gates[1:]:
+            g.open_for_good()
+        hedged = router(servers, "--hedge", "50", "--hedge-max-ratio", "0.05", "--hedge-burst", "3")
+        plain = router(servers, "--hedge", "off")
+        for rt in (hedged, plain):
+            rt.wait_usable(servers)
+            assert wait_until(lambda: all(rt.holds(s, "gated") for s in servers))
+
+        # Healthy baseline: the same load straight to a healthy replica.
+        stop = threading.Event()
+        base, ts = run_load(servers[1].base, stop)
+        assert wait_until(lambda: len(base) >= 200, timeout=60)
+        stop.set()
+        [t.join(60) for t in ts]
+        healthy_p99 = np.percentile([x[1] for x in base], 99)
+
+        # Stall: one request holds the stalled replica's engine.
+        direct = threading.Thread(target=lambda: post_gated(stalled.base, timeout=120))
+        direct.start()
+        assert wait_until(lambda: in_flight(stalled) == 1, timeout=30)
+
+        stop = threading.Event()
+        results, ts = run_load(hedged.base, stop)
+        sent_there = lambda: hedged.replica(stalled)["sent"]  # noqa: E731
+        assert wait_until(lambda: sent_there() >= 1, timeout=60), hedged.state()
+        n = len(results)
+        assert wait_until(lambda: len(results) >= n + 200, timeout=60)
+        stop.set()
+        [t.join(60) for t in ts]
+        st = hedged.state()
+        lat = [x[1] for x in results]
+        assert all(x[0] == 200 for x in results), [x for x in results if x[0] != 200][:3]
+        assert st["hedges"] >= 1 and st["hedge_wins"] >= 1, st
+        assert st["hedges"] <= 3 + 0.05 * st["requests"], st
+        hedged_p99, hedged_max = np.percentile(lat, 99), max(lat)
+        # Near the healthy p99: at most the hedge delay plus slack for a shared machine.
+        assert hedged_p99 <= healthy_p99 + 0.05 + 0.5, (hedged_p99, healthy_p99)
+        assert hedged_max < 2.0, hedged_max
+        # The losers were dropped from the stalled replica's queue without running.
+        assert wait_until(lambda: in_flight(stalled) == 1, timeout=30), in_flight(stalled)
+        assert sent_there() >= 1
+
+        # Without hedging, what goes to the stalled replica waits for it.
+        stop = threading.Event()
+        slow, ts = run_load(plain.base, stop)
+        assert wait_until(lambda: plain.replica(stalled)["sent"] >= 1 and in_flight(stalled) >= 2, timeout=60), (
+            plain.state())
+        hold = 3.0
+        time.sleep(hold)
+        stop.set()
+        executions_before = stats(stalled)["execution_count"]
+        assert executions_before == 0, stats(stalled)  # only the direct one is in the engine
+        gates[0].release(1)  # the direct request's run
+        assert wait_until(lambda: stats(stalled)["execution_count"] == 1, timeout=30)
+        gates[0].open_for_good()
+        [t.join(60) for t in ts]
+        direct.join(60)
+    finally:
+        for g in gates:
+            g.open_for_good()
+            g.close()
+    plain_max = max(x[1] for x in slow)
+    print(f"healthy p99 {healthy_p99 * 1e3:.1f} ms; hedged p99 {hedged_p99 * 1e3:.1f} ms max {hedged_max * 1e3:.1f} ms "
+          f"({st['hedges']} hedges, {st['hedge_wins']} won, {st['requests']} requests, {sent_there()} sent to the "
+          f"stalled replica); unhedged max {plain_max * 1e3:.0f} ms ({plain.replica(stalled)['sent']} sent there)")
+    assert all(x[0] == 200 for x in slow)
+    assert plain_max >= hold, plain_max
+    assert plain_max > 2 * hedged_max, (plain_max, hedged_max)
+    # Stalled replica: the direct run plus the routed requests of the unhedged phase;
+    # none of the hedge losers ran.
+    executed = stats(stalled)["execution_count"]
+    assert executed == 1 + plain.replica(stalled)["sent"], (executed, plain.state())
