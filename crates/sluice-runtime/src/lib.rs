@@ -36,7 +36,7 @@ use sluice_scheduler::JobOptions;
 pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 use build::{Loaded, Served, VersionSlot};
-pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
+pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
 
 /// Settings of the runtime, validated by the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
