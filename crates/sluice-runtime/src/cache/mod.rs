@@ -121,7 +121,7 @@ fn nanos(d: Duration) -> u64 {
 /// Where entries live.
 enum Store {
     Local(LocalStore),
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl Store {
@@ -167,9 +167,10 @@ impl ResponseCache {
         let store = match config {
             CacheConfig::None => return Ok(None),
             CacheConfig::Local(local) => Store::Local(LocalStore::new(*local, &counters)),
-            CacheConfig::Redis(redis) => {
-                Store::Redis(RedisStore::connect(redis.clone(), Arc::clone(&counters))?)
-            }
+            CacheConfig::Redis(redis) => Store::Redis(Box::new(RedisStore::connect(
+                redis.clone(),
+                Arc::clone(&counters),
+            )?)),
         };
         Ok(Some(ResponseCache {
             store: Arc::new(store),
