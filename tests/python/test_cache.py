@@ -266,7 +266,10 @@ def test_a_new_version_never_answers_from_an_old_ones_entries(start_server, tmp_
     assert st["execution_count"] == 1
     assert st["inference_stats"]["cache_hit"]["count"] == 0
     assert st["inference_stats"]["cache_miss"]["count"] == 1
-    assert np.array_equal(v1["probabilities"], v2["probabilities"])
+    # Two loads of one file agree to rounding (the engine's reduction order may differ
+    # between loads on a busy machine), and match ONNX Runtime.
+    assert_close(v2["probabilities"], v1["probabilities"], what="v2 vs v1")
+    assert_close(v2["probabilities"], reference("mlp", inputs)["probabilities"], what="v2 vs onnxruntime")
 
 
 def test_the_byte_budget_is_never_exceeded(start_server, tmp_path):
