@@ -25,6 +25,16 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 export SLUICE_REQUIRE_PROMETHEUS=1
+# Redis (Debian's redis-server) for the Redis response cache tests; they start and stop
+# their own servers on free ports, so the package's service is never used.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  step "installing Debian's redis-server"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+export SLUICE_REQUIRE_REDIS=1
 
 step "installing Python test requirements"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

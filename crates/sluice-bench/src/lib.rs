@@ -18,6 +18,7 @@ mod run;
 mod scenario;
 mod schedule;
 mod stats;
+mod zipf;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +104,12 @@ pub struct BenchArgs {
     /// Distinct random requests to rotate through.
     #[arg(long, default_value_t = 16)]
     pub distinct_inputs: usize,
+
+    /// Send the distinct requests in a Zipf-distributed order with this exponent
+    /// (1.0: the k-th most popular is sent 1/k as often as the first) instead of in
+    /// rotation; for response-cache benchmarks.
+    #[arg(long)]
+    pub zipf: Option<f64>,
 
     /// MultiStream: samples per query (one request of N rows when the model batches,
     /// else N batch-1 requests at once).
@@ -388,6 +395,11 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let queries = match args.zipf {
+        Some(s) if s.is_finite() && s >= 0.0 => zipf::reorder(&queries, s, args.seed),
+        Some(_) => anyhow::bail!("--zipf must be a number >= 0"),
+        None => queries,
+    };
     // One request first: a model that cannot answer fails here with its error.
     client
         .infer(&queries[0].requests[0])
@@ -418,6 +430,7 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
             "seed": args.seed,
             "batch_size": plan.batch_size,
             "distinct_inputs": args.distinct_inputs,
+            "zipf": args.zipf,
             "samples_per_query": args.samples_per_query,
             "target_qps": args.target_qps,
             "latency_bound_ms": args.latency_bound_ms,

@@ -45,6 +45,9 @@ pub(crate) struct Served {
     pub generation: u64,
     /// `response_cache { enable: true }` in its config.
     pub cache_enabled: bool,
+    /// What a shared response cache knows this version by (see
+    /// [`crate::cache::identity`]); 0 when the cache is off for it.
+    pub identity: u128,
 }
 
 pub(crate) enum VersionSlot {
@@ -212,6 +215,10 @@ pub(crate) fn load_version(
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         cache_enabled: config.response_cache_enabled(),
+        identity: match (config.response_cache_enabled(), version.model_file.parent()) {
+            (true, Some(dir)) => crate::cache::identity(config, backend.name(), dir),
+            _ => 0,
+        },
     })
 }
 

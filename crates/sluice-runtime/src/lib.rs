@@ -41,7 +41,7 @@ pub use sluice_repository::RepositoryOptions;
 pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 pub use backends::Backends;
-pub use cache::{CacheConfig, CacheStats, LocalCacheConfig};
+pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
 pub use remote::RemoteRepositories;
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};

@@ -41,10 +41,7 @@ impl Runtime {
         let repository = Repository::open(&config.repository, config.repository_options.clone())?;
         let names = repository.model_names()?;
         let lifecycle = config.lifecycle.clone();
-        let cache = match config.cache {
-            crate::CacheConfig::None => None,
-            crate::CacheConfig::Local(local) => Some(crate::cache::ResponseCache::new(local)),
-        };
+        let cache = crate::cache::ResponseCache::start(&config.cache)?;
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 config,

@@ -139,7 +139,9 @@ async fn hits_equal_the_uncached_answer_and_never_run_the_model() {
         0
     );
     let cache = rt.cache_stats().await.unwrap();
-    assert!(cache.bytes > 0 && cache.bytes <= 1 << 20, "{cache:?}");
+    let bytes = cache.bytes.unwrap();
+    assert!(bytes > 0 && bytes <= 1 << 20, "{cache:?}");
+    assert_eq!(cache.budget_bytes, Some(1 << 20));
     rt.shutdown();
 }
 

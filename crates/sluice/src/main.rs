@@ -187,9 +187,11 @@ struct ServeArgs {
     test_execution_gates: Option<PathBuf>,
 
     /// The response cache, as Triton's flag: `local,size=BYTES[,ttl=SECONDS]` (an
-    /// in-process cache under a byte budget; repeatable, one or more keys each) or
-    /// `none` (the default). Models opt in with `response_cache { enable: true }`.
-    /// In the environment, separate several values with `;`.
+    /// in-process cache under a byte budget), `redis,host=H[,port=P,user=U,password=..,
+    /// db=N,socket_timeout=MS,connect_timeout=MS,pool_size=N,ttl=SECONDS]` (shared by
+    /// replicas; the password may come from SLUICE_CACHE_REDIS_PASSWORD instead) or
+    /// `none` (the default); repeatable, one or more keys each. Models opt in with
+    /// `response_cache { enable: true }`. In the environment, separate values with `;`.
     #[arg(
         long = "cache-config",
         env = "SLUICE_CACHE_CONFIG",
@@ -366,7 +368,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--model-memory-budget must be at least 1 byte"
     );
     let cache = sluice_runtime::CacheConfig::parse(args.cache_config.as_slice())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_redis_secrets(
+            std::env::var("SLUICE_CACHE_REDIS_PASSWORD").ok(),
+            std::env::var("SLUICE_CACHE_REDIS_USERNAME").ok(),
+        );
     let lifecycle = LifecycleConfig {
         mode: match args.model_control_mode {
             ControlModeArg::None => ControlMode::None,

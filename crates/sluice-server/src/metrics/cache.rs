@@ -14,19 +14,24 @@ pub(super) fn native(out: &mut Writer, versions: &[VersionStats], cache: Option<
     let Some(c) = cache else {
         return;
     };
-    let figures: [(&str, &str, &str, u64); 8] = [
-        ("sluice_cache_hits_total", "counter", "Requests answered from the response cache.", c.hits),
-        ("sluice_cache_misses_total", "counter", "Requests for cached models the response cache did not answer.", c.misses),
-        ("sluice_cache_inserts_total", "counter", "Answers stored in the response cache.", c.inserts),
-        ("sluice_cache_evictions_total", "counter", "Entries removed from the response cache for its byte budget or TTL.", c.evictions),
+    let figures: [(&str, &str, &str, Option<u64>); 10] = [
+        ("sluice_cache_hits_total", "counter", "Requests answered from the response cache.", Some(c.hits)),
+        ("sluice_cache_misses_total", "counter", "Requests for cached models the response cache did not answer.", Some(c.misses)),
+        ("sluice_cache_inserts_total", "counter", "Answers stored in the response cache.", Some(c.inserts)),
+        ("sluice_cache_evictions_total", "counter", "Entries removed from the response cache for its byte budget or TTL.", Some(c.evictions)),
+        ("sluice_cache_errors_total", "counter", "Failed, timed-out or undecodable operations on the Redis cache (each one ran the model instead).", Some(c.errors)),
+        ("sluice_cache_outages_total", "counter", "Times the Redis cache became unavailable (the first error after a success).", Some(c.outages)),
+        // Known for the local cache only (Redis reports its own memory and keys).
         ("sluice_cache_bytes", "gauge", "Bytes the response cache's entries take (keys and values).", c.bytes),
         ("sluice_cache_budget_bytes", "gauge", "The response cache's byte budget (--cache-config local,size=).", c.budget_bytes),
         ("sluice_cache_entries", "gauge", "Entries in the response cache.", c.entries),
-        ("sluice_cache_pending", "gauge", "Requests in a cache lookup now: running the model, or waiting for an identical request's run.", c.pending),
+        ("sluice_cache_pending", "gauge", "Requests in a cache lookup now: running the model, or waiting for an identical request's run.", Some(c.pending)),
     ];
     for (name, kind, help, value) in figures {
-        out.family(name, kind, help);
-        out.sample(name, &[], value as f64);
+        if let Some(value) = value {
+            out.family(name, kind, help);
+            out.sample(name, &[], value as f64);
+        }
     }
     let per_version: [PerVersion; 2] = [
         (
