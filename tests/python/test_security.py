@@ -433,3 +433,100 @@ def test_sigterm_ends_within_the_exit_timeout_despite_stuck_connections():
             sock.close()
         if s.proc.poll() is None:
             s.proc.kill()
+
+
+# --- request limits (issue 21, defect 5) ------------------------------------------
+
+def vm_hwm_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def raw_infer(channel):
+    from tritonclient.grpc import service_pb2
+    return channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                               request_serializer=lambda b: b,
+                               response_deserializer=service_pb2.ModelInferResponse.FromString)
+
+
+def test_limits_just_under_pass_and_just_over_are_refused_on_both_protocols():
+    s = Server(EXAMPLES, "--max-request-inputs", "1", "--max-request-elements", "784",
+               "--max-request-parameters", "2")
+    try:
+        grpc = grpcclient.InferenceServerClient(s.grpc_url)
+        x = np.full((1, 784), 0.5, np.float32)
+        # Just under every limit: answered, with the right numbers.
+        body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
+                            "data": x.ravel().tolist()}],
+                "parameters": {"a": 1, "b": 2}}
+        r = requests.post(s.base + "/v2/models/mlp/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], reference(x)[0],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(grpc_infer(grpc, x), reference(x), rtol=1e-4, atol=1e-5)
+        # Just over each: a 400 / INVALID_ARGUMENT naming the flag.
+        cases = [
+            ({**body, "inputs": body["inputs"] * 2}, "--max-request-inputs"),
+            ({**body, "parameters": {"a": 1, "b": 2, "c": 3}}, "--max-request-parameters"),
+            ({"inputs": [{"name": "input", "shape": [1, 785], "datatype": "FP32",
+                          "data": [0.0] * 785}]}, "--max-request-elements"),
+            # A shape claiming 10^12 elements is refused before anything is allocated.
+            ({"inputs": [{"name": "input", "shape": [1000000, 1000000], "datatype": "FP32",
+                          "data": [0.0]}]}, "--max-request-elements"),
+        ]
+        for bad, flag in cases:
+            r = requests.post(s.base + "/v2/models/mlp/infer", json=bad, timeout=30)
+            assert r.status_code == 400 and flag in r.json()["error"], (flag, r.text)
+        two = [grpcclient.InferInput("input", [1, 784], "FP32") for _ in range(2)]
+        for i in two:
+            i.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as e:
+            grpc.infer("mlp", two)
+        assert "INVALID_ARGUMENT" in str(e.value.status()) and "--max-request-inputs" in str(e.value)
+        big = grpcclient.InferInput("input", [1, 785], "FP32")
+        big.set_data_from_numpy(np.zeros((1, 785), np.float32))
+        with pytest.raises(InferenceServerException) as e:
+            grpc.infer("mlp", [big])
+        assert "--max-request-elements" in str(e.value)
+        claim = grpcclient.InferInput("input", [1000000, 1000000], "FP32")
+        claim._get_tensor().contents.fp32_contents.append(0.0)
+        with pytest.raises(InferenceServerException) as e:
+            grpc.infer("mlp", [claim])
+        assert "--max-request-elements" in str(e.value)
+        # The server keeps serving.
+        assert requests.get(s.base + "/v2/health/ready", timeout=10).status_code == 200
+    finally:
+        assert s.stop() == 0, s.log()
+
+
+def test_many_empty_grpc_inputs_or_outputs_do_not_grow_the_server():
+    import grpc as grpcio
+    s = Server(EXAMPLES)
+    try:
+        channel = grpcio.insecure_channel(
+            s.grpc_url, options=[("grpc.max_send_message_length", 64 << 20)])
+        call = raw_infer(channel)
+        name = b"\x0a\x03mlp"
+        # Warm the server up with one real request first, then take the baseline.
+        assert grpcclient.InferenceServerClient(s.grpc_url).is_server_ready()
+        before = vm_hwm_kib(s.proc.pid)
+        for field in (b"\x2a\x00", b"\x32\x00"):  # inputs (5), outputs (6): empty messages
+            # Just under the default limit (1024): decoded, then refused by the model check.
+            with pytest.raises(grpcio.RpcError) as e:
+                call(name + field * 1024, timeout=30)
+            assert "--max-request" not in e.value.details(), e.value.details()
+            # 4 MiB of them (2 million): refused before decoding.
+            with pytest.raises(grpcio.RpcError) as e:
+                call(name + field * (2 << 20), timeout=30)
+            assert e.value.code() == grpcio.StatusCode.INVALID_ARGUMENT
+            assert "--max-request-" in e.value.details(), e.value.details()
+        grown_mib = (vm_hwm_kib(s.proc.pid) - before) / 1024
+        # Before the guard, the inputs case alone peaked about 624 MiB higher.
+        assert grown_mib < 48, grown_mib
+        np.testing.assert_allclose(grpc_infer(grpcclient.InferenceServerClient(s.grpc_url), X),
+                                   reference(X), rtol=1e-4, atol=1e-5)
+        channel.close()
+    finally:
+        assert s.stop() == 0, s.log()

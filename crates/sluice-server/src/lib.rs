@@ -12,12 +12,14 @@
 
 pub mod auth;
 mod body;
+mod bounded;
 mod codec;
 mod data;
 mod error;
 pub mod grpc;
 mod health;
 mod infer;
+pub mod limits;
 mod listener;
 mod logging;
 mod metrics;

@@ -97,6 +97,29 @@ pub struct SecurityArgs {
     #[arg(long, env = "SLUICE_EXIT_TIMEOUT_SECS", default_value_t = 30.0,
           value_parser = crate::parse_seconds)]
     exit_timeout_secs: f64,
+
+    /// Input tensors one inference request may carry (HTTP and gRPC); more: 400 /
+    /// INVALID_ARGUMENT, checked before the request is decoded.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_INPUTS", default_value_t = 1024)]
+    max_request_inputs: usize,
+
+    /// Requested outputs one inference request may list.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_OUTPUTS", default_value_t = 1024)]
+    max_request_outputs: usize,
+
+    /// Parameters one inference request, input or output may carry.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_PARAMETERS", default_value_t = 256)]
+    max_request_parameters: usize,
+
+    /// Tensor elements one inference request may carry (all inputs, by shape and by
+    /// gRPC contents), checked before anything is allocated for them.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_ELEMENTS", default_value_t = 1 << 28)]
+    max_request_elements: u64,
+
+    /// Bytes a gRPC inference request may take once decoded (estimated from the
+    /// encoded message before decoding it).
+    #[arg(long, env = "SLUICE_MAX_REQUEST_DECODED_BYTES", default_value_t = 1 << 30)]
+    max_request_decoded_bytes: u64,
 }
 
 /// What the security flags resolve to.
@@ -112,6 +135,20 @@ pub struct Security {
 
 impl Security {
     pub fn from_args(args: &SecurityArgs) -> anyhow::Result<Security> {
+        anyhow::ensure!(
+            args.max_request_inputs > 0
+                && args.max_request_outputs > 0
+                && args.max_request_elements > 0
+                && args.max_request_decoded_bytes > 0,
+            "the --max-request-* limits must be at least 1"
+        );
+        sluice_server::limits::install(sluice_server::limits::RequestLimits {
+            max_inputs: args.max_request_inputs,
+            max_outputs: args.max_request_outputs,
+            max_parameters: args.max_request_parameters,
+            max_elements: args.max_request_elements,
+            max_decoded_bytes: args.max_request_decoded_bytes,
+        });
         let http_files = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

@@ -13,6 +13,7 @@
 
 mod config;
 mod convert;
+mod guard;
 mod service;
 mod stream;
 mod tls_incoming;
@@ -160,6 +161,11 @@ pub async fn serve_grpc_with(
         .layer(crate::TraceContextLayer)
         .layer(tower::util::option_layer(
             auth.map(crate::auth::GrpcAuthLayer),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<tonic::body::Body>| {
+                guard::guard_request(request, max_message_bytes)
+            },
         ))
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: http::Response<tonic::body::Body>| {
