@@ -55,6 +55,9 @@ pub fn current() -> RequestLimits {
 /// bytes, roughly: what prost allocates for it.
 const ENTRY_OVERHEAD: u64 = 256;
 
+/// A field: its number, wire type and (for length-delimited fields) its bytes.
+type Field<'a> = (u64, u8, &'a [u8]);
+
 struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -84,7 +87,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field: its number, wire type and (for length-delimited fields) bytes.
-    fn field(&mut self) -> Result<Option<(u64, u8, &'a [u8])>, String> {
+    fn field(&mut self) -> Result<Option<Field<'a>>, String> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -201,12 +204,7 @@ pub fn check_infer_request(message: &[u8], limits: &RequestLimits) -> Result<(),
     let mut r = Reader { buf: message };
     let (mut inputs, mut outputs, mut parameters, mut raw) = (0u64, 0u64, 0u64, 0u64);
     let mut tally = Tally::default();
-    loop {
-        let field = match r.field() {
-            Ok(Some(f)) => f,
-            Ok(None) | Err(_) => break,
-        };
-        let (number, _, payload) = field;
+    while let Ok(Some((number, _, payload))) = r.field() {
         match number {
             4 => parameters += 1,
             5 => {
