@@ -27,10 +27,11 @@ use crate::wire::{
 struct WireRequest {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::parameters")]
     parameters: Map<String, Value>,
+    #[serde(deserialize_with = "crate::bounded::inputs")]
     inputs: Vec<WireInput>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::outputs")]
     outputs: Vec<WireOutput>,
 }
 
@@ -39,7 +40,7 @@ struct WireInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::parameters")]
     parameters: Map<String, Value>,
     #[serde(default)]
     data: Option<crate::data::Data>,
@@ -48,7 +49,7 @@ struct WireInput {
 #[derive(Deserialize)]
 struct WireOutput {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::bounded::parameters")]
     parameters: Map<String, Value>,
 }
 
@@ -133,8 +134,9 @@ pub fn decode_request(
     };
     let mut offset = header_len;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
+    let mut elements = 0u64;
     for input in wire.inputs {
-        inputs.push(decode_input(input, body, &mut offset)?);
+        inputs.push(decode_input(input, body, &mut offset, &mut elements)?);
     }
     if offset != body.len() {
         return Err(Error::invalid(format!(
@@ -165,11 +167,24 @@ pub fn decode_request(
     ))
 }
 
-fn decode_input(input: WireInput, body: &Bytes, offset: &mut usize) -> Result<Tensor> {
+fn decode_input(
+    input: WireInput,
+    body: &Bytes,
+    offset: &mut usize,
+    elements: &mut u64,
+) -> Result<Tensor> {
     let owner = format!("input '{}'", input.name);
     reject_shared_memory(input.parameters.keys(), &owner)?;
     let datatype = parse_datatype(&owner, &input.datatype)?;
     let (shape, count) = parse_shape(&owner, &input.shape)?;
+    *elements = elements.saturating_add(count as u64);
+    let limit = crate::limits::current().max_elements;
+    if *elements > limit {
+        return Err(Error::invalid(format!(
+            "{owner}: the request has {elements} tensor elements, over the limit of {limit} \
+             (--max-request-elements)"
+        )));
+    }
     let data = match (input.parameters.get("binary_data_size"), input.data) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(format!(

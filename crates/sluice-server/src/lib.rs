@@ -10,13 +10,16 @@
 //! builds the router without binding a socket, so handler tests drive it with
 //! `tower::ServiceExt::oneshot`.
 
+pub mod auth;
 mod body;
+mod bounded;
 mod codec;
 mod data;
 mod error;
 pub mod grpc;
 mod health;
 mod infer;
+pub mod limits;
 mod listener;
 mod load;
 mod logging;
@@ -24,7 +27,9 @@ mod metrics;
 mod models;
 mod raw;
 mod repository;
+mod serve;
 mod stats;
+pub mod tls;
 mod trace;
 mod wire;
 
@@ -35,10 +40,11 @@ use axum::Router;
 use sluice_runtime::Runtime;
 
 pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
-pub use grpc::{grpc_service, serve_grpc, GrpcConfig, GrpcService};
+pub use grpc::{grpc_service, serve_grpc, serve_grpc_with, GrpcConfig, GrpcService};
 pub use listener::LimitedListener;
 pub use logging::{LogControl, LogHandle};
 pub use metrics::{metrics_app, render as render_metrics, MetricsConfig};
+pub use serve::{serve_http, ServeOptions};
 pub use trace::{parse_traceparent, TraceContextLayer, TraceParent};
 
 /// Settings of the HTTP server.
@@ -48,6 +54,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// The live log filter behind `v2/logging`; without one that endpoint answers 503.
     pub log_control: Option<LogHandle>,
+    /// Who may call what (`None`: everything open); see [`auth`].
+    pub auth: Option<std::sync::Arc<auth::AuthPolicy>>,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +63,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 64 * 1024 * 1024,
             log_control: None,
+            auth: None,
         }
     }
 }
@@ -71,6 +80,7 @@ pub(crate) struct AppState {
 /// bounded by `max_body_bytes`.
 pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
     let limit = config.max_body_bytes;
+    let auth = config.auth.clone();
     let state = AppState { runtime, config };
     Router::new()
         .merge(health::router())
@@ -84,6 +94,7 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .with_state(state)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower::util::option_layer(auth.map(auth::HttpAuthLayer)))
         .layer(TraceContextLayer)
 }
 
@@ -165,67 +176,20 @@ pub async fn serve(
     .await
 }
 
-/// [`serve`] with the given [`ConnectionLimits`]. The accept loop is axum's
-/// (`axum::serve`), with hyper's header-read timeout set, which `axum::serve` cannot
-/// configure.
+/// [`serve`] with the given [`ConnectionLimits`], plain HTTP, and no bound on how
+/// long open connections may take to finish after `shutdown` (see [`serve_http`]).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let mut listener =
-        LimitedListener::new(listener, limits.max_connections, limits.header_read_timeout);
-    // Dropping `signal_rx` tells the connections to finish; each holds a `close_rx`
-    // clone until it is done, so `close_tx.closed()` waits for all of them.
-    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
-    tokio::spawn(async move {
-        shutdown.await;
-        drop(signal_rx);
-    });
-    let (close_tx, close_rx) = tokio::sync::watch::channel(());
-    loop {
-        let (io, _addr) = tokio::select! {
-            conn = axum::serve::Listener::accept(&mut listener) => conn,
-            () = signal_tx.closed() => break,
-        };
-        let service = TowerToHyperService::new(router.clone());
-        let signal_tx = signal_tx.clone();
-        let close_rx = close_rx.clone();
-        tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            if let Some(timeout) = limits.header_read_timeout {
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout);
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            let mut conn = std::pin::pin!(conn);
-            let mut finishing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::trace!(%error, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = signal_tx.closed(), if !finishing => {
-                        finishing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            }
-            drop(close_rx);
-        });
-    }
-    drop(close_rx);
-    drop(listener);
-    close_tx.closed().await;
-    Ok(())
+    serve_http(
+        listener,
+        router,
+        ServeOptions { limits, tls: None },
+        shutdown,
+        std::future::pending(),
+    )
+    .await
 }

@@ -57,6 +57,32 @@ pub struct LimitedStream {
     _slot: OwnedSemaphorePermit,
 }
 
+impl LimitedStream {
+    /// The first byte the client sends, without consuming it; fails when none
+    /// arrives within the first-byte timeout (or the client closes first).
+    pub async fn peek_first(&mut self) -> io::Result<u8> {
+        let mut byte = [0u8; 1];
+        let peek = self.stream.peek(&mut byte);
+        let n = match self.first_byte.as_mut() {
+            Some(deadline) => tokio::select! {
+                n = peek => n?,
+                () = deadline.as_mut() => return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )),
+            },
+            None => peek.await?,
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a byte",
+            ));
+        }
+        Ok(byte[0])
+    }
+}
+
 impl axum::serve::Listener for LimitedListener {
     type Io = LimitedStream;
     type Addr = SocketAddr;

@@ -19,6 +19,7 @@ mod engines;
 mod ready_file;
 mod repositories;
 mod route;
+mod security;
 
 /// Connections the metrics port keeps open at once.
 const METRICS_MAX_CONNECTIONS: usize = 64;
@@ -100,6 +101,9 @@ struct ServeArgs {
 
     #[command(flatten)]
     engines: engines::EngineArgs,
+
+    #[command(flatten)]
+    security: Box<security::SecurityArgs>,
 
     /// Threads one model instance may use for one run (a model's
     /// `intra_op_thread_count` parameter overrides it).
@@ -367,6 +371,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.model_memory_budget != Some(0),
         "--model-memory-budget must be at least 1 byte"
     );
+    let security = security::Security::from_args(&args.security)?;
     let cache = sluice_runtime::CacheConfig::parse(args.cache_config.as_slice())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_redis_secrets(
@@ -417,6 +422,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio.block_on(async {
         let mut signals = Signals::new()?;
         let grace = std::time::Duration::from_secs_f64(args.drain_grace_secs);
+        sluice_server::tls::spawn_reloader(security.reloaders(), security.reload_interval);
         // gRPC is bound first: the "listening" lines come out gRPC, then HTTP.
         let grpc_addr = SocketAddr::new(
             args.grpc_address.unwrap_or(args.http_address),
@@ -461,6 +467,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             HttpConfig {
                 max_body_bytes: args.max_body_bytes,
                 log_control: Some(logs.control.clone()),
+                auth: security.http_auth.clone(),
             },
         );
         let grpc = sluice_server::grpc_service(
@@ -468,6 +475,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             GrpcConfig {
                 max_message_bytes: args.grpc_max_message_bytes,
                 log_control: Some(logs.control.clone()),
+                auth: security.grpc_auth.clone(),
             },
         );
         // One signal stops both servers; each then finishes its in-flight requests.
@@ -478,11 +486,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let _ = stopping.wait_for(|&s| s).await;
             }
         };
+        // Set when shutdown begins: past it, open connections are closed.
+        let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
+        let at_exit_timeout = move || {
+            let mut deadline = deadline_rx.clone();
+            async move {
+                let d = deadline
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|d| *d);
+                match d {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
         {
             let runtime = runtime.clone();
+            let exit_timeout = security.exit_timeout;
             tokio::spawn(async move {
                 signals.next().await;
-                drain(&runtime, grace, &mut signals).await;
+                drain(&runtime, grace, exit_timeout, &deadline_tx, &mut signals).await;
                 let _ = stop.send(true);
             });
         }
@@ -492,14 +517,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 header_read_timeout: (args.http_header_read_timeout > 0.0)
                     .then(|| std::time::Duration::from_secs_f64(args.http_header_read_timeout)),
             };
-            sluice_server::serve_with(listener, router, limits, until_stopped())
-                .await
-                .context("HTTP server failed")
+            let options = sluice_server::ServeOptions {
+                limits,
+                tls: security.http_tls.clone(),
+            };
+            sluice_server::serve_http(
+                listener,
+                router,
+                options,
+                until_stopped(),
+                at_exit_timeout(),
+            )
+            .await
+            .context("HTTP server failed")
         };
         let grpc = async {
-            sluice_server::serve_grpc(grpc_listener, grpc, until_stopped())
-                .await
-                .context("gRPC server failed")
+            let tls = security.grpc_tls.clone();
+            sluice_server::serve_grpc_with(
+                grpc_listener,
+                grpc,
+                tls,
+                until_stopped(),
+                at_exit_timeout(),
+            )
+            .await
+            .context("gRPC server failed")
         };
         let metrics = async {
             let Some(listener) = metrics_listener else {
@@ -511,7 +553,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     triton_compat: args.metrics_triton_compat,
                 },
             );
-            sluice_server::serve(listener, app, METRICS_MAX_CONNECTIONS, until_stopped())
+            let options = sluice_server::ServeOptions {
+                limits: sluice_server::ConnectionLimits::new(METRICS_MAX_CONNECTIONS),
+                tls: security.metrics_tls.clone(),
+            };
+            sluice_server::serve_http(listener, app, options, until_stopped(), at_exit_timeout())
                 .await
                 .context("metrics server failed")
         };
@@ -533,8 +579,16 @@ fn sluice_repository_options(default_max_batch_size: i32) -> sluice_runtime::Rep
 /// The drain after the first signal: readiness false at once; new requests still
 /// answered for `grace` (or until a second signal); then new requests refused with
 /// 503 while the listeners stay open until every accepted request is answered (so a
-/// late client gets a clear 503, not a refused connection). The servers stop after.
-async fn drain(runtime: &Runtime, grace: std::time::Duration, signals: &mut Signals) {
+/// late client gets a clear 503, not a refused connection), for at most
+/// `exit_timeout`, which also bounds how long the servers then wait for open
+/// connections (`deadline`). The servers stop after.
+async fn drain(
+    runtime: &Runtime,
+    grace: std::time::Duration,
+    exit_timeout: std::time::Duration,
+    deadline: &tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    signals: &mut Signals,
+) {
     runtime.begin_drain();
     if !grace.is_zero() {
         tracing::info!(
@@ -548,6 +602,8 @@ async fn drain(runtime: &Runtime, grace: std::time::Duration, signals: &mut Sign
     }
     tracing::info!("shutting down: refusing new requests, finishing in-flight requests");
     runtime.begin_shutdown();
+    let exit_at = tokio::time::Instant::now() + exit_timeout;
+    let _ = deadline.send(Some(exit_at));
     let busy = || {
         runtime
             .stats(None, None)
@@ -556,6 +612,10 @@ async fn drain(runtime: &Runtime, grace: std::time::Duration, signals: &mut Sign
             .any(|v| v.stats.in_flight() > 0 || v.queue_len > 0)
     };
     while busy() {
+        if tokio::time::Instant::now() >= exit_at {
+            tracing::warn!("exit timeout: requests still in flight are abandoned");
+            return;
+        }
         tokio::time::sleep(DRAIN_POLL).await;
     }
 }

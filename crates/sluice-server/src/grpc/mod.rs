@@ -13,8 +13,10 @@
 
 mod config;
 mod convert;
+mod guard;
 mod service;
 mod stream;
+mod tls_incoming;
 
 use std::future::Future;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// The live log filter behind `LogSettings`; without one it answers `UNAVAILABLE`.
     pub log_control: Option<crate::LogHandle>,
+    /// Who may call what (`None`: everything open); see [`crate::auth`].
+    pub auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
 }
 
 impl Default for GrpcConfig {
@@ -50,6 +54,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             max_message_bytes: 64 * 1024 * 1024,
             log_control: None,
+            auth: None,
         }
     }
 }
@@ -62,11 +67,13 @@ pub struct GrpcService {
     inference: GrpcInferenceServiceServer<Inference>,
     health: HealthServer<HealthService>,
     reporter: HealthReporter,
+    auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
 }
 
 /// Builds the inference and health services over `runtime`, binding nothing.
 pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
     let limit = config.max_message_bytes;
+    let auth = config.auth.clone();
     let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
     let inference = GrpcInferenceServiceServer::new(Inference {
         runtime: runtime.clone(),
@@ -87,6 +94,7 @@ pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
         inference,
         health,
         reporter,
+        auth,
     }
 }
 
@@ -98,6 +106,19 @@ pub async fn serve_grpc(
     service: GrpcService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_grpc_with(listener, service, None, shutdown, std::future::pending()).await
+}
+
+/// [`serve_grpc`] with optional TLS, and a bound: once `force_close` resolves
+/// (after `shutdown`), connections still open are no longer waited for and this
+/// returns, so the process can exit.
+pub async fn serve_grpc_with(
+    listener: tokio::net::TcpListener,
+    service: GrpcService,
+    tls: Option<crate::tls::TlsReloader>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    force_close: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let GrpcService {
         runtime,
         max_message_bytes,
@@ -105,6 +126,7 @@ pub async fn serve_grpc(
         inference,
         health,
         reporter,
+        auth,
     } = service;
     let mut ready = runtime.ready();
     set_health(&reporter, ready).await;
@@ -126,16 +148,25 @@ pub async fn serve_grpc(
             }
         })
     };
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        let _ = signalled_tx.send(());
         let _ = end_streams.send(true);
         let _ = stop.send(());
         let _ = follower.await;
         set_health(&reporter, false).await;
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .layer(crate::TraceContextLayer)
+        .layer(tower::util::option_layer(
+            auth.map(crate::auth::GrpcAuthLayer),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<tonic::body::Body>| {
+                guard::guard_request(request, max_message_bytes)
+            },
+        ))
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: http::Response<tonic::body::Body>| {
                 rewrite_size_error(response.headers_mut(), max_message_bytes);
@@ -143,9 +174,37 @@ pub async fn serve_grpc(
             },
         ))
         .add_service(health)
-        .add_service(inference)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(inference);
+    let served = async move {
+        match tls {
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            Some(tls) => {
+                let incoming = tls_incoming::incoming(listener, tls);
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+    };
+    let bound = async move {
+        if signalled_rx.await.is_ok() {
+            force_close.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = served => result,
+        () = bound => {
+            tracing::warn!("closing the gRPC connections still open at the exit timeout");
+            Ok(())
+        }
+    }
 }
 
 async fn set_health(reporter: &HealthReporter, ready: bool) {
