@@ -11,6 +11,7 @@
 mod backend;
 mod config;
 mod datatype;
+pub mod ensemble;
 mod error;
 mod request;
 mod reshape;
