@@ -1,28 +1,43 @@
 #!/usr/bin/env python3
-"""The `sluice_image` step alone vs the same work in Pillow + numpy, per image, one thread,
-in one run: decode, shorter side to 256 (bilinear), center crop 224, (x - 127) / 128, NCHW
-float32 (the EfficientNet-Lite recipe of examples/pipelines/image_preprocess).
+"""The `sluice_image` step against the same work in Pillow + numpy, in one run: decode,
+shorter side to 256 (bilinear), center crop 224, (x - 127) / 128, NCHW float32 (the
+EfficientNet-Lite recipe of examples/pipelines/image_preprocess).
 
-    cargo build --release -p sluice-backend-builtin --example image_step_bench
     .venv/bin/python scripts/make_pipeline_models.py      # the photos
-    .venv/bin/python bench/image_step.py [--iterations 200]
+    cargo build --release --workspace                     # target/release/sluice
+    # optional, for the step alone without a server:
+    cargo build --release -p sluice-backend-builtin --example image_step_bench
+    .venv/bin/python bench/image_step.py [--seconds 10] [--image coffee.png]
 
-Prints a Markdown table: µs per image for each, and Pillow / Sluice.
+Two comparisons:
+1. Served: `sluice serve` with the step (2 instances, one per core) answering tritonclient
+   HTTP binary requests from 1 and 8 client threads (one client each), requests/s; against
+   Pillow + numpy called directly (no server, no HTTP) from 1 and 8 Python threads,
+   images/s. The server side also pays HTTP, the client and the copy of the 602 KB answer,
+   so the ratio understates the step's own speed.
+2. The step alone (when the example binary exists): µs per image on one thread, against
+   Pillow + numpy's µs per image on one thread.
 """
 
 import argparse
 import io
 import pathlib
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 import numpy as np
 from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "examples" / "image_step_bench"
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+EXAMPLE = ROOT / "target" / "release" / "examples" / "image_step_bench"
 IMAGES = ROOT / "models-extra" / "pipeline-images"
-FILES = ["coffee.png", "rocket.jpg", "chelsea.webp", "astronaut.png"]
+
+CONFIG = (ROOT / "examples" / "pipelines" / "image_preprocess" / "config.pbtxt").read_text() + \
+    "\ninstance_group [ { count: 2 } ]\n"
 
 
 def pillow(data):
@@ -36,30 +51,74 @@ def pillow(data):
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def pillow_us(path, iterations):
-    data = path.read_bytes()
-    for _ in range(5):
-        pillow(data)
-    t = time.perf_counter()
-    for _ in range(iterations):
-        pillow(data)
-    return (time.perf_counter() - t) * 1e6 / iterations
+def closed_loop(threads, seconds, make_call):
+    """Runs `threads` loops of `make_call()()` for `seconds`; calls per second."""
+    counts = [0] * threads
+    stop = time.monotonic() + seconds
+    def loop(i):
+        call = make_call()
+        call()  # warm up
+        while time.monotonic() < stop:
+            call()
+            counts[i] += 1
+    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    t0 = time.monotonic()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--image", default="coffee.png")
     args = ap.parse_args()
-    paths = [IMAGES / f for f in FILES]
-    out = subprocess.run([str(BIN), *map(str, paths), "--iterations", str(args.iterations)],
-                         check=True, capture_output=True, text=True).stdout
-    sluice = {pathlib.Path(line.split()[0]).name: float(line.split()[1]) for line in out.splitlines()}
-    print("| image | size | Sluice µs/image | Pillow+numpy µs/image | Pillow / Sluice |")
-    print("|---|---|---|---|---|")
-    for p in paths:
-        us = pillow_us(p, args.iterations)
-        w, h = Image.open(p).size
-        print(f"| {p.name} | {w}x{h} | {sluice[p.name]:.0f} | {us:.0f} | {us / sluice[p.name]:.2f} |")
+    data = (IMAGES / args.image).read_bytes()
+    w, h = Image.open(IMAGES / args.image).size
+
+    import tritonclient.http as httpclient
+    from conftest import Server
+
+    with tempfile.TemporaryDirectory() as repo:
+        model = pathlib.Path(repo) / "image_preprocess"
+        (model / "1").mkdir(parents=True)
+        (model / "config.pbtxt").write_text(CONFIG)
+        server = Server(repo)
+        try:
+            arr = np.array([[data]], dtype=np.object_)
+
+            def served():
+                client = httpclient.InferenceServerClient(server.http_url)
+                inp = httpclient.InferInput("image", [1, 1], "BYTES")
+                inp.set_data_from_numpy(arr)
+                out = [httpclient.InferRequestedOutput("pixels", binary_data=True)]
+                return lambda: client.infer("image_preprocess", [inp], outputs=out).as_numpy("pixels")
+
+            rows = []
+            for threads in (1, 8):
+                s = closed_loop(threads, args.seconds, served)
+                p = closed_loop(threads, args.seconds, lambda: (lambda: pillow(data)))
+                rows.append((threads, s, p))
+        finally:
+            server.stop()
+
+    print(f"image: {args.image} ({w}x{h}); {args.seconds:.0f} s per cell; one run, shared 2-core machine\n")
+    print("| clients / threads | Sluice served req/s | Pillow+numpy in-process images/s | Sluice / Pillow |")
+    print("|---|---|---|---|")
+    for threads, s, p in rows:
+        print(f"| {threads} | {s:.0f} | {p:.0f} | {s / p:.2f} |")
+    if EXAMPLE.exists():
+        out = subprocess.run([str(EXAMPLE), str(IMAGES / args.image), "--iterations", "200"],
+                             check=True, capture_output=True, text=True).stdout
+        step_us = float(out.split()[1])
+        t = time.perf_counter()
+        for _ in range(200):
+            pillow(data)
+        pil_us = (time.perf_counter() - t) * 1e6 / 200
+        print(f"\nstep alone, one thread: Sluice {step_us:.0f} µs/image, Pillow+numpy {pil_us:.0f} µs/image, "
+              f"Pillow / Sluice {pil_us / step_us:.2f}")
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def reference_tokenizer():
     return tok
 
 
-def test_tokenizer_equals_python_tokenizers(http, grpc_client):
+def test_tokenizer_equals_python_tokenizers(server, http, grpc_client):
     encodings = reference_tokenizer().encode_batch(SENTENCES)
     want = {
         "input_ids": np.array([e.ids for e in encodings], np.int64),
@@ -337,7 +337,7 @@ def test_tokenizer_equals_python_tokenizers(http, grpc_client):
             assert (result.as_numpy(name) == arr).all(), name
     # HTTP JSON (BYTES as JSON strings), one sentence: padded to its own length.
     body = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [SENTENCES[2]]}]}
-    r = requests.post(f"http://{http._parsed_url.netloc}/v2/models/minilm_tokenizer/infer", json=body, timeout=30)
+    r = requests.post(f"{server.base}/v2/models/minilm_tokenizer/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}
     one = reference_tokenizer().encode(SENTENCES[2])

@@ -197,10 +197,15 @@ impl Settings {
                 ))),
             }
         };
-        let scale = p
-            .number::<f32>("scale", "a number")?
-            .filter(|s| s.is_finite())
-            .unwrap_or(1.0 / 255.0);
+        let scale = match p.number::<f32>("scale", "a number")? {
+            None => 1.0 / 255.0,
+            Some(s) if s.is_finite() => s,
+            Some(s) => {
+                return Err(Error::invalid(format!(
+                    "{STEP}: parameter scale must be a finite number, got {s}"
+                )))
+            }
+        };
         let mean = per_channel("mean", 0.0)?;
         let std = per_channel("std", 1.0)?;
         if let Some(s) = std.iter().find(|s| **s == 0.0) {

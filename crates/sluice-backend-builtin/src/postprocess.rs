@@ -546,8 +546,8 @@ mod tests {
         let p = read_f32(&out[0]);
         let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).collect();
         let sum: f64 = e.iter().sum();
-        for i in 0..3 {
-            assert!((f64::from(p[i]) - e[i] / sum).abs() < 1e-7);
+        for (i, ei) in e.iter().enumerate() {
+            assert!((f64::from(p[i]) - ei / sum).abs() < 1e-7);
             assert!(
                 (p[3 + i] - 1.0 / 3.0).abs() < 1e-7,
                 "stable for large logits"
