@@ -74,10 +74,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--image", default="coffee.png")
+    ap.add_argument("--alone-only", action="store_true", help="only comparison 2 (no server)")
     args = ap.parse_args()
     data = (IMAGES / args.image).read_bytes()
     w, h = Image.open(IMAGES / args.image).size
 
+    print(f"image: {args.image} ({w}x{h}); one run, shared 2-core machine\n")
+    if not args.alone_only:
+        served_table(args, data)
+    step_alone(args, data)
+
+
+def served_table(args, data):
     import tritonclient.http as httpclient
     from conftest import Server
 
@@ -104,21 +112,29 @@ def main():
         finally:
             server.stop()
 
-    print(f"image: {args.image} ({w}x{h}); {args.seconds:.0f} s per cell; one run, shared 2-core machine\n")
+    print(f"{args.seconds:.0f} s per cell\n")
     print("| clients / threads | Sluice served req/s | Pillow+numpy in-process images/s | Sluice / Pillow |")
     print("|---|---|---|---|")
     for threads, s, p in rows:
         print(f"| {threads} | {s:.0f} | {p:.0f} | {s / p:.2f} |")
-    if EXAMPLE.exists():
-        out = subprocess.run([str(EXAMPLE), str(IMAGES / args.image), "--iterations", "200"],
-                             check=True, capture_output=True, text=True).stdout
-        step_us = float(out.split()[1])
-        t = time.perf_counter()
-        for _ in range(200):
-            pillow(data)
-        pil_us = (time.perf_counter() - t) * 1e6 / 200
-        print(f"\nstep alone, one thread: Sluice {step_us:.0f} µs/image, Pillow+numpy {pil_us:.0f} µs/image, "
-              f"Pillow / Sluice {pil_us / step_us:.2f}")
+
+
+def step_alone(args, data):
+    if not EXAMPLE.exists():
+        print(f"(no {EXAMPLE.relative_to(ROOT)}: the step alone is not measured)")
+        return
+    iterations = 200
+    for _ in range(5):
+        pillow(data)
+    t = time.perf_counter()
+    for _ in range(iterations):
+        pillow(data)
+    pil_us = (time.perf_counter() - t) * 1e6 / iterations
+    out = subprocess.run([str(EXAMPLE), str(IMAGES / args.image), "--iterations", str(iterations)],
+                         check=True, capture_output=True, text=True).stdout
+    step_us = float(out.split()[1])
+    print(f"\nstep alone, one thread: Sluice {step_us:.0f} µs/image, Pillow+numpy {pil_us:.0f} µs/image, "
+          f"Pillow / Sluice {pil_us / step_us:.2f}")
 
 
 if __name__ == "__main__":

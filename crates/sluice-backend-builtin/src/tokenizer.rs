@@ -269,36 +269,33 @@ impl Instance for TokenizerInstance {
 mod tests {
     use super::*;
     use crate::testing::{bytes_tensor, config, load_err_in, load_in, read_i64};
-    use std::collections::HashMap;
-    use tokenizers::models::wordpiece::WordPiece;
-    use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::bert::BertProcessing;
 
-    /// A small BERT-style WordPiece tokenizer saved as `tokenizer.json` in a temp folder.
+    /// A small BERT-style WordPiece tokenizer written as `tokenizer.json` in a temp folder
+    /// (the file format Hugging Face saves).
     fn tokenizer_dir() -> tempfile::TempDir {
         let words = [
             "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "##s", "a",
         ];
-        let vocab: HashMap<String, u32> = words
+        let vocab: Vec<String> = words
             .iter()
             .enumerate()
-            .map(|(i, w)| ((*w).to_owned(), i as u32))
+            .map(|(i, w)| format!("\"{w}\": {i}"))
             .collect();
-        let model = WordPiece::builder()
-            .vocab(vocab.into_iter().collect())
-            .unk_token("[UNK]".into())
-            .build()
-            .unwrap();
-        let mut tok = Tokenizer::new(model);
-        tok.with_normalizer(Some(BertNormalizer::default()));
-        tok.with_pre_tokenizer(Some(BertPreTokenizer));
-        tok.with_post_processor(Some(BertProcessing::new(
-            ("[SEP]".into(), 3),
-            ("[CLS]".into(), 2),
-        )));
+        let json = format!(
+            r#"{{
+  "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+  "normalizer": {{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                  "strip_accents": null, "lowercase": true}},
+  "pre_tokenizer": {{"type": "BertPreTokenizer"}},
+  "post_processor": {{"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}},
+  "decoder": null,
+  "model": {{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+             "max_input_chars_per_word": 100, "vocab": {{{}}}}}
+}}"#,
+            vocab.join(", ")
+        );
         let dir = tempfile::tempdir().unwrap();
-        tok.save(dir.path().join("tokenizer.json"), false).unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json).unwrap();
         dir
     }
 
