@@ -282,7 +282,7 @@ mod tests {
             .map(|(i, w)| format!("\"{w}\": {i}"))
             .collect();
         let json = format!(
-            r##"{{
+            r###"{{
   "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
   "normalizer": {{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
                   "strip_accents": null, "lowercase": true}},
@@ -291,7 +291,7 @@ mod tests {
   "decoder": null,
   "model": {{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
              "max_input_chars_per_word": 100, "vocab": {{{}}}}}
-}}"##,
+}}"###,
             vocab.join(", ")
         );
         let dir = tempfile::tempdir().unwrap();
