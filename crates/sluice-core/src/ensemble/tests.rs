@@ -190,10 +190,13 @@ fn a_branching_graph_runs_its_branches_in_parallel() {
     assert_eq!(t.complete(99), Vec::<usize>::new());
 }
 
+/// Ensemble inputs, outputs, steps, extra config fields, and the parts of the error.
+type LocalCase<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<Value>, Value, Vec<&'a str>);
+
 #[test]
 fn local_refusals_name_the_step_and_tensor() {
     let a_in_out = || vec![step("a", &[("x", "in")], &[("y", "out")])];
-    let cases: Vec<(Vec<&str>, Vec<&str>, Vec<Value>, Value, Vec<&str>)> = vec![
+    let cases: Vec<LocalCase<'_>> = vec![
         (vec!["in"], vec!["out"], vec![], json!({}), vec!["no step"]),
         (
             vec!["in"],
