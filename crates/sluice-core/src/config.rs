@@ -465,6 +465,7 @@ impl ModelConfig {
                 ));
             }
         }
+        crate::ensemble::EnsembleScheduling::from_config(self)?;
         Ok(())
     }
 

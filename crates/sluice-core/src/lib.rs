@@ -12,6 +12,7 @@
 mod backend;
 mod config;
 mod datatype;
+pub mod ensemble;
 mod error;
 mod file;
 mod request;

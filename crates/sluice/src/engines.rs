@@ -1,6 +1,7 @@
 //! Which engines the server runs, and where ONNX Runtime comes from.
 //!
-//! tract is always built in. ONNX Runtime (cargo feature `ort`, on by default) is a
+//! tract and the built-in processing steps (`sluice_image`, `sluice_tokenizer`,
+//! `sluice_postprocess`) are always built in. ONNX Runtime (cargo feature `ort`, on by default) is a
 //! shared library opened at run time, found in this order:
 //! 1. `--ort-library PATH` or `ORT_DYLIB_PATH` (a file or a folder holding one;
 //!    `off` disables ONNX Runtime);
@@ -30,7 +31,10 @@ pub struct EngineArgs {
 
 /// The backends to register, and a check that `default_backend` is among them.
 pub fn backends(args: &EngineArgs, default_backend: &str) -> anyhow::Result<Backends> {
-    let backends = Backends::new().with(Arc::new(TractBackend::new()));
+    let backends = sluice_backend_builtin::backends()
+        .into_iter()
+        .fold(Backends::new(), Backends::with)
+        .with(Arc::new(TractBackend::new()));
     match onnxruntime(args) {
         Ok(Some(ort)) => return Ok(backends.with(ort)),
         Ok(None) => tracing::info!("ONNX Runtime is off (--ort-library off); models run on tract"),
