@@ -18,7 +18,7 @@ pub mod plot;
 pub mod policy;
 pub mod profile;
 pub mod report;
-pub mod rng;
+pub use sluice_core::rng;
 pub mod sim;
 pub mod trace;
 

@@ -13,7 +13,7 @@
 mod inputs;
 mod peak;
 mod report;
-mod rng;
+use sluice_core::rng;
 mod run;
 mod scenario;
 mod schedule;

@@ -17,6 +17,7 @@ mod error;
 mod file;
 mod request;
 mod reshape;
+pub mod rng;
 mod signature;
 mod tensor;
 

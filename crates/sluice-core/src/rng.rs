@@ -1,8 +1,9 @@
 //! A small seeded random number generator (xoshiro256++ seeded through splitmix64).
 //!
-//! Key decision: the same generator as `sluice-bench`'s schedules (this crate depends
-//! only on what it needs, so it carries its own 30 lines), so that a seed gives the
-//! same trace in every version of Sluice whatever the `rand` crate changes.
+//! The one generator of the workspace: `sluice bench`'s schedules and input data and
+//! `sluice simulate`'s traces draw from it. Key decision: our own 30 lines instead of a
+//! crate, so that a seed gives the same schedule and the same trace in every version of
+//! Sluice, whatever the `rand` crate does to its algorithms between releases.
 
 /// xoshiro256++ (Blackman and Vigna), seeded from one `u64` with splitmix64.
 #[derive(Debug, Clone)]
