@@ -42,9 +42,9 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
-pub use remote::RemoteRepositories;
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
+pub use remote::RemoteRepositories;
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 
 /// The model registry. Cheap to clone.
