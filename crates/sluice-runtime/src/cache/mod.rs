@@ -391,7 +391,7 @@ pub struct CacheStats {
     pub entries: Option<u64>,
     /// See `CacheCounters::pending`.
     pub pending: u64,
-    /// See [`CacheCounters::errors`] and [`CacheCounters::outages`].
+    /// See `CacheCounters::errors` and `CacheCounters::outages`.
     pub errors: u64,
     pub outages: u64,
 }
