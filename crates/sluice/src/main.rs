@@ -223,6 +223,10 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Every rustls client and server in the process (TLS listeners, the OTLP exporter's and
+    // object_store's reqwest, built with no provider of their own) uses ring. Installing
+    // fails only when one is already installed, which is the same provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
