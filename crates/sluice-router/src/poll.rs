@@ -190,11 +190,11 @@ pub struct Load {
     pub memory_budget: Option<u64>,
 }
 
-async fn get_json(shared: &Shared, addr: &ReplicaAddr, path: &str) -> Result<Value, String> {
-    let uri = format!("http://{}{path}", addr.id());
-    let request = hyper::Request::get(uri)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+/// Sends one request to a replica and reads its whole answer.
+async fn send(
+    shared: &Shared,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), String> {
     let response = shared
         .http
         .request(request)
@@ -207,6 +207,15 @@ async fn get_json(shared: &Shared, addr: &ReplicaAddr, path: &str) -> Result<Val
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
+    Ok((status, body))
+}
+
+async fn get_json(shared: &Shared, addr: &ReplicaAddr, path: &str) -> Result<Value, String> {
+    let uri = format!("http://{}{path}", addr.id());
+    let request = hyper::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let (status, body) = send(shared, request).await?;
     if !status.is_success() {
         return Err(format!("{path} answered {status}"));
     }
@@ -303,18 +312,7 @@ pub async fn load(shared: &Arc<Shared>, replica: &str, model: &str) -> Result<()
         .body(Full::new(Bytes::from_static(b"{}")))
         .map_err(|e| e.to_string())?;
     let outcome = async {
-        let response = shared
-            .http
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, body) = send(shared, request).await?;
         if status.is_success() {
             Ok(())
         } else {

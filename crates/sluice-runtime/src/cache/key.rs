@@ -234,24 +234,7 @@ fn get_tensors(b: &mut Bytes) -> Option<Vec<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(crate) fn t(name: &str, dt: DataType, shape: Vec<usize>, data: &[u8]) -> Tensor {
-        Tensor {
-            name: name.into(),
-            datatype: dt,
-            shape,
-            data: Bytes::copy_from_slice(data),
-        }
-    }
-
-    fn probe(inputs: &[Tensor]) -> Probe<'_> {
-        Probe {
-            model: "m",
-            version: 1,
-            scope: 7,
-            inputs,
-        }
-    }
+    use crate::cache::tests::{probe, t};
 
     #[test]
     fn key_differs_on_everything_that_decides_the_answer() {

@@ -5,7 +5,7 @@ use sluice_core::DataType;
 
 use super::*;
 
-fn t(name: &str, dt: DataType, shape: Vec<usize>, data: &[u8]) -> Tensor {
+pub(super) fn t(name: &str, dt: DataType, shape: Vec<usize>, data: &[u8]) -> Tensor {
     Tensor {
         name: name.into(),
         datatype: dt,
@@ -14,7 +14,7 @@ fn t(name: &str, dt: DataType, shape: Vec<usize>, data: &[u8]) -> Tensor {
     }
 }
 
-fn probe(inputs: &[Tensor]) -> Probe<'_> {
+pub(super) fn probe(inputs: &[Tensor]) -> Probe<'_> {
     Probe {
         model: "m",
         version: 1,
