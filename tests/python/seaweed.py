@@ -80,6 +80,10 @@ class Seaweed:
             f"-master.port={self.master}", f"-master.port.grpc={self.master + 10000}",
             f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume + 10000}",
             "-volume.max=64", "-master.volumeSizeLimitMB=64",
+            # SeaweedFS's default refuses every write when the disk has under 1 % free
+            # (2.5 GB on a 252 GB disk: a CI machine after a release build). The tests
+            # write a few MB; an absolute floor keeps them independent of the disk's size.
+            "-volume.minFreeSpace=64MiB",
             "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer + 10000}",
             "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3 + 10000}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -103,7 +107,10 @@ class Seaweed:
             except Exception:
                 if time.time() > deadline:
                     self.stop()
-                    raise RuntimeError("weed did not become ready:\n" + (Path(self.tmp) / "weed.log").read_text()[-3000:])
+                    log = (Path(self.tmp) / "weed.log").read_text()
+                    # The one line that names a full disk is early in a long log.
+                    disk = [line for line in log.splitlines() if "disk free" in line][:3]
+                    raise RuntimeError("weed did not become ready:\n" + "\n".join(disk) + "\n" + log[-3000:])
                 time.sleep(0.3)
 
     def stop(self):
