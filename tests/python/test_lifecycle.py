@@ -60,10 +60,12 @@ def test_json_logs(tmp_path, request):
     from conftest import EXAMPLES
     s = Server(EXAMPLES, "--log-format", "json")
     try:
-        records = [json.loads(line) for line in s.lines if line.startswith("{")]
-        assert records, s.log()
-        assert any(r["fields"].get("message", "").startswith("HTTP server listening") for r in records)
-        assert all("level" in r and "timestamp" in r for r in records)
+        def records():
+            return [json.loads(line) for line in list(s.lines) if line.startswith("{")]
+        # The ready file can come before the log reader thread has read the line.
+        assert wait_until(lambda: any(r["fields"].get("message", "").startswith("HTTP server listening")
+                                      for r in records()), timeout=30), s.log()
+        assert all("level" in r and "timestamp" in r for r in records())
     finally:
         assert s.stop() == 0
 

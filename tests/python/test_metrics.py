@@ -263,7 +263,7 @@ def test_log_settings_change_live_and_logs_carry_the_trace_id(start_server):
     assert after["log_verbose_level"] == 1 and after["log_filter"] == "debug"
     r = requests.post(f"{s.base}/v2/models/mlp/infer", json=bad, headers={"traceparent": TRACEPARENT}, timeout=10)
     assert r.status_code == 400
-    wait_until(lambda: "request rejected" in s.log())
+    assert wait_until(lambda: "request rejected" in s.log(), timeout=30), s.log()[-2000:]
     lines = [json.loads(line) for line in s.lines if "request rejected" in line]
     assert lines[-1]["span"]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736", lines[-1]
     assert lines[-1]["span"]["parent_id"] == "00f067aa0ba902b7"
@@ -274,7 +274,7 @@ def test_log_settings_change_live_and_logs_carry_the_trace_id(start_server):
     other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     with pytest.raises(InferenceServerException):
         g.infer("mlp", [i], headers={"traceparent": other})
-    wait_until(lambda: "0af7651916cd43dd8448eb211c80319c" in s.log())
+    assert wait_until(lambda: "0af7651916cd43dd8448eb211c80319c" in s.log(), timeout=30), s.log()[-2000:]
     assert g.get_log_settings(as_json=True)["settings"]["log_verbose_level"]["uint32_param"] == 1
     g.update_log_settings({"log_verbose_level": 0, "log_info": False})
     assert h.get_log_settings()["log_filter"] == "warn"
@@ -333,7 +333,7 @@ def start_prometheus(tmp_path, targets):
             assert proc.poll() is None, proc.stderr.read()
             return False
 
-    wait_until(ready, timeout=60)
+    assert wait_until(ready, timeout=120), "prometheus did not become ready"
     return proc, base
 
 
@@ -374,7 +374,7 @@ def test_prometheus_queries_for_autoscaling(start_server, tmp_path):
     targets = {f"127.0.0.1:{a.metrics_port}": "a", f"127.0.0.1:{b.metrics_port}": "b"}
     prom, base = start_prometheus(tmp_path, list(targets))
     try:
-        wait_until(lambda: len(promql(base, 'up{job="sluice"} == 1')) == 2, timeout=30)
+        assert wait_until(lambda: len(promql(base, 'up{job="sluice"} == 1')) == 2, timeout=120)
 
         # Replica a: 60 mlp requests paced at 30/s. Replica b: none.
         rate, count = 30.0, 60

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 EXTRA = ROOT / "models-extra"
 MODEL_DIR = EXTRA / "minilm"
@@ -68,8 +68,11 @@ def batch(sentences):
 def test_minilm_matches_onnxruntime(repository, session, start_server, backend):
     args = ["--default-backend", "onnxruntime"] if backend == "onnxruntime" else ["--ort-library", "off"]
     s = start_server(repository, *args)
-    ready = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in s.lines if "model version is ready" in line]
-    assert ready and re.search(rf'backend="?{backend}', ready[0]), s.log()
+    # The ready file can be read before the log reader thread has read the line.
+    def ready():
+        return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in s.lines if "model version is ready" in line]
+    assert wait_until(ready, timeout=30), s.log()
+    assert re.search(rf'backend="?{backend}', ready()[0]), s.log()
     client = httpclient.InferenceServerClient(url=s.http_url, network_timeout=120)
     try:
         for sentences in ([SENTENCES[0]], [SENTENCES[1]], SENTENCES, SENTENCES * 4):
