@@ -132,6 +132,13 @@ def start_redis():
     raise RuntimeError("redis-server did not start")
 
 
+def flush_redis(port):
+    """Empties Redis, so that no run meets another run's entries."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"FLUSHALL\r\n")
+        assert s.recv(64).startswith(b"+OK")
+
+
 def counters(metrics_port):
     text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
     out = {"hits": 0.0, "misses": 0.0}
@@ -221,6 +228,7 @@ def main():
         # short (2 s + 0.5 s warm-up at ~20k req/s fit in 60 000 inputs).
         models = [("mlp", 60000, secs)] + ([] if a.skip_resnet else [("resnet50", 96, max(secs, 8.0))])
         for cache, flags in configs.items():
+            flush_redis(redis_port)
             proc, ports = serve(repo, *flags)
             pid = proc.pid
             try:
@@ -249,6 +257,7 @@ def main():
             "redis": configs["redis"],
         }
         for cache, flags in zipf.items():
+            flush_redis(redis_port)
             proc, ports = serve(repo, *flags)
             try:
                 record(f"mlp zipf {cache}", "mlp", cache, "10000 zipf 1.0",
@@ -264,8 +273,9 @@ def main():
     print("\n| Run | req/s | p50 ms | p99 ms | server CPU µs/req | hit rate |\n|---|---:|---:|---:|---:|---:|")
     for r in results:
         hr = r.get("hit_rate")
-        print(f"| {r['label']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.1f} | {r['cpu_us']:.1f} | "
-              f"{'–' if hr is None else f'{hr:.2f}'} |".replace(",", " "))
+        rps = f"{r['rps']:_.0f}".replace("_", " ")
+        print(f"| {r['label']} | {rps} | {r['p50']:.3f} | {r['p99']:.1f} | {r['cpu_us']:.1f} | "
+              f"{'–' if hr is None else f'{hr:.2f}'} |")
     print(f"\nlocal hit / noop: p50 {by['mlp local hit']['p50'] / noop['p50']:.2f}x, "
           f"req/s {by['mlp local hit']['rps'] / noop['rps']:.2f}x, CPU {by['mlp local hit']['cpu_us'] / noop['cpu_us']:.2f}x")
     for m in ["mlp"] + ([] if a.skip_resnet else ["resnet50"]):

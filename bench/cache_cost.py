@@ -7,7 +7,10 @@ One `sluice serve` runs under valgrind's callgrind (every thread, instructions
 executed in the server process only; Redis's own work is not in its figures). For
 each phase the counters are zeroed, `sluice bench` sends requests for a few seconds
 (Offline, 4 clients, HTTP binary tensors), the counters are dumped, and the total
-is divided by the requests the server answered in the phase (its own statistics).
+is divided by the requests the server answered in the phase (its own statistics;
+`sluice bench`'s first request, which checks the model, is one of them: the one hit
+of a miss phase). Redis's `socket_timeout` is 5 s here: under valgrind the server is
+tens of times slower, and a lookup past the usual 100 ms would read as a miss.
 Phases: a model that does nothing (`noop`, the server's own per-request cost), the
 MLP with no cache, an MLP hit (one distinct input, warmed first), an MLP miss (more
 distinct inputs than the phase sends, none stored before); once with the local cache and once with Redis
@@ -129,7 +132,7 @@ def main():
               f"--log-file={OUT}/valgrind.log"]
     rows = []
     try:
-        for cache, flags in [("local", "local,size=536870912"), ("redis", f"redis,host=127.0.0.1,port={redis_port}")]:
+        for cache, flags in [("local", "local,size=536870912"), ("redis", f"redis,host=127.0.0.1,port={redis_port},socket_timeout=5000")]:
             proc, ports = start(prefix, repo, "--cache-config", flags)
             try:
                 # Warm every path once (first requests build lazy state) and store the hit.
