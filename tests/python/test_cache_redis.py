@@ -312,9 +312,12 @@ def test_tls_to_redis_with_a_generated_ca_and_client_certificates(redis_factory,
     inputs = random_inputs("mlp", seed=77)
     expected = reference("mlp", inputs)["probabilities"]
     # 1. Server authentication only: Triton's keys on A, Sluice's `tls` and a CA folder on B.
+    # A generous socket_timeout: a connection is made (and its TLS handshake done) by its
+    # first lookup, which a saturated machine could push past the 100 ms default (a miss).
+    slow = "socket_timeout=10000"
     plain = redis_factory(tls=dict(pki, auth_clients=False))
-    a = start_server(root, *plain.flag("tls_enabled=true", f"cacert={pki['ca']}"))
-    b = start_server(root, *plain.flag("tls=true", f"cert_dir={pki['cas']}"))
+    a = start_server(root, *plain.flag("tls_enabled=true", f"cacert={pki['ca']}", slow))
+    b = start_server(root, *plain.flag("tls=true", f"cert_dir={pki['cas']}", slow))
     assert "tls=true" in a.log(), a.log()[-2000:]
     miss = infer(a, "http-binary", "mlp", inputs)
     hit = infer(b, "http-binary", "mlp", inputs)
@@ -332,7 +335,7 @@ def test_tls_to_redis_with_a_generated_ca_and_client_certificates(redis_factory,
     mutual = redis_factory(tls=dict(pki, auth_clients=True))
     err = serve_fails(*mutual.flag("tls_enabled=true", f"cacert={pki['ca']}"))
     assert "TLS with Redis at 127.0.0.1:" in err or "refused the connection" in err, err
-    c = start_server(root, *mutual.flag("tls_enabled=true", f"cacert={pki['ca']}",
+    c = start_server(root, *mutual.flag("tls_enabled=true", f"cacert={pki['ca']}", slow,
                                         f"cert={pki['client_cert']}", f"key={pki['client_key']}"))
     infer(c, "http-binary", "mlp", inputs)
     again = infer(c, "http-json", "mlp", inputs)
