@@ -5,12 +5,16 @@ for every example model; two Sluice replicas share entries (a miss on A, then a 
 B, by execution counts); entries carry their TTL; Redis paused or stopped mid-run costs
 zero failed requests and counts an outage, and hits come back with it; `requirepass`
 from the flag or the environment; a wrong or missing password and an unreachable Redis
-are clear start-up errors that never echo the password; single-flight per replica."""
+are clear start-up errors that never echo the password; single-flight per replica;
+TLS (`tls_enabled=true`) to a `redis-server --tls-port` with a CA made here, with and
+without client certificates, and a wrong CA or a missing client certificate as clear
+start-up errors."""
 
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +27,7 @@ from onnx import TensorProto, helper
 from conftest import BIN, EXAMPLES, GATED_WIDTH, gated_body, make_gated_model, metric, wait_until
 from models import MODELS, assert_close, random_inputs, reference
 from test_cache import cached_repository, enable_cache, infer, make_identity, stats
+from test_security import issue, openssl
 
 # scripts/test.sh installs Debian's redis-server and sets this: missing Redis fails.
 REQUIRE = os.environ.get("SLUICE_REQUIRE_REDIS") == "1"
@@ -39,17 +44,24 @@ def free_port():
 class Redis:
     """A real redis-server on 127.0.0.1, no persistence; restartable on its port."""
 
-    def __init__(self, tmp_path, password=None):
+    def __init__(self, tmp_path, password=None, tls=None):
         if REDIS is None:
             if REQUIRE:
                 pytest.fail("redis-server is not installed (scripts/test.sh installs Debian's redis-server)")
             pytest.skip("redis-server is not installed")
         self.dir, self.password, self.port, self.proc = tmp_path, password, free_port(), None
+        # tls: {"ca", "cert", "key", "auth_clients"}: TLS only (--port 0 --tls-port).
+        self.tls = tls
         self.start()
 
     def start(self):
         args = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
+        if self.tls:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", str(self.tls["cert"]), "--tls-key-file", str(self.tls["key"]),
+                     "--tls-ca-cert-file", str(self.tls["ca"]),
+                     "--tls-auth-clients", "yes" if self.tls["auth_clients"] else "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -64,6 +76,11 @@ class Redis:
     def ping(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                if self.tls:
+                    ctx = ssl.create_default_context(cafile=str(self.tls["ca"]))
+                    if self.tls["auth_clients"]:
+                        ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+                    s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
@@ -90,10 +107,10 @@ class Redis:
 def redis_factory(tmp_path):
     started = []
 
-    def start(password=None):
+    def start(password=None, tls=None):
         d = tmp_path / f"redis{len(started)}"
         d.mkdir()
-        r = Redis(d, password)
+        r = Redis(d, password, tls)
         started.append(r)
         return r
 
@@ -240,8 +257,8 @@ def test_wrong_or_missing_password_and_no_redis_fail_at_start(redis_factory):
     nobody = free_port()
     err = serve_fails("--cache-config", f"redis,host=127.0.0.1,port={nobody},connect_timeout=500")
     assert "cannot reach Redis at 127.0.0.1:" in err, err
-    for bad in ["redis,port=1", "redis,host=h,tls_enabled=true", "redis,host=h,socket_timeout=0",
-                "redis,host=h,pool_size=0"]:
+    for bad in ["redis,port=1", "redis,host=h,tls_enabled=maybe", "redis,host=h,cacert=/ca.pem",
+                "redis,host=h,socket_timeout=0", "redis,host=h,pool_size=0"]:
         assert "--cache-config" in serve_fails("--cache-config", bad)
 
 
@@ -268,3 +285,64 @@ def test_single_flight_per_replica_with_redis(redis_factory, start_server, tmp_p
     st = stats(s, "held")
     assert st["exec"] == 1 and st["miss"] == 1 and st["hit"] == 7
     assert len(redis.cli("--scan", "--pattern", "sluice:v1:*").split()) == 1
+
+
+def make_pki(d):
+    """A CA with a Redis server certificate (127.0.0.1, localhost) and a client
+    certificate, and a second CA that signed neither."""
+    d.mkdir()
+    for ca in ("ca", "other"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN=redis-test-{ca}",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    server, server_key = issue(d, "server", "redis", "serverAuth")
+    client, client_key = issue(d, "client", "sluice", "clientAuth")
+    cas = d / "cas"
+    cas.mkdir()
+    shutil.copy(d / "ca.pem", cas / "ca.pem")
+    (cas / "README").write_text("not a certificate\n")
+    return {"ca": d / "ca.pem", "other": d / "other.pem", "cas": cas, "cert": server, "key": server_key,
+            "client_cert": client, "client_key": client_key}
+
+
+def test_tls_to_redis_with_a_generated_ca_and_client_certificates(redis_factory, start_server, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    root = cached_repository(tmp_path / "r", ["mlp"])
+    inputs = random_inputs("mlp", seed=77)
+    expected = reference("mlp", inputs)["probabilities"]
+    # 1. Server authentication only: Triton's keys on A, Sluice's `tls` and a CA folder on B.
+    # A generous socket_timeout: a connection is made (and its TLS handshake done) by its
+    # first lookup, which a saturated machine could push past the 100 ms default (a miss).
+    slow = "socket_timeout=10000"
+    plain = redis_factory(tls=dict(pki, auth_clients=False))
+    a = start_server(root, *plain.flag("tls_enabled=true", f"cacert={pki['ca']}", slow))
+    b = start_server(root, *plain.flag("tls=true", f"cert_dir={pki['cas']}", slow))
+    assert "tls=true" in a.log(), a.log()[-2000:]
+    miss = infer(a, "http-binary", "mlp", inputs)
+    hit = infer(b, "http-binary", "mlp", inputs)
+    assert np.array_equal(hit["probabilities"], miss["probabilities"])
+    assert_close(hit["probabilities"], expected, what="hit over TLS")
+    assert stats(a, "mlp")["exec"] == 1 and stats(b, "mlp")["exec"] == 0 and stats(b, "mlp")["hit"] == 1
+    assert metric(a, "sluice_cache_errors_total") == 0 and metric(b, "sluice_cache_errors_total") == 0
+    # A CA that did not sign Redis's certificate: a clear start-up error, not an outage.
+    err = serve_fails(*plain.flag("tls_enabled=true", f"cacert={pki['other']}"))
+    assert "TLS with Redis at 127.0.0.1:" in err and "cacert" in err, err
+    # Plain TCP to a TLS-only Redis never gets an answer: refused at start within the timeout.
+    err = serve_fails(*plain.flag("connect_timeout=500"))
+    assert "--cache-config redis" in err, err
+    # 2. Redis asks for a client certificate (`tls-auth-clients yes`).
+    mutual = redis_factory(tls=dict(pki, auth_clients=True))
+    err = serve_fails(*mutual.flag("tls_enabled=true", f"cacert={pki['ca']}"))
+    assert "TLS with Redis at 127.0.0.1:" in err or "refused the connection" in err, err
+    c = start_server(root, *mutual.flag("tls_enabled=true", f"cacert={pki['ca']}", slow,
+                                        f"cert={pki['client_cert']}", f"key={pki['client_key']}"))
+    infer(c, "http-binary", "mlp", inputs)
+    again = infer(c, "http-json", "mlp", inputs)
+    assert np.array_equal(again["probabilities"], miss["probabilities"])
+    assert stats(c, "mlp")["exec"] == 1 and stats(c, "mlp")["hit"] == 1
+    # Files that are missing or not PEM: errors that name the key, at start.
+    err = serve_fails(*mutual.flag("tls=true", f"cacert={tmp_path / 'nope.pem'}"))
+    assert "cannot read cacert" in err, err
+    err = serve_fails(*mutual.flag("tls=true", f"cert_dir={root}"))
+    assert "holds no PEM certificate" in err, err

@@ -41,7 +41,7 @@ pub use sluice_repository::RepositoryOptions;
 pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 
 pub use backends::Backends;
-pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
+pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, RedisTls, Secret};
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use remote::RemoteRepositories;

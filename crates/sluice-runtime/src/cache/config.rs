@@ -2,6 +2,7 @@
 //! validated [`CacheConfig`] at start-up.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_core::{Error, Result};
@@ -46,6 +47,24 @@ pub struct RedisCacheConfig {
     pub pool: usize,
     /// Entry lifetime (`SET ... PX`); `None`: until Redis evicts them.
     pub ttl: Option<Duration>,
+    /// TLS to Redis (`tls_enabled=true`, or Sluice's `tls=true`); `None`: plain TCP.
+    pub tls: Option<Box<RedisTls>>,
+}
+
+/// How Sluice authenticates a Redis server over TLS, and itself to it (Triton's
+/// keys). With neither `cacert` nor `cert_dir` the system's trusted roots are used.
+/// The server's certificate must name `host` (there is no switch that skips the
+/// check).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// A PEM file of CA certificates (`cacert`).
+    pub ca_file: Option<PathBuf>,
+    /// A folder of PEM CA certificates (`cert_dir`; every file in it that holds one).
+    pub ca_dir: Option<PathBuf>,
+    /// Client certificate chain and key, PEM (`cert` and `key`), for Redis's
+    /// `tls-auth-clients`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl RedisCacheConfig {
@@ -62,6 +81,7 @@ impl RedisCacheConfig {
             op_timeout: Duration::from_millis(100),
             pool: 2,
             ttl: None,
+            tls: None,
         }
     }
 }
@@ -144,9 +164,10 @@ impl CacheConfig {
     /// or `none`. Keys of `local`: `size` (bytes, required) and Sluice's `ttl`
     /// (seconds, fractions allowed). Keys of `redis`: `host` (required), `port`
     /// (6379), `user`/`username`, `password`, `db`, `connect_timeout` (ms),
-    /// `socket_timeout`/`timeout_ms` (ms), `pool_size`/`pool`, `ttl` (s), and
+    /// `socket_timeout`/`timeout_ms` (ms), `pool_size`/`pool`, `ttl` (s),
     /// Triton's `wait_timeout` (accepted; connections are multiplexed, so a request
-    /// never waits for one). TLS is not supported yet: `tls_enabled=true` is an error.
+    /// never waits for one), and TLS: `tls_enabled`/`tls` (`true`/`false`), `cacert`,
+    /// `cert_dir`, `cert` and `key` (paths), `sni` (must equal `host`).
     pub fn parse<S: AsRef<str>>(flags: &[S]) -> Result<CacheConfig> {
         let mut cache: Option<&str> = None;
         let mut keys = Keys::default();
@@ -282,25 +303,66 @@ fn redis(mut keys: Keys) -> Result<RedisCacheConfig> {
     if let Some((k, v)) = keys.take(&["wait_timeout"]) {
         millis(C, &k, &v)?;
     }
-    if let Some((_, v)) = keys.take(&["tls_enabled"]) {
-        if v.trim() != "false" {
-            return Err(Error::unsupported(
-                "--cache-config redis: TLS to Redis is not supported yet (tls_enabled must be false)",
-            ));
-        }
-    }
+    r.tls = tls(&mut keys, &r.host)?;
     if let Some((other, _)) = keys.0.first() {
-        let hint = if ["cert", "key", "cacert", "cert_dir", "sni"].contains(&other.as_str()) {
-            " (TLS to Redis is not supported yet)"
-        } else {
-            ""
-        };
         return Err(Error::invalid(format!(
-            "--cache-config redis: unknown key '{other}'{hint}; expected host, port, user, password, db, \
-             connect_timeout, socket_timeout (timeout_ms), pool_size (pool), wait_timeout or ttl"
+            "--cache-config redis: unknown key '{other}'; expected host, port, user, password, db, \
+             connect_timeout, socket_timeout (timeout_ms), pool_size (pool), wait_timeout, ttl, \
+             tls_enabled (tls), cacert, cert_dir, cert, key or sni"
         )));
     }
     Ok(r)
+}
+
+/// The TLS keys of `redis`: `None` unless `tls_enabled` (or `tls`) is `true`; the
+/// certificate keys without it are an error rather than silently plain TCP.
+fn tls(keys: &mut Keys, host: &str) -> Result<Option<Box<RedisTls>>> {
+    const C: &str = "redis";
+    let enabled = match keys.take(&["tls_enabled", "tls"]) {
+        None => false,
+        Some((k, v)) => match v.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "--cache-config {C}: {k} must be true or false, got '{v}'"
+                )))
+            }
+        },
+    };
+    let path = |keys: &mut Keys, name: &str| {
+        keys.take(&[name])
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let config = RedisTls {
+        ca_file: path(keys, "cacert"),
+        ca_dir: path(keys, "cert_dir"),
+        cert: path(keys, "cert"),
+        key: path(keys, "key"),
+    };
+    let sni = keys.take(&["sni"]).map(|(_, v)| v.trim().to_owned());
+    if !enabled {
+        if config != RedisTls::default() || sni.is_some() {
+            return Err(Error::invalid(format!(
+                "--cache-config {C}: cacert, cert_dir, cert, key and sni need tls_enabled=true"
+            )));
+        }
+        return Ok(None);
+    }
+    if config.cert.is_some() != config.key.is_some() {
+        return Err(Error::invalid(format!(
+            "--cache-config {C}: cert and key must be given together (a client certificate and its key)"
+        )));
+    }
+    if let Some(sni) = sni.filter(|s| !s.is_empty() && s != host) {
+        return Err(Error::unsupported(format!(
+            "--cache-config {C}: sni '{sni}' differs from host '{host}': the server name checked \
+             is the host's; connect by that name instead"
+        )));
+    }
+    Ok(Some(Box::new(config)))
 }
 
 #[cfg(test)]
@@ -367,6 +429,7 @@ mod tests {
                 op_timeout: Duration::from_millis(20),
                 pool: 4,
                 ttl: Some(Duration::from_secs(60)),
+                tls: None,
             }
         );
         // Sluice's aliases.
@@ -388,13 +451,40 @@ mod tests {
             &["redis,host=h,socket_timeout=0"],
             &["redis,host=h,pool=0"],
             &["redis,host=h,ttl=-3"],
-            &["redis,host=h,tls_enabled=true"],
+            &["redis,host=h,tls_enabled=maybe"],
             &["redis,host=h,cacert=/x"],
+            &["redis,host=h,tls_enabled=false,cert=/c,key=/k"],
+            &["redis,host=h,tls=true,cert=/c"],
+            &["redis,host=h,tls=true,key=/k"],
+            &["redis,host=h,tls=true,sni=other"],
             &["redis,host=h,colour=red"],
             &["none", "redis,host=h"],
         ] {
             assert!(CacheConfig::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn redis_tls_keys_parse_as_triton() {
+        let tls_of = |flags: &[&str]| match CacheConfig::parse(flags).unwrap() {
+            CacheConfig::Redis(r) => r.tls,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(tls_of(&["redis,host=h"]), None);
+        assert_eq!(tls_of(&["redis,host=h,tls_enabled=false"]), None);
+        assert_eq!(tls_of(&["redis,host=h,tls=true"]), Some(Box::default()));
+        assert_eq!(
+            tls_of(&[
+                "redis,host=r.example,tls_enabled=true,cacert=/ca.pem",
+                "redis,cert_dir=/cas,cert=/c.pem,key=/k.pem,sni=r.example",
+            ]),
+            Some(Box::new(RedisTls {
+                ca_file: Some("/ca.pem".into()),
+                ca_dir: Some("/cas".into()),
+                cert: Some("/c.pem".into()),
+                key: Some("/k.pem".into()),
+            }))
+        );
     }
 
     #[test]

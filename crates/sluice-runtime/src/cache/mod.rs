@@ -40,7 +40,7 @@ use sluice_scheduler::{JobOptions, Outcome, PoolStats};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::build::Served;
-pub use config::{CacheConfig, LocalCacheConfig, RedisCacheConfig, Secret};
+pub use config::{CacheConfig, LocalCacheConfig, RedisCacheConfig, RedisTls, Secret};
 use flight::{Flight, Flights};
 use key::{Entry, Probe};
 use local::LocalStore;

@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use sluice_core::{Error, Result};
 
-use super::config::RedisCacheConfig;
+use super::config::{RedisCacheConfig, RedisTls};
 use super::key::Entry;
 use super::CacheCounters;
 
@@ -56,13 +56,30 @@ impl RedisStore {
         if let Some(password) = &config.password {
             redis = redis.set_password(password.expose());
         }
-        let where_ = format!("Redis at {}:{}", config.host, config.port);
-        let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
+        let tls = if config.tls.is_some() { " (TLS)" } else { "" };
+        let where_ = format!("Redis at {}:{}{tls}", config.host, config.port);
+        let addr = match config.tls {
+            None => ConnectionAddr::Tcp(config.host.clone(), config.port),
+            Some(_) => ConnectionAddr::TcpTls {
+                host: config.host.clone(),
+                port: config.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
+        let info = addr
             .into_connection_info()
             .map_err(|e| Error::invalid(format!("--cache-config redis: {where_}: {e}")))?
             .set_redis_settings(redis);
-        let client = redis::Client::open(info)
-            .map_err(|e| Error::invalid(format!("--cache-config redis: {where_}: {e}")))?;
+        let client = match &config.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                // The redis crate's rustls takes the process-wide provider.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(info, certificates(tls)?)
+            }
+        }
+        .map_err(|e| Error::invalid(format!("--cache-config redis: {where_}: {e}")))?;
         let check = client
             .get_connection_with_timeout(config.connect_timeout)
             .and_then(|mut c| {
@@ -74,6 +91,8 @@ impl RedisStore {
         }
         tracing::info!(
             redis = %where_,
+            tls = config.tls.is_some(),
+            client_certificate = config.tls.as_ref().is_some_and(|t| t.cert.is_some()),
             db = config.db,
             ttl_secs = config.ttl.map(|t| t.as_secs_f64()),
             "response cache: using Redis"
@@ -210,6 +229,66 @@ impl RedisStore {
     }
 }
 
+/// The PEM files `tls` names, read once at start-up: CA certificates from `cacert`
+/// and every file of `cert_dir` that holds one (`None`: the system's roots), and the
+/// client certificate and key.
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::invalid(format!(
+                "--cache-config redis: cannot read {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let mut roots = Vec::new();
+    if let Some(path) = &tls.ca_file {
+        roots.extend(read("cacert", path)?);
+        roots.push(b'\n');
+    }
+    if let Some(dir) = &tls.ca_dir {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            Error::invalid(format!(
+                "--cache-config redis: cannot read cert_dir {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        let mut found = false;
+        for path in paths.iter().filter(|p| p.is_file()) {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            if bytes
+                .windows(27)
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+            {
+                roots.extend(bytes);
+                roots.push(b'\n');
+                found = true;
+            }
+        }
+        if !found {
+            return Err(Error::invalid(format!(
+                "--cache-config redis: cert_dir {} holds no PEM certificate",
+                dir.display()
+            )));
+        }
+    }
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("cert", cert)?,
+            client_key: read("key", key)?,
+        }),
+        _ => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert: (!roots.is_empty()).then_some(roots),
+    })
+}
+
 /// A start-up failure in words an operator can act on. `RedisError`'s text holds
 /// the server's reply or the OS error, never the credentials.
 fn start_error(config: &RedisCacheConfig, where_: &str, e: &redis::RedisError) -> Error {
@@ -225,6 +304,14 @@ fn start_error(config: &RedisCacheConfig, where_: &str, e: &redis::RedisError) -
         };
         return Error::invalid(format!(
             "--cache-config redis: cannot authenticate to {where_} as user '{user}': {how} ({e})"
+        ));
+    }
+    if config.tls.is_some() && e.is_io_error() && !e.is_connection_refusal() && !e.is_timeout() {
+        // rustls reports a refused certificate (ours or the server's) as an I/O error.
+        return Error::unavailable(format!(
+            "--cache-config redis: TLS with {where_} failed (check cacert/cert_dir against the \
+             server's certificate, which must name the host, and cert/key if the server \
+             asks for a client certificate): {e}"
         ));
     }
     if e.is_timeout() || e.is_io_error() || e.is_connection_refusal() {
