@@ -123,7 +123,7 @@ class Server:
     def __init__(self, repository, out_dir, valgrind=True, extra=()):
         self.out = out_dir / "callgrind.out"
         cmd = [str(BIN), "serve", "--model-repository", str(repository), "--http-address", "127.0.0.1",
-               "--http-port", "0", "--grpc-port", "0", "--ort-library", "off", "--log", "warn,sluice=info",
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ort-library", "off", "--log", "warn,sluice=info",
                *extra]
         if valgrind:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", "--dump-instr=no",
