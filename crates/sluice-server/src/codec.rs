@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use half::{bf16, f16};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +20,7 @@ use sluice_core::{
     CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor,
 };
 
+use crate::data::{Direct, InputData};
 use crate::wire::{
     check_output_parameters, parse_datatype, parse_shape, reject_shared_memory, ElementWriter,
 };
@@ -35,15 +37,123 @@ struct WireRequest {
     outputs: Vec<WireOutput>,
 }
 
-#[derive(Deserialize)]
+/// One input of a JSON request. Its `data` is parsed straight into the tensor's
+/// bytes when `name`, `datatype` and `shape` came before it (see `data`).
 struct WireInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default, deserialize_with = "crate::bounded::parameters")]
     parameters: Map<String, Value>,
-    #[serde(default)]
-    data: Option<crate::data::Data>,
+    data: Option<InputData>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+const INPUT_FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
+
+impl<'de> Deserialize<'de> for WireInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<WireInput, D::Error> {
+        d.deserialize_struct("WireInput", INPUT_FIELDS, WireInputVisitor)
+    }
+}
+
+struct WireInputVisitor;
+
+/// `parameters`, bounded as everywhere else.
+struct Parameters;
+
+impl<'de> DeserializeSeed<'de> for Parameters {
+    type Value = Map<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        crate::bounded::parameters(d)
+    }
+}
+
+impl<'de> Visitor<'de> for WireInputVisitor {
+    type Value = WireInput;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct WireInput")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<WireInput, A::Error> {
+        let mut name: Option<String> = None;
+        let mut shape: Option<Vec<i64>> = None;
+        let mut datatype: Option<String> = None;
+        let mut parameters = None;
+        let mut data: Option<Option<InputData>> = None;
+        while let Some(field) = map.next_key::<InputField>()? {
+            match field {
+                InputField::Name if name.is_some() => {
+                    return Err(de::Error::duplicate_field("name"))
+                }
+                InputField::Name => name = Some(map.next_value()?),
+                InputField::Shape if shape.is_some() => {
+                    return Err(de::Error::duplicate_field("shape"))
+                }
+                InputField::Shape => shape = Some(map.next_value()?),
+                InputField::Datatype if datatype.is_some() => {
+                    return Err(de::Error::duplicate_field("datatype"))
+                }
+                InputField::Datatype => datatype = Some(map.next_value()?),
+                InputField::Parameters if parameters.is_some() => {
+                    return Err(de::Error::duplicate_field("parameters"))
+                }
+                InputField::Parameters => parameters = Some(map.next_value_seed(Parameters)?),
+                InputField::Data if data.is_some() => {
+                    return Err(de::Error::duplicate_field("data"))
+                }
+                InputField::Data => {
+                    let direct =
+                        direct_target(name.as_deref(), datatype.as_deref(), shape.as_deref());
+                    data = Some(match direct {
+                        Some((owner, datatype, count)) => map.next_value_seed(Direct {
+                            owner: &owner,
+                            datatype,
+                            count,
+                        })?,
+                        None => map
+                            .next_value::<Option<crate::data::Data>>()?
+                            .map(|d| InputData::Json(d.0)),
+                    });
+                }
+                InputField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(WireInput {
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
+            parameters: parameters.unwrap_or_default(),
+            data: data.flatten(),
+        })
+    }
+}
+
+/// The owner text, datatype and element count `data` can be parsed straight into,
+/// when the fields before it give them and the count is within the request limit
+/// (past it, or when anything is missing or wrong, the `Value` path reports it).
+fn direct_target(
+    name: Option<&str>,
+    datatype: Option<&str>,
+    shape: Option<&[i64]>,
+) -> Option<(String, DataType, usize)> {
+    let owner = format!("input '{}'", name?);
+    let datatype = DataType::from_v2_name(datatype?)?;
+    let (_, count) = parse_shape(&owner, shape?).ok()?;
+    (count as u64 <= crate::limits::current().max_elements).then_some((owner, datatype, count))
 }
 
 #[derive(Deserialize)]
@@ -210,7 +320,8 @@ fn decode_input(
             *offset = end;
             bytes
         }
-        (None, Some(data)) => json_to_bytes(&owner, datatype, &data.0, count)?,
+        (None, Some(InputData::Bytes(bytes))) => bytes?,
+        (None, Some(InputData::Json(data))) => json_to_bytes(&owner, datatype, &data, count)?,
         (None, None) => {
             return Err(Error::invalid(format!(
                 "{owner}: has neither 'data' nor 'binary_data_size'"
@@ -234,7 +345,7 @@ fn json_to_bytes(owner: &str, datatype: DataType, data: &Value, count: usize) ->
     out.finish()
 }
 
-fn push_element(
+pub(crate) fn push_element(
     owner: &str,
     datatype: DataType,
     v: &Value,
@@ -286,9 +397,15 @@ struct WireTensorOut<'a> {
     datatype: &'static str,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<serde_json::Value>,
+    parameters: Option<BinaryParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<JsonData<'a>>,
+}
+
+/// The `parameters` of an output sent as binary data (no JSON map built per output).
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
 }
 
 /// Serializes a tensor's elements as a flat JSON array without building `Value`s.
@@ -369,7 +486,9 @@ pub fn encode_response(response: &InferResponse, plan: &OutputPlan) -> Result<En
                     name: &t.name,
                     datatype: t.datatype.v2_name(),
                     shape: &t.shape,
-                    parameters: Some(serde_json::json!({ "binary_data_size": t.data.len() })),
+                    parameters: Some(BinaryParameters {
+                        binary_data_size: t.data.len(),
+                    }),
                     data: None,
                 }
             } else {
@@ -428,6 +547,73 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         assert_eq!(&flat.inputs[0].data[..], &expect[..]);
+    }
+
+    /// The same input with `data` first (read as a `Value`) and last (parsed straight
+    /// into the tensor's bytes).
+    fn both_orders(datatype: &str, shape: &str, data: &str) -> [Result<InferRequest>; 2] {
+        [
+            decode(&format!(
+                r#"{{"inputs":[{{"data":{data},"name":"x","shape":{shape},"datatype":"{datatype}"}}]}}"#
+            )),
+            decode(&format!(
+                r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","parameters":{{}},"data":{data}}}]}}"#
+            )),
+        ]
+    }
+
+    #[test]
+    fn data_before_or_after_the_datatype_decodes_alike() {
+        let cases = [
+            ("FP32", "[2,2]", "[[0.1,-2],[3e-3,4]]"),
+            ("FP16", "[3]", "[0.5,1,-65504]"),
+            ("FP64", "[2]", "[0.1,1e300]"),
+            ("INT8", "[2]", "[-128,127]"),
+            ("UINT64", "[1]", "[18446744073709551615]"),
+            ("BOOL", "[2]", "[true,false]"),
+            ("BYTES", "[2]", r#"["caf\u00e9",""]"#),
+            ("FP32", "[1]", "2.5"),
+            ("FP32", "[1]", "null"),
+            ("FP32", "[2]", "[1]"),
+            ("FP32", "[1]", "[1,2]"),
+            ("FP32", "[1]", r#"["a"]"#),
+            ("FP32", "[1]", r#"[{"a":[1]}]"#),
+            ("FP32", "[2]", "[null,1]"),
+            ("INT32", "[1]", "[1.0]"),
+            ("INT8", "[2]", "[300, -1]"),
+            ("BOOL", "[1]", "[1]"),
+            ("BYTES", "[1]", "[1]"),
+            ("FP32", "[1]", "[[[[1]]]]"),
+        ];
+        for (datatype, shape, data) in cases {
+            let [first, last] = both_orders(datatype, shape, data);
+            match (first, last) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{datatype} {data}"),
+                (Err(a), Err(b)) => assert_eq!(a.message(), b.message(), "{datatype} {data}"),
+                (a, b) => panic!("{datatype} {data}: {a:?} vs {b:?}"),
+            }
+        }
+        // A syntax error after a refused element is still a syntax error.
+        let err =
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300, ]}]}"#)
+                .unwrap_err();
+        assert!(err.message().starts_with("malformed request JSON"), "{err}");
+        // The nesting limit holds on both paths.
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        for r in both_orders("FP32", "[1]", &deep) {
+            assert_eq!(
+                r.unwrap_err().message(),
+                "JSON nesting depth exceeds maximum allowed limit (100)"
+            );
+        }
+        // Duplicate and missing fields are refused as before.
+        let err = decode(
+            r#"{"inputs":[{"name":"x","name":"y","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("duplicate field `name`"), "{err}");
+        let err = decode(r#"{"inputs":[{"name":"x","datatype":"FP32","data":[1]}]}"#).unwrap_err();
+        assert!(err.message().contains("missing field `shape`"), "{err}");
     }
 
     #[test]

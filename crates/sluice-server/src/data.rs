@@ -6,13 +6,24 @@
 //! own limit (128 levels for the whole document) stays as the backstop and gets the
 //! same answer. The depth is counted while `data` is parsed, in the same pass, so the
 //! check costs nothing extra on the hot path.
+//!
+//! Key decision: when an input's `name`, `datatype` and `shape` come before its `data`
+//! in the JSON object (the order every client sends), `data` is parsed straight into
+//! the tensor's little-endian bytes ([`Direct`]): no `Value` is built per element,
+//! which was most of a JSON request's cost. Each element goes through the same check
+//! as a `Value` would (`codec::push_element`), and the first one refused is reported
+//! where the value check always was, so both paths give the same answers; `data`
+//! before the others is read as a `Value` ([`Data`]).
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_core::Error;
+use sluice_core::{DataType, Error};
+
+use crate::wire::ElementWriter;
 
 /// The depth at which a value inside `data` is refused (Triton's
 /// `HTTP_MAX_JSON_NESTING_DEPTH`); the top-level array is depth 0.
@@ -101,6 +112,174 @@ impl<'de> Visitor<'de> for Level {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
         // An object is never valid tensor data; it is kept for the error message.
         Value::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// The `data` of an input as read from the request.
+#[derive(Debug)]
+pub enum InputData {
+    /// Parsed straight into the tensor's bytes, or the first element refused.
+    Bytes(sluice_core::Result<Bytes>),
+    /// Read as a JSON value (`data` came before the input's datatype or shape).
+    Json(Value),
+}
+
+/// Reads an input's `data` (`null`: none) straight into the bytes of a tensor of
+/// `count` elements of `datatype`, with the nesting limit of [`Data`].
+pub struct Direct<'a> {
+    pub owner: &'a str,
+    pub datatype: DataType,
+    pub count: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Direct<'_> {
+    type Value = Option<InputData>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Direct<'_> {
+    type Value = Option<InputData>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let mut sink = Sink {
+            owner: self.owner,
+            datatype: self.datatype,
+            out: ElementWriter::new(self.owner, self.datatype, self.count),
+            error: None,
+        };
+        Element {
+            sink: &mut sink,
+            depth: 0,
+        }
+        .deserialize(d)?;
+        let bytes = match sink.error {
+            Some(e) => Err(e),
+            None => sink.out.finish(),
+        };
+        Ok(Some(InputData::Bytes(bytes)))
+    }
+}
+
+/// Where the elements of [`Direct`] go: the first refused one is kept, the rest of
+/// `data` is still parsed (a syntax error later in the request wins, as before).
+struct Sink<'a> {
+    owner: &'a str,
+    datatype: DataType,
+    out: ElementWriter<'a>,
+    error: Option<Error>,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, v: &Value) {
+        if self.error.is_none() {
+            if let Err(e) = crate::codec::push_element(self.owner, self.datatype, v, &mut self.out)
+            {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+/// One value of `data` at a depth, for [`Direct`].
+struct Element<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.depth >= MAX_DATA_DEPTH {
+            return Err(de::Error::custom(depth_message()));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.sink.push(&Value::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.sink.push(&Value::from(v));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.sink.push(&Value::from(v));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        if self.sink.datatype == DataType::F32 && self.sink.error.is_none() {
+            // The common case, without a `Value`: the same check as `push_element`.
+            if let Err(e) = self.sink.out.float(v) {
+                self.sink.error = Some(e);
+            }
+            return Ok(());
+        }
+        self.sink.push(&Value::from(v));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        if self.sink.datatype == DataType::Bytes {
+            if self.sink.error.is_none() {
+                if let Err(e) = self.sink.out.bytes(v.as_bytes()) {
+                    self.sink.error = Some(e);
+                }
+            }
+            return Ok(());
+        }
+        self.sink.push(&Value::String(v.to_owned()));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.sink.push(&Value::Null);
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.sink.push(&Value::Null);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        while seq
+            .next_element_seed(Element {
+                sink: &mut *self.sink,
+                depth,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        // An object is never valid tensor data; it is kept for the error message.
+        let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        self.sink.push(&v);
+        Ok(())
     }
 }
 

@@ -66,7 +66,9 @@ async fn run(
     let encoded = encode_response(&response, &plan)?;
     let json_len = encoded.json.len();
     let binary = !encoded.binary.is_empty();
-    let content = if coding == Coding::Identity {
+    let content = if coding == Coding::Identity && !binary {
+        Bytes::from(encoded.json)
+    } else if coding == Coding::Identity {
         let total = json_len + encoded.binary.iter().map(Bytes::len).sum::<usize>();
         let mut out = BytesMut::with_capacity(total);
         out.extend_from_slice(&encoded.json);
