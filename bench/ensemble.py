@@ -5,10 +5,10 @@
     .venv/bin/python bench/ensemble.py [--seconds 5]
 
 Models (generated here, tract engine, one intra-op thread each):
-  heavy: y = tanh(... tanh(x @ W1) ... @ W6), x FP32 [256], 6 layers of 256x256: the
+  heavy: y = tanh(... tanh(x @ W1) ... @ W6), x FP32 [512], 8 layers of 512x512: the
          CPU-heavy step; 2 instances, dynamic batching (max 16).
   heavy2: the same graph with other weights (the second branch).
-  light: softmax over [256] (the built-in `sluice_postprocess`), 1 instance, batching.
+  light: softmax over [512] (the built-in `sluice_postprocess`), 1 instance, batching.
 Ensembles:
   chain:  IN -> heavy -> light -> OUT (two steps A -> B)
   branch: IN -> heavy -> OUT1 and IN -> heavy2 -> OUT2 (two independent branches)
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import serverproc  # noqa: E402
 
 BIN = ROOT / "target" / "release" / "sluice"
-D, LAYERS = 256, 6
+D, LAYERS = 512, 8
 
 
 def heavy(repo, name, seed):
@@ -106,16 +106,16 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         make_repo(repo)
-        proc, ports = serverproc.start(BIN, repo, cpus=args.cpus)
+        proc, ports = serverproc.start(BIN, repo, "--metrics-port", "0", cpus=args.cpus)
         url = f"127.0.0.1:{ports['HTTP']}"
         try:
             closed = {}
             for model in ["heavy", "light", "chain"]:
-                closed[model] = {r["label"]: r["summary"] for r in
+                closed[model] = {r["label"]: r for r in
                                  bench(url, model, args.seconds, "--concurrency-range", "8:32:24")}
             single = {}
             for model in ["heavy", "heavy2", "branch"]:
-                single[model] = bench(url, model, args.seconds)[0]["summary"]
+                single[model] = bench(url, model, args.seconds)[0]
         finally:
             proc.terminate()
             proc.wait(30)
