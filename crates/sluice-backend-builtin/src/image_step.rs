@@ -382,6 +382,9 @@ fn decode(bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage> {
             "not an image this step decodes (expected JPEG, PNG or WebP)",
         ));
     };
+    if format == image::ImageFormat::Jpeg {
+        check_jpeg_complete(bytes)?;
+    }
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| Error::invalid(format!("cannot decode the {format:?} image: {e}")))?;
@@ -398,6 +401,26 @@ fn decode(bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage> {
     let decoded = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| Error::invalid(format!("cannot decode the {format:?} image: {e}")))?;
     Ok(decoded.into_rgb8())
+}
+
+/// Refuses a JPEG cut short, which the decoder would decode with its missing part
+/// filled in. The end-of-image marker (`FF D9`) must follow the last start-of-scan
+/// marker (`FF DA`): inside entropy-coded data an `FF` byte is always escaped (`FF 00`)
+/// or a restart marker, so the first `FF D9` after the last scan's start is the image's
+/// end, and data after it (some cameras append some) is allowed. A file cut before
+/// its first scan fails in the decoder itself.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    let Some(scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return Ok(());
+    };
+    if bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9]) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "the JPEG image is truncated: its last scan (at byte {scan} of {}) has no \
+         end-of-image marker",
+        bytes.len()
+    )))
 }
 
 #[cfg(test)]
@@ -506,6 +529,23 @@ mod tests {
         }
         // The instance keeps working.
         assert!(inst.run(vec![bytes_tensor("image", &[&good])]).is_ok());
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_and_trailing_data_is_allowed() {
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = out.into_inner();
+        assert!(decode(&jpeg, 1 << 20).is_ok());
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(&[0u8; 100]);
+        assert!(decode(&trailing, 1 << 20).is_ok());
+        for cut in [jpeg.len() - 2, jpeg.len() * 2 / 3] {
+            let err = decode(&jpeg[..cut], 1 << 20).unwrap_err();
+            assert!(err.message().contains("JPEG image is truncated"), "{err}");
+        }
     }
 
     #[test]

@@ -78,10 +78,12 @@ impl Runtime {
                     self.inner.over_budget.store(false, Ordering::Release);
                     return;
                 }
+                let steps = crate::ensemble::composing_in_use(models.iter(), None);
                 let candidate = models
                     .iter()
                     .filter(|(n, e)| {
                         keep != Some(n.as_str())
+                            && !steps.contains(n.as_str())
                             && matches!(&e.state, State::Serving { loaded, reloading: false }
                                 if loaded.memory_bytes() > 0 && loaded.idle())
                     })

@@ -48,6 +48,9 @@ pub(crate) struct Served {
     /// What a shared response cache knows this version by (see
     /// [`crate::cache::identity`]); 0 when the cache is off for it.
     pub identity: u128,
+    /// Set when this version is an ensemble: its requests run as a dataflow over
+    /// other models (see `ensemble`), and `pool` has no instances (only statistics).
+    pub ensemble: Option<Arc<crate::ensemble::Ensemble>>,
 }
 
 pub(crate) enum VersionSlot {
@@ -219,6 +222,7 @@ pub(crate) fn load_version(
             (true, Some(dir)) => crate::cache::identity(config, backend.name(), dir),
             _ => 0,
         },
+        ensemble: None,
     })
 }
 

@@ -31,6 +31,17 @@ impl Runtime {
                     .max(Duration::from_micros(1))
             }),
         };
+        if let Some(ensemble) = served.ensemble.clone() {
+            let result = ensemble.infer(self, &served, request, arrived).await;
+            drop(served);
+            let (id, outputs) = result?;
+            return Ok(InferResponse {
+                model_name: name.to_owned(),
+                model_version: v,
+                id,
+                outputs,
+            });
+        }
         let control = request.cache;
         let valid = match served.signature.validate(request) {
             Ok(valid) => valid,

@@ -19,6 +19,7 @@ mod build;
 mod cache;
 mod config;
 mod describe;
+mod ensemble;
 mod entry;
 mod gate;
 mod infer;

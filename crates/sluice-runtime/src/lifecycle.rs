@@ -126,6 +126,7 @@ impl Runtime {
     pub fn unload(&self, name: &str) -> Result<()> {
         self.explicit_only("unload")?;
         sluice_repository::check_model_name(name)?;
+        self.check_not_composing(name)?;
         self.unload_now(name, false)
     }
 
@@ -179,6 +180,7 @@ impl Runtime {
 
     /// Loads (or reloads) a model now, whatever the control mode. Blocking.
     pub(crate) fn load_now(&self, name: &str, options: &LoadOptions) -> Result<()> {
+        self.load_composing(name, options);
         let guard = self.lock_loader();
         if self.is_shutting_down() {
             return Err(Error::unavailable("the server is shutting down"));
@@ -265,7 +267,15 @@ impl Runtime {
             execution_gates: self.inner.config.execution_gates.as_deref(),
             generations: &self.inner.clock,
         };
-        let (backend, config, platform) = build::pick_backend(&cx, &source)?;
+        // An ensemble has no backend: its versions are built by `ensemble`.
+        let (backend, config, platform) = if crate::ensemble::is_ensemble(&source.config) {
+            let platform = source.config.platform.clone();
+            (None, source.config.clone(), platform)
+        } else {
+            let (backend, config, platform) = build::pick_backend(&cx, &source)?;
+            (Some(backend), config, platform)
+        };
+        let backend_name = backend.as_ref().map_or("ensemble", |b| b.name());
         let old = self
             .models()
             .get(name)
@@ -297,14 +307,20 @@ impl Runtime {
                 })
                 .unwrap_or_else(|| FileIdentity::of(&v.model_file).map_or(0, |f| f.len));
             self.make_room(estimate, Some(name));
-            let slot = match build::load_version(&cx, backend.as_ref(), &config, &source, v, &dir) {
+            let built = match &backend {
+                Some(backend) => {
+                    build::load_version(&cx, backend.as_ref(), &config, &source, v, &dir)
+                }
+                None => self.build_ensemble(&cx, &config, v),
+            };
+            let slot = match built {
                 Ok(mut served) => {
                     served.memory_bytes =
                         self.remembered_memory(name, v.version, served.file, served.memory_bytes);
                     tracing::info!(
                         model = name,
                         version = v.version,
-                        backend = backend.name(),
+                        backend = backend_name,
                         instances = config.instance_count(),
                         load_ms = served.load_duration.as_millis() as u64,
                         memory_bytes = served.memory_bytes,

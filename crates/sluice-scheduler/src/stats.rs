@@ -296,6 +296,19 @@ impl PoolStats {
         self.last_inference_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// A request a model answered by forwarding it to other models (an ensemble, whose
+    /// steps count their own queue and compute time) ended well over `rows` rows: one
+    /// execution and one inference of its own, and the time of the last one.
+    pub fn record_forwarded_run(&self, rows: usize) {
+        self.executions.fetch_add(1, Ordering::Relaxed);
+        self.inferences.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_inference_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     /// `(rows, stats)` for every batch size that ran at least once.
     pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &BatchStats)> {
         self.batches

@@ -32,8 +32,7 @@ pub fn router() -> Router<AppState> {
 pub(crate) enum Param {
     Str(String),
     Bytes(Vec<u8>),
-    /// A boolean (its value is not needed by any parameter Sluice reads).
-    Bool,
+    Bool(bool),
     /// An integer (its value is not needed by any parameter Sluice reads).
     Int,
 }
@@ -43,7 +42,7 @@ impl Param {
         match self {
             Param::Str(_) => "a string",
             Param::Bytes(_) => "bytes",
-            Param::Bool => "a boolean",
+            Param::Bool(_) => "a boolean",
             Param::Int => "an integer",
         }
     }
@@ -87,12 +86,13 @@ pub(crate) fn load_options(params: Vec<(String, Param)>) -> Result<LoadOptions> 
     Ok(options)
 }
 
-/// Triton's unload parameters: only `unload_dependents` (Sluice has no ensembles, so
-/// a model has no dependents).
-pub(crate) fn check_unload_params(params: Vec<(String, Param)>) -> Result<()> {
+/// Triton's unload parameters: only `unload_dependents` (unload an ensemble's
+/// composing models with it); returns its value.
+pub(crate) fn check_unload_params(params: Vec<(String, Param)>) -> Result<bool> {
+    let mut dependents = false;
     for (key, value) in params {
         match (key.as_str(), value) {
-            ("unload_dependents", Param::Bool) => {}
+            ("unload_dependents", Param::Bool(b)) => dependents = b,
             ("unload_dependents", other) => {
                 return Err(Error::invalid(format!(
                     "unload parameter 'unload_dependents' must be a boolean, got {}",
@@ -106,7 +106,7 @@ pub(crate) fn check_unload_params(params: Vec<(String, Param)>) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(dependents)
 }
 
 /// Runs a blocking load on tokio's blocking pool.
@@ -117,10 +117,13 @@ pub(crate) async fn run_load(runtime: Runtime, name: String, options: LoadOption
 }
 
 /// Runs a blocking unload on tokio's blocking pool.
-pub(crate) async fn run_unload(runtime: Runtime, name: String) -> Result<()> {
-    tokio::task::spawn_blocking(move || runtime.unload(&name))
-        .await
-        .map_err(|e| Error::internal(format!("the unload task failed: {e}")))?
+pub(crate) async fn run_unload(runtime: Runtime, name: String, dependents: bool) -> Result<()> {
+    tokio::task::spawn_blocking(move || match dependents {
+        true => runtime.unload_with_dependents(&name),
+        false => runtime.unload(&name),
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the unload task failed: {e}")))?
 }
 
 /// The index rows a request asks for (`ready`: ready ones only).
@@ -161,7 +164,7 @@ fn params(map: serde_json::Map<String, Value>) -> Result<Vec<(String, Param)>> {
         .map(|(k, v)| {
             let p = match v {
                 Value::String(s) => Param::Str(s),
-                Value::Bool(_) => Param::Bool,
+                Value::Bool(b) => Param::Bool(b),
                 Value::Number(n) if n.is_i64() => Param::Int,
                 other => {
                     return Err(Error::invalid(format!(
@@ -230,7 +233,7 @@ async fn unload(
 ) -> std::result::Result<impl IntoResponse, ApiError> {
     let body = read(&s, &headers, body).await?;
     let request: ControlRequest = parse_body(&body, "unload request")?;
-    check_unload_params(params(request.parameters)?)?;
-    run_unload(s.runtime.clone(), model).await?;
+    let dependents = check_unload_params(params(request.parameters)?)?;
+    run_unload(s.runtime.clone(), model, dependents).await?;
     Ok(StatusCode::OK)
 }

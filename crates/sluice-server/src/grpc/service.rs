@@ -298,8 +298,9 @@ impl GrpcInferenceService for Inference {
         let request = request.into_inner();
         check_repository_name(&request.repository_name)?;
         let result = async {
-            crate::repository::check_unload_params(params(request.parameters))?;
-            crate::repository::run_unload(self.runtime.clone(), request.model_name).await
+            let dependents = crate::repository::check_unload_params(params(request.parameters))?;
+            crate::repository::run_unload(self.runtime.clone(), request.model_name, dependents)
+                .await
         }
         .await;
         reply(result.map(|()| RepositoryModelUnloadResponse {}))
@@ -325,7 +326,7 @@ fn params(
     map.into_iter()
         .map(|(k, v)| {
             let p = match v.parameter_choice {
-                Some(ParameterChoice::BoolParam(_)) => Param::Bool,
+                Some(ParameterChoice::BoolParam(b)) => Param::Bool(b),
                 Some(ParameterChoice::Int64Param(_)) => Param::Int,
                 Some(ParameterChoice::StringParam(s)) => Param::Str(s),
                 Some(ParameterChoice::BytesParam(b)) => Param::Bytes(b.to_vec()),

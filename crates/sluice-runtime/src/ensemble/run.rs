@@ -1,0 +1,337 @@
+//! Running one ensemble request: a dataflow over the steps, each step a normal
+//! request to its composing model.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use sluice_core::{CacheControl, Error, ErrorKind, InferRequest, RequestedOutput, Result, Tensor};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::Ensemble;
+use crate::build::Served;
+use crate::{Outcome, PoolStats, Runtime};
+
+/// What every step of one ensemble request inherits from it.
+struct Job {
+    priority: u32,
+    /// When the request's timeout passes (`None`: no timeout).
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    cache: CacheControl,
+    id: Option<String>,
+}
+
+/// `max_inflight_requests` of one step: that many requests run the step at once,
+/// up to `max_waiting` more wait for a turn, and the next is refused (429).
+pub(super) struct Limit {
+    permits: Semaphore,
+    max: usize,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl Limit {
+    pub(super) fn new(max: usize, max_waiting: usize) -> Limit {
+        Limit {
+            permits: Semaphore::new(max),
+            max,
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    async fn enter(&self, what: impl FnOnce() -> String) -> Result<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "{}: max_inflight_requests {} are in flight and {} more wait; retry later",
+                    what(),
+                    self.max,
+                    self.max_waiting
+                ),
+            ));
+        }
+        // Decrements on every way out, a cancelled wait included.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| Error::unavailable(format!("{}: the ensemble is unloading", what())))
+    }
+}
+
+/// Counts one ensemble request in the ensemble's own statistics: started when made,
+/// finished with its outcome and wall-clock time (a request dropped before it ends —
+/// its client left — counts as cancelled).
+struct Counted<'a> {
+    stats: &'a PoolStats,
+    arrived: Instant,
+    done: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn start(stats: &'a PoolStats, arrived: Instant) -> Counted<'a> {
+        stats.start();
+        Counted {
+            stats,
+            arrived,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, result: &Result<Vec<Tensor>>, rows: usize) {
+        self.done = true;
+        let outcome = match result {
+            Ok(_) => {
+                self.stats.record_forwarded_run(rows);
+                Outcome::Success
+            }
+            Err(e) => match e.kind() {
+                ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
+                ErrorKind::DeadlineExceeded => Outcome::Timeout,
+                ErrorKind::InvalidArgument => Outcome::Invalid,
+                ErrorKind::Cancelled => Outcome::Cancelled,
+                _ => Outcome::Backend,
+            },
+        };
+        self.stats.finish(outcome, self.arrived.elapsed());
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats
+                .finish(Outcome::Cancelled, self.arrived.elapsed());
+        }
+    }
+}
+
+pub(crate) type EnsembleFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(Option<String>, Vec<Tensor>)>> + Send + 'a>>;
+
+impl Ensemble {
+    /// Runs one request on this ensemble (`served` is its version): validates it with
+    /// the ensemble's signature, runs the steps, and returns its id and the outputs
+    /// it asked for, in its order.
+    ///
+    /// Boxed, with its type spelled out: a step may itself be an ensemble, and an
+    /// async call cycle needs a future of known size and a known `Send`.
+    pub(crate) fn infer<'a>(
+        &'a self,
+        runtime: &'a Runtime,
+        served: &'a Served,
+        request: InferRequest,
+        arrived: Instant,
+    ) -> EnsembleFuture<'a> {
+        Box::pin(self.run(runtime, served, request, arrived))
+    }
+
+    async fn run(
+        &self,
+        runtime: &Runtime,
+        served: &Served,
+        request: InferRequest,
+        arrived: Instant,
+    ) -> Result<(Option<String>, Vec<Tensor>)> {
+        let stats = served.pool.stats();
+        let job = Job {
+            priority: request.priority,
+            deadline: request.timeout.map(|t| arrived + t),
+            timeout: request.timeout,
+            cache: request.cache,
+            id: request.id.clone(),
+        };
+        let valid = match served.signature.validate(request) {
+            Ok(valid) => valid,
+            Err(e) => {
+                stats.record(Outcome::Invalid, arrived.elapsed());
+                return Err(e);
+            }
+        };
+        let counted = Counted::start(stats, arrived);
+        let rows = valid.rows;
+        let inputs: HashMap<String, Tensor> = valid
+            .inputs
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let flow = self.flow(runtime, inputs, &job);
+        let result = match job.deadline {
+            None => flow.await,
+            // The steps still running are dropped: a queued one never runs, and no
+            // later step starts.
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), flow).await {
+                Ok(result) => result,
+                Err(_) => Err(self.timed_out(&job, "before every step finished")),
+            },
+        };
+        counted.finish(&result, rows);
+        let mut all: Vec<Option<Tensor>> = result?.into_iter().map(Some).collect();
+        let outputs = valid
+            .outputs
+            .iter()
+            .map(|&ix| all.get_mut(ix).and_then(Option::take))
+            .collect::<Option<Vec<Tensor>>>()
+            .ok_or_else(|| Error::internal("the ensemble made fewer outputs than it declares"))?;
+        Ok((valid.id, outputs))
+    }
+
+    fn timed_out(&self, job: &Job, when: &str) -> Error {
+        Error::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "ensemble '{}': the request's timeout of {} ms passed {when}; the steps not \
+                 started yet did not run",
+                self.name,
+                job.timeout.unwrap_or_default().as_millis()
+            ),
+        )
+    }
+
+    /// The dataflow: every step starts once the tensors it reads exist; returns the
+    /// ensemble's outputs in config order.
+    async fn flow(
+        &self,
+        runtime: &Runtime,
+        mut tensors: HashMap<String, Tensor>,
+        job: &Job,
+    ) -> Result<Vec<Tensor>> {
+        let mut tracker = self.graph.tracker();
+        let mut running = FuturesUnordered::new();
+        for step in tracker.initial() {
+            running.push(self.step(runtime, step, self.request(step, &tensors, job)?));
+        }
+        while let Some((step, result)) = running.next().await {
+            for (name, tensor) in result? {
+                tensors.insert(name, tensor);
+            }
+            for next in tracker.complete(step) {
+                running.push(self.step(runtime, next, self.request(next, &tensors, job)?));
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|name| {
+                tensors.remove(name).ok_or_else(|| {
+                    Error::internal(format!(
+                        "ensemble '{}': no step made output '{name}'",
+                        self.name
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The request of one step: its inputs (the ensemble tensors it reads, shared,
+    /// not copied), the outputs it writes, and the ensemble request's priority, the
+    /// rest of its timeout and its cache control.
+    fn request(
+        &self,
+        ix: usize,
+        tensors: &HashMap<String, Tensor>,
+        job: &Job,
+    ) -> Result<InferRequest> {
+        let step = &self.graph.scheduling.step[ix];
+        let timeout = match job.deadline {
+            None => None,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.timed_out(
+                        job,
+                        &format!("before step {ix} (model '{}') started", step.model_name),
+                    ));
+                }
+                Some(left)
+            }
+        };
+        let inputs = step
+            .input_map
+            .iter()
+            .map(|(input, tensor)| {
+                let t = tensors.get(tensor).ok_or_else(|| {
+                    Error::internal(format!(
+                        "ensemble '{}': tensor '{tensor}' is missing for step {ix}",
+                        self.name
+                    ))
+                })?;
+                Ok(Tensor {
+                    name: input.clone(),
+                    datatype: t.datatype,
+                    shape: t.shape.clone(),
+                    data: t.data.clone(),
+                })
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        Ok(InferRequest {
+            id: job.id.clone(),
+            inputs,
+            outputs: step
+                .output_map
+                .keys()
+                .map(|name| RequestedOutput { name: name.clone() })
+                .collect(),
+            priority: job.priority,
+            timeout,
+            cache: job.cache,
+        })
+    }
+
+    /// Runs one step through its composing model's own path (lookup, scheduler,
+    /// statistics); returns its outputs under their ensemble names, or the error
+    /// naming the step.
+    async fn step(
+        &self,
+        runtime: &Runtime,
+        ix: usize,
+        request: InferRequest,
+    ) -> (usize, Result<Vec<(String, Tensor)>>) {
+        let step = &self.graph.scheduling.step[ix];
+        let label = || {
+            format!(
+                "ensemble '{}': step {ix} (model '{}')",
+                self.name, step.model_name
+            )
+        };
+        let _permit = match &self.limits[ix] {
+            Some(limit) => match limit.enter(label).await {
+                Ok(permit) => Some(permit),
+                Err(e) => return (ix, Err(e)),
+            },
+            None => None,
+        };
+        let version = u64::try_from(step.model_version).ok();
+        let result = runtime
+            .infer(&step.model_name, version, request)
+            .await
+            .map_err(|e| e.context(label()))
+            .map(|response| {
+                response
+                    .outputs
+                    .into_iter()
+                    .filter_map(|mut t| {
+                        let name = step.output_map.get(&t.name)?.clone();
+                        t.name.clone_from(&name);
+                        Some((name, t))
+                    })
+                    .collect()
+            });
+        (ix, result)
+    }
+}
