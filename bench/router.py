@@ -49,7 +49,7 @@ def start_router(replicas, *extra, prefix=(), poll_ms=100):
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     base = f"http://127.0.0.1:{ports['HTTP']}"
     for _ in range(200):
-        st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+        st = requests.get(f"{base}/v2/router/state", timeout=60).json()
         if all(r["usable"] and r["models"] for r in st["replicas"]):
             break
         time.sleep(0.05)
@@ -129,7 +129,7 @@ def tail(args):
                 stop_event.set()
                 t.join()
                 replicas[0][0].send_signal(signal.SIGCONT)
-            st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+            st = requests.get(f"{base}/v2/router/state", timeout=60).json()
             extra = st["hedges"] / max(st["requests"], 1)
             print(f"hedge {mode:3s} burst {burst:2s}: {s['rps']:7.0f} req/s p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms "
                   f"p99.9 {s['p999']:.2f} ms max {s['max']} ms errors {s['errors']} "
@@ -169,7 +169,7 @@ def balance(args):
 
     def sampler():
         while not stop_event.wait(0.05):
-            st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+            st = requests.get(f"{base}/v2/router/state", timeout=60).json()
             for r in st["replicas"]:
                 q = sum(m["in_flight"] for m in r["models"])
                 peaks.setdefault(r["id"], []).append(q)
@@ -182,7 +182,7 @@ def balance(args):
         stop_event.set()
         for t in threads:
             t.join()
-        st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+        st = requests.get(f"{base}/v2/router/state", timeout=60).json()
         total = sum(counts.values())
         print(f"{total} requests, {len(errors)} errors; popularity (share of requests):",
               " ".join(f"{n}:{100 * c / total:.1f}%" for n, c in counts.items()))
@@ -223,7 +223,7 @@ def instructions(args):
     clients), and the difference of the totals is divided by the difference of the
     requests, so start-up and shutdown cancel out."""
     out = Path(tempfile.mkdtemp())
-    one = lambda port: bench(port, "mlp", 1, 0.2)  # noqa: E731
+    one = lambda port: bench(port, "mlp", 1, 1)  # noqa: E731
     full = lambda port: bench(port, "mlp", 8, args.duration)  # noqa: E731
     results = {}
     try:
@@ -258,6 +258,11 @@ def instructions(args):
             metrics_port[ports["HTTP"]] = ports["metrics"]
             return proc, ports["HTTP"]
 
+        if args.router_only:
+            (ir0, n0), (ir1, n1) = results["router"]
+            print(f"router   {(ir1 - ir0) / (n1 - n0):10.0f} instructions per request ({n1 - n0:.0f} requests; "
+                  f"totals {ir0} and {ir1})")
+            return
         runs = [under_callgrind(out / f"replica{i}.out", serve, load,
                                 lambda p: f"http://127.0.0.1:{metrics_port[p]}/metrics",
                                 'sluice_inference_requests_total{model="mlp",version="1",outcome="success"}')
@@ -272,6 +277,8 @@ def instructions(args):
         print(f"router/replica {ratio:.3f}; on shared cores throughput through the router is bounded by "
               f"direct x {1 / (1 + ratio):.3f}")
     finally:
+        if args.keep:
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -280,6 +287,8 @@ def main():
     p.add_argument("what", choices=["overhead", "tail", "balance", "instructions"])
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--router-only", action="store_true", help="instructions: the router's figure only")
+    p.add_argument("--keep", help="instructions: copy the callgrind files here (for callgrind_annotate)")
     args = p.parse_args()
     {"overhead": overhead, "tail": tail, "balance": balance, "instructions": instructions}[args.what](args)
 
