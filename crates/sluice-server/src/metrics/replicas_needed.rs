@@ -263,8 +263,9 @@ mod tests {
         // 1000 / (340 × (10 + 0.06))
         let (need, _) = tick(&mut state, &p, 12.0, 10.0, 0, 0);
         assert!((need - 1000.0 / (340.0 * 10.06)).abs() < 1e-9, "{need}");
-        // a queue must drain within the slack: 100 / (400 × 0.06) > the envelope
-        let (need, _) = tick(&mut state, &p, 13.0, 1.0, 0, 100);
-        assert!((need - 100.0 / (400.0 * 0.06)).abs() < 1e-9, "{need}");
+        // a queue must drain within the slack (or the tick, if longer):
+        // 2000 / (400 × max(0.06, 1)) = 5 > the envelope's 1000 / (340 × 1.06)
+        let (need, _) = tick(&mut state, &p, 13.0, 1.0, 0, 2000);
+        assert!((need - 2000.0 / 400.0).abs() < 1e-9, "{need}");
     }
 }
