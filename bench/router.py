@@ -4,11 +4,13 @@ on loopback, loaded by `sluice bench` (overhead, tail) or a Python client (balan
     python bench/router.py overhead   # throughput and p50 at 8 clients: router vs direct
     python bench/router.py tail       # one of three replicas stalls 100 ms 1 % of the time
     python bench/router.py balance    # Zipf popularity over 12 models on 3 replicas
+    python bench/router.py instructions  # CPU instructions per request: router vs replica
 
 The machine is shared and noisy: compare the two columns of one run, not runs."""
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -26,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serverproc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT / "target" / "release" / "sluice"
+BIN = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
 EXAMPLES = ROOT / "examples" / "models"
 LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
 
 
-def start_router(replicas, *extra):
-    args = [str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-            "--poll-ms", "100", "--log", "warn,sluice::route=info"]
+def start_router(replicas, *extra, prefix=(), poll_ms=100):
+    args = [*prefix, str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+            "--poll-ms", str(poll_ms), "--log", "warn,sluice::route=info"]
     for proc, ports in replicas:
         args += ["--replica", f"127.0.0.1:{ports['HTTP']}/{ports['gRPC']}"]
     proc = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -47,7 +49,7 @@ def start_router(replicas, *extra):
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     base = f"http://127.0.0.1:{ports['HTTP']}"
     for _ in range(200):
-        st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+        st = requests.get(f"{base}/v2/router/state", timeout=60).json()
         if all(r["usable"] and r["models"] for r in st["replicas"]):
             break
         time.sleep(0.05)
@@ -127,7 +129,7 @@ def tail(args):
                 stop_event.set()
                 t.join()
                 replicas[0][0].send_signal(signal.SIGCONT)
-            st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+            st = requests.get(f"{base}/v2/router/state", timeout=60).json()
             extra = st["hedges"] / max(st["requests"], 1)
             print(f"hedge {mode:3s} burst {burst:2s}: {s['rps']:7.0f} req/s p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms "
                   f"p99.9 {s['p999']:.2f} ms max {s['max']} ms errors {s['errors']} "
@@ -167,7 +169,7 @@ def balance(args):
 
     def sampler():
         while not stop_event.wait(0.05):
-            st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+            st = requests.get(f"{base}/v2/router/state", timeout=60).json()
             for r in st["replicas"]:
                 q = sum(m["in_flight"] for m in r["models"])
                 peaks.setdefault(r["id"], []).append(q)
@@ -180,7 +182,7 @@ def balance(args):
         stop_event.set()
         for t in threads:
             t.join()
-        st = requests.get(f"{base}/v2/router/state", timeout=5).json()
+        st = requests.get(f"{base}/v2/router/state", timeout=60).json()
         total = sum(counts.values())
         print(f"{total} requests, {len(errors)} errors; popularity (share of requests):",
               " ".join(f"{n}:{100 * c / total:.1f}%" for n, c in counts.items()))
@@ -195,13 +197,100 @@ def balance(args):
         shutil.rmtree(tmp)
 
 
+CALLGRIND_TOTAL = re.compile(r"^(?:summary|totals):\s+(\d+)", re.M)
+
+
+def under_callgrind(out_file, start, load, counter_url, counter):
+    """Starts a process under callgrind (`start(prefix)` returns (proc, port)), runs
+    `load(port)`, reads the requests it answered from its own counter, stops it, and
+    returns (instructions of the whole run, requests)."""
+    proc, port = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"])
+    try:
+        load(port)
+        text = requests.get(counter_url(port), timeout=120).text
+        answered = sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                       if line.startswith(counter) and not line.startswith("#"))
+    finally:
+        stop(proc)
+    return int(CALLGRIND_TOTAL.search(Path(out_file).read_text()).group(1)), answered
+
+
+def instructions(args):
+    """CPU instructions per answered request (valgrind callgrind counts them: the same
+    for the same binary and load whatever else the machine does): the router's, with
+    the replica running natively behind it, and the replica's own, loaded directly. Each
+    process runs twice, with one request and with `--duration` seconds of load (8
+    clients), and the difference of the totals is divided by the difference of the
+    requests, so start-up and shutdown cancel out."""
+    out = Path(tempfile.mkdtemp())
+    one = lambda port: bench(port, "mlp", 1, 1)  # noqa: E731
+    full = lambda port: bench(port, "mlp", 8, args.duration)  # noqa: E731
+    results = {}
+    try:
+        replica = serverproc.start(BIN, EXAMPLES, "--metrics-port", "0", cpus="0,1")
+        try:
+            def router(prefix):
+                proc, ports, _ = start_router([replica], "--hedge", "off", poll_ms=1000, prefix=prefix)
+                return proc, ports["HTTP"]
+            # the router's /metrics is on its HTTP port
+            runs = [under_callgrind(out / f"router{i}.out", router, load, lambda p: f"http://127.0.0.1:{p}/metrics",
+                                    "sluice_router_requests_total") for i, load in enumerate((one, full))]
+            results["router"] = runs
+        finally:
+            stop(replica[0])
+
+        metrics_port = {}
+
+        def serve(prefix):
+            args_serve = ["--model-repository", str(EXAMPLES), "--http-address", "127.0.0.1", "--http-port", "0",
+                          "--grpc-port", "0", "--metrics-port", "0", "--ort-library", "off", "--log",
+                          "warn,sluice=info"]
+            proc = subprocess.Popen([*prefix, str(BIN), "serve", *args_serve], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            ports = {}
+            for line in proc.stderr:
+                m = serverproc.LISTEN.search(line)
+                if m:
+                    ports[m.group(1)] = int(m.group(2))
+                    if m.group(1) == "HTTP":
+                        break
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            metrics_port[ports["HTTP"]] = ports["metrics"]
+            return proc, ports["HTTP"]
+
+        if args.router_only:
+            (ir0, n0), (ir1, n1) = results["router"]
+            print(f"router   {(ir1 - ir0) / (n1 - n0):10.0f} instructions per request ({n1 - n0:.0f} requests; "
+                  f"totals {ir0} and {ir1})")
+            return
+        runs = [under_callgrind(out / f"replica{i}.out", serve, load,
+                                lambda p: f"http://127.0.0.1:{metrics_port[p]}/metrics",
+                                'sluice_inference_requests_total{model="mlp",version="1",outcome="success"}')
+                for i, load in enumerate((one, full))]
+        results["replica"] = runs
+        per = {}
+        for name, ((ir0, n0), (ir1, n1)) in results.items():
+            per[name] = (ir1 - ir0) / (n1 - n0)
+            print(f"{name:8s} {per[name]:10.0f} instructions per request ({n1 - n0:.0f} requests; "
+                  f"totals {ir0} and {ir1})")
+        ratio = per["router"] / per["replica"]
+        print(f"router/replica {ratio:.3f}; on shared cores throughput through the router is bounded by "
+              f"direct x {1 / (1 + ratio):.3f}")
+    finally:
+        if args.keep:
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["overhead", "tail", "balance"])
+    p.add_argument("what", choices=["overhead", "tail", "balance", "instructions"])
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--router-only", action="store_true", help="instructions: the router's figure only")
+    p.add_argument("--keep", help="instructions: copy the callgrind files here (for callgrind_annotate)")
     args = p.parse_args()
-    {"overhead": overhead, "tail": tail, "balance": balance}[args.what](args)
+    {"overhead": overhead, "tail": tail, "balance": balance, "instructions": instructions}[args.what](args)
 
 
 if __name__ == "__main__":

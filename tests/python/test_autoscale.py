@@ -7,6 +7,7 @@ in Python (an independent reference), and the planner's plan against the homogen
 baselines it prints."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -156,11 +157,13 @@ def test_plan_errors(tmp_path):
     assert p.returncode != 0 and 'no profile' in p.stderr and '"pre"' in p.stderr
 
 
-def test_slo_overlay_scales_on_the_envelope_over_the_printed_capacity(tmp_path):
-    """deploy/overlays/slo: a KEDA ScaledObject on the Deployment, AverageValue over the
-    documented envelope query (so KEDA's HPA computes ceil(envelope / capacity)), never
-    below one replica, scale-down after the SLO policy's 300-s window; its threshold is a
-    capacity in the unit `sluice simulate` prints."""
+def test_slo_overlay_scales_on_the_replicas_own_signal():
+    """deploy/overlays/slo: a KEDA ScaledObject on the Deployment, AverageValue with
+    threshold 1 over the sum of the replicas' `sluice_replicas_needed` (so KEDA's HPA
+    computes ceil(sum): the SLO policy's replica count), never below one replica,
+    scale-down after the policy's 300-s window; the replicas get the objective through an
+    environment variable `sluice serve` reads, and the query is the one the deploy README
+    documents."""
     import shutil
     import yaml  # from tests/python/requirements.txt (the deploy tests use it)
     from conftest import ROOT
@@ -181,10 +184,87 @@ def test_slo_overlay_scales_on_the_envelope_over_the_printed_capacity(tmp_path):
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
     (trig,) = so["spec"]["triggers"]
-    assert trig["metricType"] == "AverageValue" and float(trig["metadata"]["threshold"]) > 0
-    assert trig["metadata"]["query"] in (ROOT / "deploy/README.md").read_text()
-    # the unit of the threshold: what `sluice simulate` prints for a profile (8 rows in
-    # 10 ms mean -> 800/s x 0.85 headroom = 680 req/s)
-    prof = profile(tmp_path, "p.json", batches=((1, 2.0, 3.0), (8, 10.0, 10.0)))
-    p = run("simulate", "--profile", prof, "--trace", "poisson:rate=10,seconds=10", "--slo-ms", 50)
-    assert "sluice-slo capacity: 680.0 req/s per replica" in p.stdout, p.stdout
+    assert trig["metricType"] == "AverageValue" and float(trig["metadata"]["threshold"]) == 1.0
+    assert trig["metadata"]["query"] == 'sum(sluice_replicas_needed{namespace="sluice"}) or vector(0)'
+    assert f"`{trig['metadata']['query']}`" in (ROOT / "deploy/README.md").read_text()
+    (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "sluice"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["SLUICE_METRICS_SLO_MS"]) > 0
+    helptext = run("serve", "--help").stdout
+    assert "[env: SLUICE_METRICS_SLO_MS=]" in helptext or "env: SLUICE_METRICS_SLO_MS" in helptext
+
+
+def _samples(text, name):
+    """{labels string: value} of one metric family's samples."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            head, _, val = line.rpartition(" ")
+            out[head[len(name):]] = float(val)
+    return out
+
+
+def _slo_need(stats, slo_s, arrivals, tick, queued=0, headroom=0.85):
+    """The SLO policy (crates/sluice-autoscale/src/policy/slo.rs) written again from its
+    documentation: the profile is the mean run time per batch size; the best batch size
+    meeting the objective (2 x run time <= objective) of highest throughput gives the
+    capacity (x headroom) and the slack; the need before rounding up is the largest over
+    the envelope's windows of A_w / (capacity x (max(w, tick) + slack)), or the queue's
+    drain time within the slack."""
+    best = None
+    for b in stats["batch_stats"]:
+        runs = b["compute_infer"]["count"]
+        ns = b["compute_input"]["ns"] + b["compute_infer"]["ns"] + b["compute_output"]["ns"]
+        if runs == 0 or ns == 0:
+            continue
+        run_s = ns / runs / 1e9
+        thr = b["batch_size"] / run_s
+        if 2 * run_s <= slo_s and (best is None or thr > best[1]):
+            best = (b["batch_size"], thr, run_s)
+    size, thr, run_s = best
+    capacity, slack = thr * headroom, slo_s - 2 * run_s
+    need = max(a / (capacity * (max(w, tick) + max(slack, 0.0))) for w, a in arrivals.items())
+    need = max(need, queued / (thr * max(slack, tick)))
+    return need, capacity, size, slack
+
+
+def test_replicas_needed_gauge_is_the_slo_policy_on_live_measurements():
+    """`sluice serve --metrics-slo-ms 500`: after 20 requests to mlp, every scrape is one
+    tick of the SLO policy. The exported capacity, batch size and slack are what the
+    policy derives from the model's own batch statistics (read from its statistics
+    endpoint), the envelope holds the 20 arrivals in every window, and
+    `sluice_replicas_needed` is the policy's need computed again in Python from those
+    inputs; a second scrape with no new traffic keeps the envelope (the 600-s history).
+    A model that never ran exports nothing, and without the flag there is no signal."""
+    import requests
+    from conftest import EXAMPLES, Server
+
+    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.25] * 784}]}
+    s = Server(EXAMPLES, "--metrics-slo-ms", "500")
+    plain = Server(EXAMPLES)
+    try:
+        for _ in range(20):
+            assert requests.post(f"{s.base}/v2/models/mlp/infer", json=body, timeout=30).status_code == 200
+        assert requests.post(f"{plain.base}/v2/models/mlp/infer", json=body, timeout=30).status_code == 200
+        stats = requests.get(f"{s.base}/v2/models/mlp/stats", timeout=10).json()["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 20
+        for scrape in range(2):
+            text = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10).text
+            needed = _samples(text, "sluice_replicas_needed")
+            assert list(needed) == ['{model="mlp",slo_ms="500"}'], needed  # only the model that ran
+            arrivals = {float(re.search(r'window="([^"]+)"', k).group(1)): v
+                        for k, v in _samples(text, "sluice_replicas_needed_arrivals").items() if 'model="mlp"' in k}
+            assert arrivals == {1.0: 20, 5.0: 20, 30.0: 20, 60.0: 20}, (scrape, arrivals)
+            tick = _samples(text, "sluice_replicas_needed_tick_seconds")['{model="mlp",slo_ms="500"}']
+            need, capacity, size, slack = _slo_need(stats, 0.5, arrivals, tick)
+            got = lambda name: _samples(text, name)['{model="mlp",slo_ms="500"}']  # noqa: E731
+            assert got("sluice_replicas_needed_capacity") == pytest.approx(capacity, rel=1e-9)
+            assert got("sluice_replicas_needed_batch_size") == size
+            assert got("sluice_replicas_needed_slack_seconds") == pytest.approx(slack, rel=1e-9)
+            assert needed['{model="mlp",slo_ms="500"}'] == pytest.approx(need, rel=1e-9), (scrape, tick)
+            assert 0 < need < 1  # 20 requests need less than one replica
+        plain_text = requests.get(f"http://127.0.0.1:{plain.metrics_port}/metrics", timeout=10).text
+        assert "sluice_replicas_needed" not in plain_text
+    finally:
+        s.stop()
+        plain.stop()

@@ -383,3 +383,110 @@ def test_hedging_cuts_the_tail_of_a_stalled_replica(tmp_path, cluster):
     # none of the hedge losers ran.
     executed = stats(stalled)["execution_count"]
     assert executed == 1 + plain.replica(stalled)["sent"], (executed, plain.state())
+
+
+def test_a_hedge_answers_from_the_other_replica_and_its_duplicate_never_runs(tmp_path, cluster):
+    """Two replicas, each engine held by an execution gate with one request sent to it
+    directly. A request through the router waits queued on one of them; after the hedge
+    delay a backup goes to the other (the router's state names it). Releasing only that
+    replica answers the request from the backup; the router then drops the first attempt,
+    whose replica takes it out of its queue: when its own blocker is released, it has
+    executed exactly that one run. Nothing here depends on timing: every step waits for
+    the state it needs."""
+    replica, router = cluster
+    servers, gates = gated_replicas(tmp_path, replica, 2)
+    blockers = []
+    try:
+        r = router(servers, "--hedge", "50", "--hedge-burst", "3")
+        r.wait_usable(servers)
+        assert wait_until(lambda: all(r.holds(s, "gated") for s in servers))
+        for s in servers:
+            t = threading.Thread(target=lambda s=s: blockers.append(post_gated(s.base, timeout=120)))
+            t.start()
+            assert wait_until(lambda s=s: in_flight(s) == 1, timeout=30)
+
+        result = []
+        client = threading.Thread(target=lambda: result.append(post_gated(r.base, timeout=120)))
+        client.start()
+        assert wait_until(lambda: r.state()["hedges"] == 1, timeout=60), r.state()
+        by_id = {x["id"]: x for x in r.state()["replicas"]}
+        ids = [f"127.0.0.1:{s.http_port}" for s in servers]
+        (backup,) = [i for i, x in enumerate(ids) if by_id[x]["hedged_to"] == 1]
+        first = 1 - backup
+        assert by_id[ids[first]]["sent"] == 1 and by_id[ids[backup]]["sent"] == 1, by_id
+        assert wait_until(lambda: in_flight(servers[first]) == 2 and in_flight(servers[backup]) == 2, timeout=30)
+
+        gates[backup].release(2)  # its blocker, then the backup request
+        client.join(60)
+        assert not client.is_alive(), "the routed request hangs"
+        assert result[0][0] == 200 and result[0][2] == [2.0] * GATED_WIDTH, result
+        st = r.state()
+        assert (st["hedges"], st["hedge_wins"], st["errors"]) == (1, 1, 0), st
+        # The first attempt's connection was closed: its replica dropped it unrun.
+        assert wait_until(lambda: in_flight(servers[first]) == 1, timeout=30), in_flight(servers[first])
+        gates[first].release(1)
+        assert wait_until(lambda: in_flight(servers[first]) == 0, timeout=30)
+        assert stats(servers[first])["execution_count"] == 1, stats(servers[first])
+        assert stats(servers[backup])["execution_count"] == 2, stats(servers[backup])
+    finally:
+        for g in gates:
+            g.open_for_good()
+            g.close()
+    assert wait_until(lambda: len(blockers) == 2, timeout=60)
+    assert all(b[0] == 200 for b in blockers), blockers
+
+
+def test_statistics_through_the_router_add_up_over_the_replicas(cluster):
+    """Triton's statistics through the router are the fleet's: 3 requests answered by one
+    replica and 5 by the other read as 8 through the router (HTTP per model, per version
+    and for all models, and gRPC with tritonclient), every count and time the sum of the
+    replicas' own; a model nobody knows gets a replica's own error."""
+    replica, router = cluster
+    servers = [replica(EXAMPLES), replica(EXAMPLES)]
+    r = router(servers, "--hedge", "off")
+    r.wait_usable(servers)
+    assert wait_until(lambda: all(r.holds(s, "mlp") for s in servers))
+    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]}
+    for s, n in zip(servers, (3, 5)):
+        for _ in range(n):
+            assert requests.post(f"{s.base}/v2/models/mlp/infer", json=body, timeout=30).status_code == 200
+    own = [requests.get(f"{s.base}/v2/models/mlp/stats", timeout=10).json()["model_stats"][0] for s in servers]
+
+    def total(*path):
+        def get(row):
+            for k in path:
+                row = row[k]
+            return row
+        return sum(get(o) for o in own)
+
+    for url in (f"{r.base}/v2/models/mlp/stats", f"{r.base}/v2/models/mlp/versions/1/stats"):
+        resp = requests.get(url, timeout=10)
+        assert resp.status_code == 200, resp.text
+        (m,) = resp.json()["model_stats"]
+        assert (m["name"], m["version"]) == ("mlp", "1")
+        assert m["inference_count"] == total("inference_count") == 8
+        assert m["execution_count"] == total("execution_count")
+        for k in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            assert m["inference_stats"][k] == {"count": total("inference_stats", k, "count"),
+                                               "ns": total("inference_stats", k, "ns")}, k
+        assert m["inference_stats"]["success"]["count"] == 8
+        assert m["last_inference"] == max(o["last_inference"] for o in own)
+        runs = {b["batch_size"]: b["compute_infer"]["count"] for b in m["batch_stats"]}
+        assert sum(runs.values()) == total("execution_count")
+    everything = requests.get(f"{r.base}/v2/models/stats", timeout=10).json()["model_stats"]
+    names = [(x["name"], x["version"]) for x in everything]
+    assert len(names) == len(set(names)), names  # one row per model and version
+    assert next(x for x in everything if x["name"] == "mlp")["inference_count"] == 8
+
+    c = grpcclient.InferenceServerClient(url=r.grpc_url)
+    try:
+        g = c.get_inference_statistics("mlp", as_json=True)["model_stats"]
+        assert len(g) == 1 and int(g[0]["inference_count"]) == 8, g
+        assert int(g[0]["inference_stats"]["success"]["count"]) == 8
+        assert int(g[0]["inference_stats"]["compute_infer"]["ns"]) == total("inference_stats", "compute_infer", "ns")
+    finally:
+        c.close()
+
+    unknown = requests.get(f"{r.base}/v2/models/nope/stats", timeout=10)
+    direct = requests.get(f"{servers[0].base}/v2/models/nope/stats", timeout=10)
+    assert unknown.status_code == direct.status_code >= 400 and unknown.json() == direct.json(), unknown.text

@@ -28,6 +28,9 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
 }
 
+/// The hedge budget's window unless configured.
+pub const DEFAULT_HEDGE_WINDOW: Duration = Duration::from_secs(10);
+
 /// When a request gets a backup request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HedgeDelay {
@@ -43,8 +46,11 @@ pub struct HedgeConfig {
     pub delay: HedgeDelay,
     /// Extra requests allowed, as a share of requests (0.05: at most 5 % more).
     pub max_ratio: f64,
-    /// Hedges that may be saved up (and the budget a router starts with).
+    /// Hedges allowed beyond the share (and the budget a router starts with).
     pub burst: f64,
+    /// The span the share is counted over: in any such span, hedges ≤ burst +
+    /// max_ratio × requests.
+    pub window: Duration,
     /// Latencies needed before the p95 is trusted.
     pub min_samples: usize,
     /// The p95 delay is never shorter than this.
@@ -92,6 +98,7 @@ impl Default for RouterConfig {
                 delay: HedgeDelay::P95,
                 max_ratio: 0.05,
                 burst: 3.0,
+                window: DEFAULT_HEDGE_WINDOW,
                 min_samples: 20,
                 min_delay: Duration::from_millis(1),
             },

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::view::{HoldState, ReplicaAddr};
+use crate::view::{HoldState, Target};
 use crate::Shared;
 
 /// Why a request got no answer from any replica.
@@ -46,37 +46,38 @@ impl RouteError {
     }
 }
 
-/// Counts a request in flight on a replica for as long as it lives.
+/// Counts a request in flight on a replica until it is answered or dropped (a hedge's
+/// loser). Registered under the same lock as the pick that chose the replica.
 struct Outstanding {
     shared: Arc<Shared>,
-    replica: String,
-    model: String,
+    target: Arc<Target>,
+    model: Arc<str>,
+    armed: bool,
 }
 
 impl Outstanding {
-    fn new(shared: &Arc<Shared>, replica: &str, model: &str) -> Self {
-        let mut view = shared.view.lock().expect("view lock");
-        if let Some(r) = view.replicas.get_mut(replica) {
-            *r.outstanding.entry(model.to_string()).or_insert(0) += 1;
-            r.sent += 1;
-        }
+    /// Registers the request; the caller holds the view's lock.
+    fn register(
+        shared: &Arc<Shared>,
+        view: &mut crate::view::View,
+        target: &Arc<Target>,
+        model: &Arc<str>,
+    ) -> Self {
+        view.add_outstanding(&target.id, model);
         Outstanding {
             shared: shared.clone(),
-            replica: replica.to_string(),
-            model: model.to_string(),
+            target: target.clone(),
+            model: model.clone(),
+            armed: true,
         }
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        if let Ok(mut view) = self.shared.view.lock() {
-            if let Some(n) = view
-                .replicas
-                .get_mut(&self.replica)
-                .and_then(|r| r.outstanding.get_mut(&self.model))
-            {
-                *n = n.saturating_sub(1);
+        if self.armed {
+            if let Ok(mut view) = self.shared.view.lock() {
+                view.remove_outstanding(&self.target.id, &self.model);
             }
         }
     }
@@ -96,34 +97,30 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, RouteError> 
     }
 }
 
-/// One attempt on `replica`: its outcome, with the bookkeeping (outstanding count,
-/// latency, outlier detection) done here.
+/// One attempt on a registered replica: its outcome, with the bookkeeping (outstanding
+/// count, latency, outlier detection) done under one lock at the end.
 async fn attempt<T, F, Fut>(
-    shared: Arc<Shared>,
-    replica: String,
-    model: String,
+    mut guard: Outstanding,
     deadline: Option<Instant>,
     send: F,
 ) -> Result<T, String>
 where
-    F: Fn(ReplicaAddr, Option<Duration>) -> Fut,
+    F: Fn(Arc<Target>, Option<Duration>) -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let left = remaining(deadline).map_err(|e| e.to_string())?;
-    let addr = {
-        let view = shared.view.lock().expect("view lock");
-        view.replicas.get(&replica).map(|r| r.addr.clone())
-    }
-    .ok_or_else(|| format!("replica {replica} left"))?;
-    let _guard = Outstanding::new(&shared, &replica, &model);
     let start = Instant::now();
-    let result = send(addr, left).await;
+    let result = send(guard.target.clone(), left).await;
+    let shared = guard.shared.clone();
     let mut view = shared.view.lock().expect("view lock");
+    guard.armed = false;
+    view.remove_outstanding(&guard.target.id, &guard.model);
+    let replica = guard.target.id.as_str();
     match &result {
-        Ok(_) => view.record_success(&replica, &model, start.elapsed()),
+        Ok(_) => view.record_success(replica, &guard.model, start.elapsed()),
         Err(e) => {
             tracing::debug!(replica, error = %e, "replica failed before answering");
-            if view.record_failure(&replica, Instant::now(), &shared.config.outlier) {
+            if view.record_failure(replica, Instant::now(), &shared.config.outlier) {
                 shared.metrics.ejections.inc();
                 tracing::warn!(replica, "replica ejected after consecutive failures");
             }
@@ -151,38 +148,61 @@ pub async fn route<T, F, Fut>(
     send: F,
 ) -> Result<T, RouteError>
 where
-    F: Fn(ReplicaAddr, Option<Duration>) -> Fut + Clone,
+    F: Fn(Arc<Target>, Option<Duration>) -> Fut + Clone,
     Fut: Future<Output = Result<T, String>>,
 {
-    if kind == Kind::Infer {
-        ensure_placed(shared, model, deadline).await?;
-    } else if shared.up_count() == 0 {
-        return Err(RouteError::NoReplica(model.to_string()));
-    }
     let hedge = kind == Kind::Infer;
+    let key: Arc<str> = Arc::from(model);
     let now = Instant::now();
-    let (primary, delay) = {
+    // The common case takes the view's lock once: the model is held, pick a replica,
+    // count the request there, read the hedge delay.
+    let picked = {
         let mut view = shared.view.lock().expect("view lock");
-        view.earn_hedge_token(&shared.config.hedge);
-        let mut rng = shared.rng.lock().expect("rng lock");
-        let primary = view
-            .pick(model, &[], now, &mut rng)
-            .ok_or_else(|| RouteError::NoReplica(model.to_string()))?;
-        let delay = if hedge {
-            view.hedge_delay(model, &shared.config.hedge)
+        let placed = kind == Kind::Other || view.is_held(model, now);
+        if placed {
+            if view.up_count(now) == 0 {
+                return Err(RouteError::NoReplica(model.to_string()));
+            }
+            if hedge {
+                view.earn_hedge(now);
+            }
+            let mut rng = shared.rng.lock().expect("rng lock");
+            let target = view
+                .pick_replica(model, &[], now, &mut rng)
+                .map(|r| r.target.clone())
+                .ok_or_else(|| RouteError::NoReplica(model.to_string()))?;
+            drop(rng);
+            let delay = if hedge {
+                view.hedge_delay(model, &shared.config.hedge)
+            } else {
+                None
+            };
+            let guard = Outstanding::register(shared, &mut view, &target, &key);
+            Some((target, delay, guard))
         } else {
             None
-        };
-        (primary, delay)
+        }
     };
-    let mut tried = vec![primary.clone()];
-    let first = attempt(
-        shared.clone(),
-        primary.clone(),
-        model.to_string(),
-        deadline,
-        send.clone(),
-    );
+    let (primary, delay, guard) = match picked {
+        Some(p) => p,
+        None => {
+            ensure_placed(shared, model, deadline).await?;
+            let now = Instant::now();
+            let mut view = shared.view.lock().expect("view lock");
+            view.earn_hedge(now);
+            let mut rng = shared.rng.lock().expect("rng lock");
+            let target = view
+                .pick_replica(model, &[], now, &mut rng)
+                .map(|r| r.target.clone())
+                .ok_or_else(|| RouteError::NoReplica(model.to_string()))?;
+            drop(rng);
+            let delay = view.hedge_delay(model, &shared.config.hedge);
+            let guard = Outstanding::register(shared, &mut view, &target, &key);
+            (target, delay, guard)
+        }
+    };
+    let mut tried: Vec<Arc<Target>> = vec![primary.clone()];
+    let first = attempt(guard, deadline, send.clone());
     tokio::pin!(first);
     let outcome = match delay {
         None => first.await,
@@ -191,26 +211,36 @@ where
                 r = &mut first => r,
                 () = tokio::time::sleep(delay) => {
                     let backup = {
-                        let past_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+                        let now = Instant::now();
+                        let past_deadline = deadline.is_some_and(|d| now >= d);
                         let mut view = shared.view.lock().expect("view lock");
-                        match view.backup(model, &primary, Instant::now()) {
-                            Some(b) if !past_deadline && view.take_hedge_token() => Some(b),
+                        let b = view
+                            .backup_replica(model, &primary.id, now)
+                            .map(|r| r.target.clone());
+                        match b {
+                            Some(b) if !past_deadline && view.take_hedge(now, &shared.config.hedge) => {
+                                let guard = Outstanding::register(shared, &mut view, &b, &key);
+                                if let Some(r) = view.replicas.get_mut(&b.id) {
+                                    r.hedged_to += 1;
+                                }
+                                Some((b, guard))
+                            }
                             _ => None,
                         }
                     };
                     match backup {
                         None => first.await,
-                        Some(b) => {
+                        Some((b, guard)) => {
                             shared.metrics.hedges.inc();
                             tried.push(b.clone());
-                            let second = attempt(shared.clone(), b.clone(), model.to_string(), deadline, send.clone());
+                            let second = attempt(guard, deadline, send.clone());
                             tokio::pin!(second);
                             let hedged_at = Instant::now();
                             tokio::select! {
                                 r = &mut first => match r {
                                     Ok(a) => {
                                         let mut view = shared.view.lock().expect("view lock");
-                                        view.record_lost_hedge(&b, model, hedged_at.elapsed(), Instant::now());
+                                        view.record_lost_hedge(&b.id, model, hedged_at.elapsed(), Instant::now());
                                         Ok(a)
                                     }
                                     Err(_) => {
@@ -222,7 +252,7 @@ where
                                     Ok(a) => {
                                         shared.metrics.hedge_wins.inc();
                                         let mut view = shared.view.lock().expect("view lock");
-                                        view.record_lost_hedge(&primary, model, now.elapsed(), Instant::now());
+                                        view.record_lost_hedge(&primary.id, model, now.elapsed(), Instant::now());
                                         Ok(a)
                                     }
                                     Err(_) => {
@@ -242,15 +272,20 @@ where
         Err(first_error) => {
             // Failed before answering: once more, elsewhere.
             let retry = {
-                let view = shared.view.lock().expect("view lock");
+                let mut view = shared.view.lock().expect("view lock");
                 let mut rng = shared.rng.lock().expect("rng lock");
-                view.pick(model, &tried, Instant::now(), &mut rng)
+                let exclude: Vec<&str> = tried.iter().map(|t| t.id.as_str()).collect();
+                let target = view
+                    .pick_replica(model, &exclude, Instant::now(), &mut rng)
+                    .map(|r| r.target.clone());
+                drop(rng);
+                target.map(|t| Outstanding::register(shared, &mut view, &t, &key))
             };
-            let Some(retry) = retry else {
+            let Some(guard) = retry else {
                 return Err(RouteError::Failed(first_error));
             };
             shared.metrics.retries.inc();
-            attempt(shared.clone(), retry, model.to_string(), deadline, send)
+            attempt(guard, deadline, send)
                 .await
                 .map_err(RouteError::Failed)
         }

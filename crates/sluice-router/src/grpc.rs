@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::forward::{self, Kind, RouteError};
-use crate::view::ReplicaAddr;
+use crate::view::{ReplicaAddr, Target};
 use crate::Shared;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
@@ -30,8 +30,12 @@ type RpcResult<T> = Result<Response<T>, Status>;
 impl Shared {
     /// The channel to `addr`'s gRPC port (connected on first use, then shared).
     fn grpc_client(&self, addr: &ReplicaAddr) -> Result<Client, String> {
+        self.grpc_client_by_id(&addr.id(), addr)
+    }
+
+    fn grpc_client_by_id(&self, id: &str, addr: &ReplicaAddr) -> Result<Client, String> {
         let mut clients = self.grpc_clients.lock().expect("grpc clients lock");
-        if let Some(c) = clients.get(&addr.id()) {
+        if let Some(c) = clients.get(id) {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{}", addr.grpc_authority()))
@@ -42,7 +46,7 @@ impl Shared {
         let client = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(self.config.grpc_max_message_bytes)
             .max_encoding_message_size(self.config.grpc_max_message_bytes);
-        clients.insert(addr.id(), client.clone());
+        clients.insert(id.to_string(), client.clone());
         Ok(client)
     }
 }
@@ -128,11 +132,11 @@ impl Front {
         let model = request.model_name.clone();
         let request = Arc::new(request);
         let shared = self.shared.clone();
-        let send = move |addr: ReplicaAddr, left: Option<Duration>| {
+        let send = move |target: Arc<Target>, left: Option<Duration>| {
             let shared = shared.clone();
             let request = request.clone();
             async move {
-                let mut client = shared.grpc_client(&addr)?;
+                let mut client = shared.grpc_client_by_id(&target.id, &target.addr)?;
                 let mut message = (*request).clone();
                 if let Some(left) = left {
                     if let Some(p) = message.parameters.get_mut("timeout") {
@@ -163,11 +167,11 @@ impl Front {
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let shared = self.shared.clone();
-        let send = move |addr: ReplicaAddr, _left: Option<Duration>| {
+        let send = move |target: Arc<Target>, _left: Option<Duration>| {
             let shared = shared.clone();
             let f = f.clone();
             async move {
-                let client = shared.grpc_client(&addr)?;
+                let client = shared.grpc_client_by_id(&target.id, &target.addr)?;
                 call(f(client)).await
             }
         };
@@ -284,17 +288,61 @@ impl GrpcInferenceService for Front {
         .await
     }
 
+    /// Every holder's statistics added up (every usable replica's for all models).
     async fn model_statistics(
         &self,
         r: Request<ModelStatisticsRequest>,
     ) -> RpcResult<ModelStatisticsResponse> {
         let m = r.into_inner();
-        let name = m.name.clone();
-        self.other(&name, move |mut c| {
-            let m = m.clone();
-            async move { c.model_statistics(m).await }
-        })
-        .await
+        let targets: Vec<ReplicaAddr> = if m.name.is_empty() {
+            self.usable()
+        } else {
+            let view = self.shared.view.lock().expect("view lock");
+            view.holders(&m.name, Instant::now())
+                .iter()
+                .map(|r| r.addr.clone())
+                .collect()
+        };
+        if targets.is_empty() {
+            // Nobody holds it (or nobody is up): one replica says why.
+            let name = m.name.clone();
+            return self
+                .other(&name, move |mut c| {
+                    let m = m.clone();
+                    async move { c.model_statistics(m).await }
+                })
+                .await;
+        }
+        let calls: Vec<_> = targets
+            .into_iter()
+            .map(|addr| {
+                let shared = self.shared.clone();
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let mut c = shared.grpc_client(&addr).map_err(Status::unavailable)?;
+                    c.model_statistics(m).await.map(Response::into_inner)
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        let mut first_error = None;
+        for call in calls {
+            match call.await {
+                Ok(Ok(resp)) => answers.push(resp.model_stats),
+                Ok(Err(status)) => {
+                    first_error.get_or_insert(status);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(Status::internal(e.to_string()));
+                }
+            }
+        }
+        if answers.is_empty() {
+            return Err(first_error.unwrap_or_else(|| Status::unavailable("no replica answered")));
+        }
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: crate::stats::merge_proto(answers),
+        }))
     }
 
     async fn repository_index(

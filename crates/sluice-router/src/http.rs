@@ -14,16 +14,17 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::forward::{self, Kind, RouteError};
-use crate::view::{HoldState, ReplicaAddr};
+use crate::view::{HoldState, Target};
 use crate::Shared;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -38,6 +39,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/v2/models/stats", get(stats))
+        .route("/v2/models/{model}/stats", get(stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(stats))
         .fallback(proxy)
         .with_state(shared)
 }
@@ -68,99 +72,103 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// An answer of a replica, forwarded as it is.
+/// An answer of a replica, forwarded as it is: status, headers (less hop-by-hop
+/// ones) and the body streamed through, never collected.
 pub struct Answer {
     status: StatusCode,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
+}
+
+impl Answer {
+    /// The whole body (for answers the router reads itself: index, statistics).
+    async fn bytes(self) -> Result<(StatusCode, Bytes), String> {
+        let body = axum::body::to_bytes(self.body, usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((self.status, body))
+    }
 }
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body));
+        let mut headers = self.headers;
+        strip_hop_by_hop(&mut headers, false);
+        let mut response = Response::new(self.body);
         *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        for (k, v) in &self.headers {
-            if !hop_by_hop(k) {
-                headers.append(k.clone(), v.clone());
-            }
-        }
+        *response.headers_mut() = headers;
         response
     }
 }
 
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+/// Removes the headers that belong to one connection (and, for requests, `host` and
+/// `content-length`, which the client side sets for the body it sends).
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if request {
+        headers.remove(axum::http::header::HOST);
+        headers.remove(axum::http::header::CONTENT_LENGTH);
+    }
 }
 
 /// A request to forward, read once.
 #[derive(Clone)]
 struct Outgoing {
     method: Method,
-    path: String,
+    path: PathAndQuery,
+    /// Without hop-by-hop headers.
     headers: HeaderMap,
     body: Bytes,
 }
 
 impl Outgoing {
-    async fn send(self, shared: &Shared, addr: &ReplicaAddr) -> Result<Answer, String> {
-        let mut request = hyper::Request::builder().method(self.method).uri(format!(
-            "http://{}{}",
-            addr.id(),
-            self.path
-        ));
-        if let Some(h) = request.headers_mut() {
-            for (k, v) in &self.headers {
-                if !hop_by_hop(k) {
-                    h.append(k.clone(), v.clone());
-                }
-            }
-        }
-        let request = request
-            .body(Full::new(self.body))
-            .map_err(|e| e.to_string())?;
+    async fn send(&self, shared: &Shared, target: &Target) -> Result<Answer, String> {
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = Some(axum::http::uri::Scheme::HTTP);
+        parts.authority = Some(target.http.clone());
+        parts.path_and_query = Some(self.path.clone());
+        let uri = axum::http::Uri::from_parts(parts).map_err(|e| e.to_string())?;
+        let mut request = hyper::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
         let response = shared
             .http
             .request(request)
             .await
-            .map_err(|e| format!("{}: {e}", addr.id()))?;
+            .map_err(|e| format!("{}: {e}", target.id))?;
         let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("{}: {e}", addr.id()))?
-            .to_bytes();
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: Body::new(body),
         })
     }
 
     /// The same request with its `timeout` parameter set to `left` (if it had one).
-    fn with_timeout(&self, left: Duration) -> Outgoing {
+    fn with_timeout(&self, left: Duration) -> Option<Outgoing> {
+        let (body, header_len) = rewrite_timeout(&self.body, self.header_len(), left)?;
         let mut out = self.clone();
-        if let Some((body, header_len)) = rewrite_timeout(&self.body, self.header_len(), left) {
-            out.body = body;
-            if let Some(n) = header_len {
-                out.headers
-                    .insert(HEADER_LENGTH, HeaderValue::from(n as u64));
-            }
+        out.body = body;
+        if let Some(n) = header_len {
+            out.headers
+                .insert(HEADER_LENGTH, HeaderValue::from(n as u64));
         }
-        out
+        Some(out)
     }
 
     fn header_len(&self) -> Option<usize> {
@@ -239,13 +247,16 @@ async fn read(request: Request, limit: usize) -> Result<Outgoing, Response> {
             format!("request body larger than {limit} bytes"),
         )
     })?;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, true);
     Ok(Outgoing {
         method: parts.method,
         path: parts
             .uri
             .path_and_query()
-            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
-        headers: parts.headers,
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers,
         body,
     })
 }
@@ -257,8 +268,8 @@ async fn proxy(State(s): State<Arc<Shared>>, request: Request) -> Response {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let path = out.path.split('?').next().unwrap_or_default().to_string();
-    let model = model_of(&path).map(str::to_string);
+    let path = out.path.path();
+    let model = model_of(path);
     let is_infer = out.method == Method::POST && path.ends_with("/infer");
     if is_infer {
         s.metrics.requests.inc();
@@ -268,24 +279,30 @@ async fn proxy(State(s): State<Arc<Shared>>, request: Request) -> Response {
     } else {
         None
     };
-    let key = model.clone().unwrap_or_default();
+    let (key, kind) = match model {
+        Some(m) if is_infer => (m.to_string(), Kind::Infer),
+        Some(m) => (m.to_string(), Kind::Other),
+        // Server-wide paths (metadata, logging): any replica.
+        None => (String::new(), Kind::Other),
+    };
+    let out = Arc::new(out);
     let shared = s.clone();
-    let send = move |addr: ReplicaAddr, left: Option<Duration>| {
+    let send = move |target: Arc<Target>, left: Option<Duration>| {
         let shared = shared.clone();
-        let out = match (left, deadline) {
-            (Some(left), Some(_)) => out.with_timeout(left),
-            _ => out.clone(),
-        };
-        async move { out.send(&shared, &addr).await }
+        let out = out.clone();
+        async move {
+            let rewritten = match (left, deadline) {
+                (Some(left), Some(_)) => out.with_timeout(left),
+                _ => None,
+            };
+            rewritten
+                .as_ref()
+                .unwrap_or(&out)
+                .send(&shared, &target)
+                .await
+        }
     };
-    let result = if model.is_some() {
-        let kind = if is_infer { Kind::Infer } else { Kind::Other };
-        forward::route(&s, &key, deadline, kind, send).await
-    } else {
-        // Server-wide paths (metadata, stats of all models, logging): any replica.
-        forward::route(&s, "", None, Kind::Other, send).await
-    };
-    match result {
+    match forward::route(&s, &key, deadline, kind, send).await {
         Ok(answer) => answer.into_response(),
         Err(e) => route_error(&s, &e),
     }
@@ -293,7 +310,7 @@ async fn proxy(State(s): State<Arc<Shared>>, request: Request) -> Response {
 
 async fn post_json(
     shared: &Shared,
-    addr: &ReplicaAddr,
+    target: &Target,
     path: &str,
     body: Bytes,
 ) -> Result<Answer, String> {
@@ -301,22 +318,106 @@ async fn post_json(
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     Outgoing {
         method: Method::POST,
-        path: path.to_string(),
+        path: path.parse().map_err(|e| format!("{path}: {e}"))?,
         headers,
         body,
     }
-    .send(shared, addr)
+    .send(shared, target)
     .await
 }
 
-fn usable(shared: &Shared) -> Vec<ReplicaAddr> {
+fn usable(shared: &Shared) -> Vec<Arc<Target>> {
     let view = shared.view.lock().expect("view lock");
     let now = Instant::now();
     view.replicas
         .values()
         .filter(|r| r.usable(now))
-        .map(|r| r.addr.clone())
+        .map(|r| r.target.clone())
         .collect()
+}
+
+/// Statistics (Triton's extension) of one model, one version or all: asked of every
+/// usable replica that holds the model (every usable replica for all models) and added
+/// up ([`crate::stats`]). When no replica answers with statistics, the first answer
+/// (a replica's 404 or 400) is passed through.
+async fn stats(State(s): State<Arc<Shared>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let targets: Vec<Arc<Target>> = {
+        let view = s.view.lock().expect("view lock");
+        let now = Instant::now();
+        match model_of(&path) {
+            Some(m) => {
+                let holders: Vec<Arc<Target>> = view
+                    .holders(m, now)
+                    .iter()
+                    .map(|r| r.target.clone())
+                    .collect();
+                if holders.is_empty() {
+                    // Nobody holds it: any replica says why (unknown, not loaded).
+                    view.replicas
+                        .values()
+                        .find(|r| r.usable(now))
+                        .map(|r| r.target.clone())
+                        .into_iter()
+                        .collect()
+                } else {
+                    holders
+                }
+            }
+            None => view
+                .replicas
+                .values()
+                .filter(|r| r.usable(now))
+                .map(|r| r.target.clone())
+                .collect(),
+        }
+    };
+    if targets.is_empty() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no replica is up");
+    }
+    let calls: Vec<_> = targets
+        .into_iter()
+        .map(|addr| {
+            let s = s.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let out = Outgoing {
+                    method: Method::GET,
+                    path: path.parse().map_err(|e| format!("{path}: {e}"))?,
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                };
+                out.send(&s, &addr).await?.bytes().await
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    let mut first_answer = None;
+    let mut failure = None;
+    for call in calls {
+        match call.await {
+            Ok(Ok((status, body))) if status.is_success() => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    bodies.push(v);
+                }
+            }
+            Ok(Ok(answer)) => {
+                first_answer.get_or_insert(answer);
+            }
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    if bodies.is_empty() {
+        return match (first_answer, failure) {
+            (Some((status, body)), _) => {
+                (status, [("content-type", "application/json")], body).into_response()
+            }
+            (None, Some(e)) => error(StatusCode::BAD_GATEWAY, e),
+            (None, None) => error(StatusCode::BAD_GATEWAY, "no replica answered"),
+        };
+    }
+    Json(crate::stats::merge_json(&bodies)).into_response()
 }
 
 /// The union of the replicas' indexes: one row per model and version, with the best
@@ -331,7 +432,10 @@ async fn index(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         let s = s.clone();
         let body = body.clone();
         calls.push(tokio::spawn(async move {
-            post_json(&s, &addr, "/v2/repository/index", body).await
+            match post_json(&s, &addr, "/v2/repository/index", body).await {
+                Ok(a) => a.bytes().await,
+                Err(e) => Err(e),
+            }
         }));
     }
     let rank = |state: &str| match state {
@@ -344,8 +448,8 @@ async fn index(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let mut last_error = None;
     for call in calls {
         match call.await {
-            Ok(Ok(a)) if a.status.is_success() => {
-                let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&a.body) else {
+            Ok(Ok((status, body))) if status.is_success() => {
+                let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&body) else {
                     continue;
                 };
                 for row in list {
@@ -358,13 +462,13 @@ async fn index(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
                     }
                 }
             }
-            Ok(Ok(a)) => last_error = Some(a),
+            Ok(Ok(answer)) => last_error = Some(answer),
             _ => {}
         }
     }
     if rows.is_empty() {
-        if let Some(a) = last_error {
-            return a.into_response();
+        if let Some((status, body)) = last_error {
+            return (status, [("content-type", "application/json")], body).into_response();
         }
     }
     Json(Value::Array(rows.into_values().collect())).into_response()
@@ -373,11 +477,11 @@ async fn index(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 /// Load through the router: a model nobody holds is placed (first copy); a held model
 /// is (re)loaded on every holder, as a load call on one server reloads it.
 async fn load(State(s): State<Arc<Shared>>, Path(model): Path<String>, body: Bytes) -> Response {
-    let holders: Vec<ReplicaAddr> = {
+    let holders: Vec<Arc<Target>> = {
         let view = s.view.lock().expect("view lock");
         view.holders(&model, Instant::now())
             .iter()
-            .map(|r| r.addr.clone())
+            .map(|r| r.target.clone())
             .collect()
     };
     if holders.is_empty() {
@@ -399,10 +503,10 @@ async fn load(State(s): State<Arc<Shared>>, Path(model): Path<String>, body: Byt
 
 /// Unload through the router: from every replica that holds or loads it.
 async fn unload(State(s): State<Arc<Shared>>, Path(model): Path<String>, body: Bytes) -> Response {
-    let (holders, any) = {
+    let (holders, any): (Vec<Arc<Target>>, _) = {
         let view = s.view.lock().expect("view lock");
         let now = Instant::now();
-        let holders: Vec<ReplicaAddr> = view
+        let holders: Vec<Arc<Target>> = view
             .knowers(&model, now)
             .iter()
             .filter(|r| {
@@ -410,13 +514,13 @@ async fn unload(State(s): State<Arc<Shared>>, Path(model): Path<String>, body: B
                     .get(&model)
                     .is_some_and(|h| h.state != HoldState::Absent)
             })
-            .map(|r| r.addr.clone())
+            .map(|r| r.target.clone())
             .collect();
         let any = view
             .replicas
             .values()
             .find(|r| r.usable(now))
-            .map(|r| r.addr.clone());
+            .map(|r| r.target.clone());
         (holders, any)
     };
     let path = format!("/v2/repository/models/{model}/unload");
@@ -468,6 +572,7 @@ async fn state(State(s): State<Arc<Shared>>) -> Response {
                 "usable": r.usable(now),
                 "ejections": r.ejections,
                 "sent": r.sent,
+                "hedged_to": r.hedged_to,
                 "memory_used_bytes": r.memory_used,
                 "memory_budget_bytes": r.memory_budget,
                 "models": holdings.into_iter().map(|(m, h)| json!({

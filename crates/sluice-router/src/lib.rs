@@ -20,9 +20,11 @@
 pub mod config;
 pub mod forward;
 mod grpc;
+pub mod hedge;
 mod http;
 pub mod placement;
 pub mod poll;
+pub mod stats;
 pub mod view;
 
 use std::collections::HashMap;
@@ -88,10 +90,7 @@ impl Shared {
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
             .build(connector);
-        let mut view = view::View {
-            hedge_tokens: config.hedge.burst,
-            ..Default::default()
-        };
+        let mut view = view::View::new(config.hedge.window);
         // A static list is known at once (health unknown until the first probe).
         if let Discovery::Static(list) = &config.discovery {
             view.set_replicas(list);

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{HedgeConfig, HedgeDelay, OutlierConfig};
+use crate::hedge::HedgeBudget;
 
 /// Where a replica listens. Its identity (for rendezvous hashing and metrics) is
 /// `host:http_port`, the same in every router that discovers it.
@@ -31,6 +32,27 @@ impl ReplicaAddr {
         } else {
             format!("{}:{}", self.host, self.grpc_port)
         }
+    }
+}
+
+/// What a forwarded request needs of a replica, built once when it is discovered and
+/// shared by every request (no per-request formatting or parsing of its address).
+#[derive(Debug)]
+pub struct Target {
+    pub addr: ReplicaAddr,
+    /// `host:http_port` (the view's key).
+    pub id: String,
+    /// The HTTP authority, parsed once.
+    pub http: hyper::http::uri::Authority,
+}
+
+impl Target {
+    pub fn new(addr: ReplicaAddr) -> Self {
+        let id = addr.id();
+        let http = id
+            .parse()
+            .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("invalid.invalid"));
+        Target { addr, id, http }
     }
 }
 
@@ -71,6 +93,7 @@ pub enum Health {
 #[derive(Debug)]
 pub struct Replica {
     pub addr: ReplicaAddr,
+    pub target: std::sync::Arc<Target>,
     pub health: Health,
     /// Transport failures in a row (passive outlier detection).
     pub consecutive_errors: u32,
@@ -87,6 +110,8 @@ pub struct Replica {
     pub penalty: HashMap<String, (f64, Instant)>,
     /// Requests the router sent there (metrics).
     pub sent: u64,
+    /// Of those, backup requests (hedges).
+    pub hedged_to: u64,
     /// The replica's own readiness: false while it drains (SIGTERM) or when a model
     /// failed to load. Such a replica gets requests only when no ready one holds the
     /// model.
@@ -103,6 +128,7 @@ const WINDOW: usize = 512;
 impl Replica {
     pub fn new(addr: ReplicaAddr) -> Self {
         Replica {
+            target: std::sync::Arc::new(Target::new(addr.clone())),
             addr,
             health: Health::Unknown,
             consecutive_errors: 0,
@@ -114,6 +140,7 @@ impl Replica {
             outstanding: HashMap::new(),
             penalty: HashMap::new(),
             sent: 0,
+            hedged_to: 0,
             ready: true,
         }
     }
@@ -173,15 +200,29 @@ impl ModelStats {
 }
 
 /// The whole view.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct View {
     pub replicas: BTreeMap<String, Replica>,
     pub models: HashMap<String, ModelStats>,
-    /// Hedge budget: each request adds `max_ratio`, a hedge spends one.
-    pub hedge_tokens: f64,
+    /// Requests and hedges of the recent window (the hedge budget).
+    pub hedge: HedgeBudget,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View::new(crate::config::DEFAULT_HEDGE_WINDOW)
+    }
 }
 
 impl View {
+    pub fn new(hedge_window: Duration) -> Self {
+        View {
+            replicas: BTreeMap::new(),
+            models: HashMap::new(),
+            hedge: HedgeBudget::new(hedge_window),
+        }
+    }
+
     /// Replaces the set of replicas with `addrs` (discovery), keeping what is known
     /// about those that stay.
     pub fn set_replicas(&mut self, addrs: &[ReplicaAddr]) {
@@ -257,35 +298,60 @@ impl View {
         estimate.max(penalty)
     }
 
-    /// Power of two choices on predicted completion time among `candidates` (ids):
-    /// two distinct ones at random, the one predicted to finish first wins (ties: the
+    /// Power of two choices on predicted completion time among `candidates`: two
+    /// distinct ones at random, the one predicted to finish first wins (ties: the
     /// first drawn).
-    pub fn pick_p2c(
+    pub fn pick_p2c<'a>(
         &self,
         model: &str,
-        candidates: &[&str],
+        candidates: &[&'a Replica],
         now: Instant,
         rng: &mut fastrand::Rng,
-    ) -> Option<String> {
+    ) -> Option<&'a Replica> {
         match candidates.len() {
             0 => None,
-            1 => Some(candidates[0].to_string()),
+            1 => Some(candidates[0]),
             n => {
                 let a = rng.usize(..n);
                 let mut b = rng.usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let score = |i: usize| self.predicted(&self.replicas[candidates[i]], model, now);
+                let score = |i: usize| self.predicted(candidates[i], model, now);
                 let best = if score(b) < score(a) { b } else { a };
-                Some(candidates[best].to_string())
+                Some(candidates[best])
             }
         }
     }
 
-    /// The replica for a request for `model`, not one of `exclude`: holders first;
-    /// when none holds it, any usable replica (so an unknown model gets the replica's
-    /// own 404).
+    /// The replica for a request for `model`, not one of `exclude` (ids): holders
+    /// first; when none holds it, any usable replica (so an unknown model gets the
+    /// replica's own 404).
+    pub fn pick_replica(
+        &self,
+        model: &str,
+        exclude: &[&str],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<&Replica> {
+        let not_excluded = |r: &&Replica| !exclude.contains(&r.target.id.as_str());
+        let mut pool: Vec<&Replica> = self
+            .holders(model, now)
+            .into_iter()
+            .filter(not_excluded)
+            .collect();
+        if pool.is_empty() {
+            pool = self
+                .replicas
+                .values()
+                .filter(|r| r.usable(now))
+                .filter(not_excluded)
+                .collect();
+        }
+        self.pick_p2c(model, &pool, now, rng)
+    }
+
+    /// [`View::pick_replica`], by id.
     pub fn pick(
         &self,
         model: &str,
@@ -293,36 +359,33 @@ impl View {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Option<String> {
-        let not_excluded = |r: &&Replica| !exclude.iter().any(|e| *e == r.addr.id());
-        let holders: Vec<String> = self
-            .holders(model, now)
-            .into_iter()
-            .filter(not_excluded)
-            .map(|r| r.addr.id())
-            .collect();
-        let pool: Vec<String> = if holders.is_empty() {
-            self.replicas
-                .values()
-                .filter(|r| r.usable(now))
-                .filter(not_excluded)
-                .map(|r| r.addr.id())
-                .collect()
-        } else {
-            holders
-        };
-        let ids: Vec<&str> = pool.iter().map(String::as_str).collect();
-        self.pick_p2c(model, &ids, now, rng)
+        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
+        self.pick_replica(model, &ex, now, rng)
+            .map(|r| r.target.id.clone())
+    }
+
+    /// Whether some usable replica holds `model` ready (no allocation).
+    pub fn is_held(&self, model: &str, now: Instant) -> bool {
+        self.replicas
+            .values()
+            .any(|r| r.usable(now) && r.holds_ready(model))
     }
 
     /// The best holder of `model` other than `primary` (lowest predicted completion),
     /// the target of a hedge.
     pub fn backup(&self, model: &str, primary: &str, now: Instant) -> Option<String> {
+        self.backup_replica(model, primary, now)
+            .map(|r| r.target.id.clone())
+    }
+
+    /// [`View::backup`], the replica itself.
+    pub fn backup_replica(&self, model: &str, primary: &str, now: Instant) -> Option<&Replica> {
         self.holders(model, now)
             .into_iter()
-            .filter(|r| r.addr.id() != primary)
-            .map(|r| (self.predicted(r, model, now), r.addr.id()))
+            .filter(|r| r.target.id != primary)
+            .map(|r| (self.predicted(r, model, now), r))
             .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, id)| id)
+            .map(|(_, r)| r)
     }
 
     /// The delay after which a request for `model` is hedged, if hedging applies.
@@ -339,19 +402,14 @@ impl View {
         }
     }
 
-    /// Every request adds `max_ratio` to the hedge budget (capped at `burst`).
-    pub fn earn_hedge_token(&mut self, config: &HedgeConfig) {
-        self.hedge_tokens = (self.hedge_tokens + config.max_ratio).min(config.burst);
+    /// Counts a request in the hedge budget's window.
+    pub fn earn_hedge(&mut self, now: Instant) {
+        self.hedge.record_request(now);
     }
 
-    /// Takes one hedge from the budget if there is one.
-    pub fn take_hedge_token(&mut self) -> bool {
-        if self.hedge_tokens >= 1.0 {
-            self.hedge_tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+    /// Takes one hedge from the window's budget if there is one.
+    pub fn take_hedge(&mut self, now: Instant, config: &HedgeConfig) -> bool {
+        self.hedge.try_hedge(now, config.max_ratio, config.burst)
     }
 
     /// A transport failure talking to `id` (passive outlier detection): after
@@ -376,10 +434,38 @@ impl View {
         if let Some(r) = self.replicas.get_mut(id) {
             r.consecutive_errors = 0;
         }
-        self.models
-            .entry(model.to_string())
-            .or_default()
-            .record(latency);
+        match self.models.get_mut(model) {
+            Some(m) => m.record(latency),
+            None => self
+                .models
+                .entry(model.to_string())
+                .or_default()
+                .record(latency),
+        }
+    }
+
+    /// One more request of this router in flight on `id` for `model`.
+    pub fn add_outstanding(&mut self, id: &str, model: &str) {
+        if let Some(r) = self.replicas.get_mut(id) {
+            r.sent += 1;
+            match r.outstanding.get_mut(model) {
+                Some(n) => *n += 1,
+                None => {
+                    r.outstanding.insert(model.to_string(), 1);
+                }
+            }
+        }
+    }
+
+    /// One request fewer in flight on `id` for `model`.
+    pub fn remove_outstanding(&mut self, id: &str, model: &str) {
+        if let Some(n) = self
+            .replicas
+            .get_mut(id)
+            .and_then(|r| r.outstanding.get_mut(model))
+        {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// `id` lost a hedge for `model` after waiting `waited`: it is at least that slow now.
@@ -549,19 +635,22 @@ mod tests {
             delay: HedgeDelay::Fixed(Duration::from_millis(1)),
             max_ratio: 0.05,
             burst: 2.0,
+            window: Duration::from_secs(10),
             min_samples: 20,
             min_delay: Duration::from_millis(1),
         };
-        let mut v = View::default();
+        let mut v = View::new(config.window);
+        let t0 = Instant::now();
         let mut hedges = 0;
-        for _ in 0..1000 {
-            v.earn_hedge_token(&config);
-            if v.take_hedge_token() {
+        for i in 0..1000u64 {
+            let now = t0 + Duration::from_millis(i);
+            v.earn_hedge(now);
+            if v.take_hedge(now, &config) {
                 hedges += 1;
             }
         }
         assert!(
-            (49..=52).contains(&hedges),
+            (50..=52).contains(&hedges),
             "{hedges} hedges for 1000 requests"
         );
     }
@@ -572,6 +661,7 @@ mod tests {
             delay: HedgeDelay::P95,
             max_ratio: 0.05,
             burst: 2.0,
+            window: Duration::from_secs(10),
             min_samples: 20,
             min_delay: Duration::from_micros(100),
         };

@@ -12,6 +12,7 @@
 //! [`MetricsConfig::triton_compat`] for dashboards built for Triton.
 
 mod cache;
+pub mod replicas_needed;
 
 use std::fmt::Write as _;
 
@@ -27,31 +28,52 @@ use sluice_runtime::{CacheStats, HistogramSnapshot, ModelState, Outcome, Runtime
 pub struct MetricsConfig {
     /// Also export Triton's metric names and units.
     pub triton_compat: bool,
+    /// Export `sluice_replicas_needed` for this latency objective.
+    pub replicas_needed_slo: Option<std::time::Duration>,
 }
 
 #[derive(Clone)]
 struct MetricsState {
     runtime: Runtime,
     config: MetricsConfig,
+    replicas_needed: Option<std::sync::Arc<replicas_needed::ReplicasNeeded>>,
 }
 
 /// The router of the metrics port: `GET /metrics`.
 pub fn metrics_app(runtime: Runtime, config: MetricsConfig) -> Router {
+    let replicas_needed = config
+        .replicas_needed_slo
+        .map(|slo| std::sync::Arc::new(replicas_needed::ReplicasNeeded::new(slo)));
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state(MetricsState { runtime, config })
+        .with_state(MetricsState {
+            runtime,
+            config,
+            replicas_needed,
+        })
         .layer(axum::middleware::map_response(crate::json_errors))
 }
 
 async fn scrape(State(s): State<MetricsState>) -> impl IntoResponse {
     let cache = s.runtime.cache_stats().await;
+    let mut text = render(&s.runtime, s.config, cache);
+    if let Some(needed) = &s.replicas_needed {
+        text.push_str(&replicas_needed_text(&s.runtime, needed));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&s.runtime, s.config, cache),
+        text,
     )
+}
+
+/// The SLO-aware autoscaling signal (one policy tick per scrape).
+fn replicas_needed_text(runtime: &Runtime, needed: &replicas_needed::ReplicasNeeded) -> String {
+    let mut out = Writer::default();
+    needed.render(&mut out, &runtime.stats(None, None).unwrap_or_default());
+    out.text
 }
 
 /// The whole exposition text.

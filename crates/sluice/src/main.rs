@@ -140,6 +140,12 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_METRICS_TRITON_COMPAT")]
     metrics_triton_compat: bool,
 
+    /// Export `sluice_replicas_needed` per model: the replicas the traffic needs to meet
+    /// this latency objective (ms), by the SLO-aware autoscaling policy on live
+    /// measurements (`deploy/overlays/slo` scales on it).
+    #[arg(long, env = "SLUICE_METRICS_SLO_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_slo_ms: Option<u64>,
+
     /// OpenTelemetry collector for request spans (OTLP/HTTP, e.g.
     /// `http://127.0.0.1:4318`); requests that carry a W3C `traceparent` are exported
     /// as children of the caller's span. Needs the `otlp` cargo feature (default).
@@ -555,6 +561,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 runtime.clone(),
                 MetricsConfig {
                     triton_compat: args.metrics_triton_compat,
+                    replicas_needed_slo: args.metrics_slo_ms.map(std::time::Duration::from_millis),
                 },
             );
             let options = sluice_server::ServeOptions {

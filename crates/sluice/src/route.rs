@@ -59,9 +59,14 @@ pub struct RouteArgs {
     #[arg(long, env = "SLUICE_ROUTE_HEDGE_MAX_RATIO", default_value_t = 0.05)]
     hedge_max_ratio: f64,
 
-    /// Backup requests that may be saved up for a burst (and the starting budget).
+    /// Backup requests allowed beyond the share (and the starting budget).
     #[arg(long, env = "SLUICE_ROUTE_HEDGE_BURST", default_value_t = 3.0)]
     hedge_burst: f64,
+
+    /// Seconds the hedge budget is counted over: in any such span, backups ≤ burst +
+    /// max ratio × requests of the span.
+    #[arg(long, env = "SLUICE_ROUTE_HEDGE_WINDOW_SECS", default_value_t = 10.0)]
+    hedge_window_secs: f64,
 
     /// Do not load models nobody holds, nor add copies by rate (the replicas then load
     /// on first use themselves, under their memory budget, or answer why not).
@@ -170,6 +175,8 @@ impl RouteArgs {
                 delay,
                 max_ratio: self.hedge_max_ratio,
                 burst: self.hedge_burst,
+                window: seconds("--hedge-window-secs", self.hedge_window_secs)?
+                    .max(Duration::from_millis(10)),
                 ..defaults.hedge
             },
             placement: PlacementConfig {

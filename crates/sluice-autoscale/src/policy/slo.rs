@@ -198,8 +198,8 @@ fn envelope(arrivals: &std::collections::VecDeque<(f64, u64)>, windows: &[f64]) 
         .collect()
 }
 
-/// The replica count the traffic seen so far needs (no hysteresis).
-pub fn need(obs: &Observation, state: &mut SloState, p: &SloParams) -> (u32, String) {
+/// Records one tick's arrivals and forgets those that left the history.
+pub fn observe(obs: &Observation, state: &mut SloState, p: &SloParams) {
     state.arrivals.push_back((obs.now, obs.arrivals));
     while state
         .arrivals
@@ -208,23 +208,49 @@ pub fn need(obs: &Observation, state: &mut SloState, p: &SloParams) -> (u32, Str
     {
         state.arrivals.pop_front();
     }
+}
+
+/// The envelope of the arrivals observed so far: per window of `p.windows_s`, the most
+/// arrivals in any span of that length.
+pub fn current_envelope(state: &SloState, p: &SloParams) -> Vec<(f64, u64)> {
+    envelope(&state.arrivals, &p.windows_s)
+}
+
+/// The replicas the observed traffic needs *before rounding up* and without the cost
+/// term: the largest over the envelope's windows of `A_w / (capacity × (w + slack))`
+/// (a window shorter than the tick counts as the tick), and the queue that must drain
+/// within the slack. A sum of these over replicas that share a fleet's traffic,
+/// rounded up, is the fleet's need (what the server exports as
+/// `sluice_replicas_needed`).
+pub fn demand(obs: &Observation, state: &SloState, p: &SloParams) -> (f64, String) {
     let tick = obs.elapsed.max(1e-9);
-    let mut need = 0u32;
+    let mut need = 0.0f64;
     let mut why = String::from("idle");
-    let mut peak_rate: f64 = 0.0;
-    for (w, count) in envelope(&state.arrivals, &p.windows_s) {
+    for (w, count) in current_envelope(state, p) {
         let w = w.max(tick);
-        peak_rate = peak_rate.max(count as f64 / w);
-        let n = (count as f64 / (p.capacity * (w + p.slack_s.max(0.0)))).ceil() as u32;
+        let n = count as f64 / (p.capacity * (w + p.slack_s.max(0.0)));
         if n > need {
             need = n;
             why = format!("{count} arrivals in {w:.0} s");
         }
     }
-    let backlog = (obs.queued as f64 / (p.throughput * p.slack_s.max(tick))).ceil() as u32;
+    let backlog = obs.queued as f64 / (p.throughput * p.slack_s.max(tick));
     if backlog > need {
         need = backlog;
         why = format!("queue of {} must drain within the slack", obs.queued);
+    }
+    (need, why)
+}
+
+/// The replica count the traffic seen so far needs (no hysteresis).
+pub fn need(obs: &Observation, state: &mut SloState, p: &SloParams) -> (u32, String) {
+    observe(obs, state, p);
+    let tick = obs.elapsed.max(1e-9);
+    let (fraction, mut why) = demand(obs, state, p);
+    let mut need = fraction.ceil() as u32;
+    let mut peak_rate: f64 = 0.0;
+    for (w, count) in current_envelope(state, p) {
+        peak_rate = peak_rate.max(count as f64 / w.max(tick));
     }
     // Cost term: add replicas while the misses one saves cost more than it does.
     if p.miss_penalty > 0.0 && peak_rate > 0.0 {
@@ -363,6 +389,24 @@ mod tests {
             decide(&tick(1.0, 2, 100_000), &mut SloState::default(), &p2).replicas,
             4
         );
+    }
+
+    #[test]
+    fn demand_is_the_need_before_rounding_up() {
+        let p = params(0.0);
+        let mut s = SloState::default();
+        let obs = tick(1.0, 1, 1000);
+        observe(&obs, &mut s, &p);
+        // 1000 in the 1-s window: 1000 / (340 × 1.06)
+        let (d, why) = demand(&obs, &s, &p);
+        assert!((d - 1000.0 / (340.0 * 1.06)).abs() < 1e-9, "{d}");
+        assert!(why.contains("1000 arrivals in 1 s"), "{why}");
+        assert_eq!(
+            current_envelope(&s, &p),
+            vec![(1.0, 1000), (5.0, 1000), (30.0, 1000), (60.0, 1000)]
+        );
+        let mut s2 = SloState::default();
+        assert_eq!(need(&obs, &mut s2, &p).0, d.ceil() as u32);
     }
 
     #[test]
