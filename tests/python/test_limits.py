@@ -14,6 +14,11 @@ from conftest import EXAMPLES, GATED_WIDTH, Server, make_gated_model, wait_for_q
 from test_security import issue, pki  # noqa: F401  (the module's PKI fixture)
 
 
+# grpcio shares connections between channels to the same target: each client here
+# gets its own, so that it takes a connection slot of its own.
+OWN = [("grpc.use_local_subchannel_pool", 1)]
+
+
 def silent(port, n):
     return [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
 
@@ -37,8 +42,8 @@ def test_grpc_connection_cap_and_silent_connections(tls, pki):  # noqa: F811
         def client():
             if tls:
                 return grpcclient.InferenceServerClient(
-                    s.grpc_url, ssl=True, root_certificates=str(pki["ca"]))
-            return grpcclient.InferenceServerClient(s.grpc_url)
+                    s.grpc_url, ssl=True, root_certificates=str(pki["ca"]), channel_args=OWN)
+            return grpcclient.InferenceServerClient(s.grpc_url, channel_args=OWN)
 
         first = client()
         assert first.is_server_live()
@@ -74,8 +79,10 @@ def test_silent_grpc_connections_are_closed_and_cannot_lock_out(tls, pki):  # no
             c = grpcclient.InferenceServerClient(s.grpc_url)
         assert live(c, timeout=30), "the silent connections held every slot"
         for sock in sockets:
+            # Over plain HTTP/2 the server sends its SETTINGS first; then it closes.
             sock.settimeout(30)
-            assert sock.recv(1024) == b"", "the server did not close a silent connection"
+            while sock.recv(65536):
+                pass
         c.close()
     finally:
         for sock in sockets:
