@@ -359,10 +359,7 @@ fn read_config(dir: &Path) -> Result<(ModelConfig, ConfigOrigin)> {
     if pbtxt_path.is_file() {
         let text = std::fs::read_to_string(&pbtxt_path)
             .map_err(|e| Error::invalid(format!("cannot read config.pbtxt: {e}")))?;
-        let value = pbtxt::parse(&text, PBTXT_SCHEMA)
-            .map_err(|e| Error::invalid(format!("config.pbtxt: {e}")))?;
-        let config = ModelConfig::from_json_value(value).map_err(|e| e.context("config.pbtxt"))?;
-        Ok((config, ConfigOrigin::Pbtxt))
+        Ok((parse_config_pbtxt(&text)?, ConfigOrigin::Pbtxt))
     } else if json_path.is_file() {
         let text = std::fs::read_to_string(&json_path)
             .map_err(|e| Error::invalid(format!("cannot read config.json: {e}")))?;
@@ -371,6 +368,13 @@ fn read_config(dir: &Path) -> Result<(ModelConfig, ConfigOrigin)> {
     } else {
         Ok((ModelConfig::default(), ConfigOrigin::AutoComplete))
     }
+}
+
+/// Parses the text of a `config.pbtxt` into a model config (not yet validated).
+pub fn parse_config_pbtxt(text: &str) -> Result<ModelConfig> {
+    let value = pbtxt::parse(text, PBTXT_SCHEMA)
+        .map_err(|e| Error::invalid(format!("config.pbtxt: {e}")))?;
+    ModelConfig::from_json_value(value).map_err(|e| e.context("config.pbtxt"))
 }
 
 /// Numbered subfolders of a model folder.

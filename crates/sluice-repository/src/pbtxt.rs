@@ -32,11 +32,16 @@ pub struct Schema<'a> {
     pub maps: &'a [&'a str],
 }
 
+/// Messages nest at most this deep (protobuf's own default recursion limit); a
+/// deeper text is an error, not a stack overflow.
+pub const MAX_DEPTH: usize = 100;
+
 /// Parses protobuf text format into JSON.
 pub fn parse(text: &str, schema: Schema<'_>) -> Result<Value, SyntaxError> {
     let mut p = Parser {
         src: text.as_bytes(),
         pos: 0,
+        depth: 0,
         schema,
     };
     let fields = p.fields(None)?;
@@ -50,6 +55,8 @@ pub fn parse(text: &str, schema: Schema<'_>) -> Result<Value, SyntaxError> {
 struct Parser<'a> {
     src: &'a [u8],
     pos: usize,
+    /// Messages open around the current position.
+    depth: usize,
     schema: Schema<'a>,
 }
 
@@ -188,9 +195,15 @@ impl Parser<'_> {
     }
 
     fn message(&mut self) -> Result<Value, SyntaxError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(format!("messages nest deeper than {MAX_DEPTH} levels")));
+        }
         let open = self.src[self.pos];
         self.pos += 1;
-        self.fields(Some(if open == b'{' { b'}' } else { b'>' }))
+        self.depth += 1;
+        let fields = self.fields(Some(if open == b'{' { b'}' } else { b'>' }));
+        self.depth -= 1;
+        fields
     }
 
     fn list(&mut self) -> Result<Value, SyntaxError> {
@@ -392,5 +405,20 @@ mod tests {
             );
             assert_eq!(err.line, line, "{text:?}: {err}");
         }
+    }
+
+    /// Found while writing the `model_config` fuzz target: deep nesting overflowed the stack
+    /// (a crash of the whole server on a hostile `config.pbtxt`, e.g. one uploaded
+    /// with a load request).
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = |n: usize| format!("{}{}", "a {".repeat(n), "}".repeat(n));
+        assert!(parse(&deep(MAX_DEPTH), SCHEMA).is_ok());
+        let err = parse(&deep(MAX_DEPTH + 1), SCHEMA).unwrap_err();
+        assert!(err.message.contains("nest deeper than 100"), "{err}");
+        let err = parse(&deep(1_000_000), SCHEMA).unwrap_err();
+        assert!(err.message.contains("nest deeper"), "{err}");
+        let list = format!("{}{}", "a [ {".repeat(200), "} ]".repeat(200));
+        assert!(parse(&list, SCHEMA).is_err());
     }
 }

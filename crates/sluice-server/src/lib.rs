@@ -16,6 +16,8 @@ mod bounded;
 mod codec;
 mod data;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 mod health;
 mod infer;
@@ -40,7 +42,7 @@ use axum::Router;
 use sluice_runtime::Runtime;
 
 pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
-pub use grpc::{grpc_service, serve_grpc, serve_grpc_with, GrpcConfig, GrpcService};
+pub use grpc::{grpc_service, serve_grpc, serve_grpc_with, GrpcConfig, GrpcLimits, GrpcService};
 pub use listener::LimitedListener;
 pub use logging::{LogControl, LogHandle};
 pub use metrics::{metrics_app, render as render_metrics, MetricsConfig};

@@ -58,6 +58,11 @@ pub struct LimitedStream {
 }
 
 impl LimitedStream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// The first byte the client sends, without consuming it; fails when none
     /// arrives within the first-byte timeout (or the client closes first).
     pub async fn peek_first(&mut self) -> io::Result<u8> {

@@ -177,6 +177,12 @@ fn params(map: serde_json::Map<String, Value>) -> Result<Vec<(String, Param)>> {
         .collect()
 }
 
+/// Decodes the body of an HTTP load request (JSON `parameters`, files in base64).
+pub(crate) fn load_request(body: &Bytes) -> std::result::Result<LoadOptions, ApiError> {
+    let request: ControlRequest = parse_body(body, "load request")?;
+    Ok(load_options(params(request.parameters)?)?)
+}
+
 /// Reads a control body under `--max-body-bytes` (compressed or not), like infer bodies.
 async fn read(
     s: &AppState,
@@ -219,8 +225,7 @@ async fn load(
     body: Body,
 ) -> std::result::Result<impl IntoResponse, ApiError> {
     let body = read(&s, &headers, body).await?;
-    let request: ControlRequest = parse_body(&body, "load request")?;
-    let options = load_options(params(request.parameters)?)?;
+    let options = load_request(&body)?;
     run_load(s.runtime.clone(), model, options).await?;
     Ok(StatusCode::OK)
 }

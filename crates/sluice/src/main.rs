@@ -95,6 +95,33 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     grpc_max_message_bytes: usize,
 
+    /// gRPC connections open at once; past it new connections wait in the kernel's
+    /// backlog (0: no limit). A connection silent for --http-header-read-timeout after
+    /// the accept is closed.
+    #[arg(long, env = "SLUICE_GRPC_MAX_CONNECTIONS", default_value_t = 4096)]
+    grpc_max_connections: usize,
+
+    /// Calls open at once on one gRPC connection (HTTP/2 max concurrent streams).
+    #[arg(long, env = "SLUICE_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    grpc_max_concurrent_streams: u32,
+
+    /// Largest metadata (HTTP/2 header list) of one gRPC call, in bytes.
+    #[arg(long, env = "SLUICE_GRPC_MAX_METADATA_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    grpc_max_metadata_bytes: u32,
+
+    /// Milliseconds of silence before a gRPC connection is pinged (Triton's flag;
+    /// 0: no pings).
+    #[arg(long, env = "SLUICE_GRPC_KEEPALIVE_TIME", default_value_t = 7_200_000)]
+    grpc_keepalive_time: u64,
+
+    /// Milliseconds a pinged gRPC peer has to answer before it is disconnected
+    /// (Triton's flag).
+    #[arg(long, env = "SLUICE_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_keepalive_timeout: u64,
+
     /// Backend for models that do not name one (`tract` or `onnxruntime`).
     #[arg(long, env = "SLUICE_DEFAULT_BACKEND", default_value = "tract")]
     default_backend: String,
@@ -486,6 +513,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_message_bytes: args.grpc_max_message_bytes,
                 log_control: Some(logs.control.clone()),
                 auth: security.grpc_auth.clone(),
+                limits: sluice_server::GrpcLimits {
+                    max_connections: args.grpc_max_connections,
+                    first_byte_timeout: (args.http_header_read_timeout > 0.0)
+                        .then(|| std::time::Duration::from_secs_f64(args.http_header_read_timeout)),
+                    max_concurrent_streams: args.grpc_max_concurrent_streams,
+                    max_header_list_bytes: args.grpc_max_metadata_bytes,
+                    keepalive_interval: (args.grpc_keepalive_time > 0)
+                        .then(|| std::time::Duration::from_millis(args.grpc_keepalive_time)),
+                    keepalive_timeout: std::time::Duration::from_millis(
+                        args.grpc_keepalive_timeout,
+                    ),
+                },
             },
         );
         // One signal stops both servers; each then finishes its in-flight requests.

@@ -12,8 +12,8 @@
 //! otherwise and from the moment shutdown begins.
 
 mod config;
-mod convert;
-mod guard;
+pub(crate) mod convert;
+pub(crate) mod guard;
 mod service;
 mod stream;
 mod tls_incoming;
@@ -26,7 +26,6 @@ use sluice_proto::inference::grpc_inference_service_server::GrpcInferenceService
 use sluice_proto::INFERENCE_SERVICE_NAME;
 use sluice_runtime::Runtime;
 use tonic::codegen::http;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -47,6 +46,8 @@ pub struct GrpcConfig {
     pub log_control: Option<crate::LogHandle>,
     /// Who may call what (`None`: everything open); see [`crate::auth`].
     pub auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
+    /// Bounds on connections and HTTP/2 streams.
+    pub limits: GrpcLimits,
 }
 
 impl Default for GrpcConfig {
@@ -55,6 +56,42 @@ impl Default for GrpcConfig {
             max_message_bytes: 64 * 1024 * 1024,
             log_control: None,
             auth: None,
+            limits: GrpcLimits::default(),
+        }
+    }
+}
+
+/// Bounds on the gRPC listener's connections and their HTTP/2 streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcLimits {
+    /// Connections open at once (0: no limit); past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// A connection that sends no byte (no HTTP/2 preface, no TLS hello) this long
+    /// after the accept is closed. `None`: no bound.
+    pub first_byte_timeout: Option<Duration>,
+    /// Calls open at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Largest header list (metadata) of one call, in bytes
+    /// (`SETTINGS_MAX_HEADER_LIST_SIZE`). A call a little past it is refused on its
+    /// own; one far past it (more `CONTINUATION` frames than the limit allows) ends
+    /// the connection, h2's defence against the CONTINUATION flood.
+    pub max_header_list_bytes: u32,
+    /// HTTP/2 keep-alive pings after this much silence; a peer that does not answer
+    /// within `keepalive_timeout` is disconnected. `None`: no pings.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a pinged peer has to answer.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        GrpcLimits {
+            max_connections: 4096,
+            first_byte_timeout: Some(crate::DEFAULT_HEADER_READ_TIMEOUT),
+            max_concurrent_streams: 1024,
+            max_header_list_bytes: 256 << 10,
+            keepalive_interval: Some(Duration::from_secs(7200)),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -68,12 +105,14 @@ pub struct GrpcService {
     health: HealthServer<HealthService>,
     reporter: HealthReporter,
     auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
+    limits: GrpcLimits,
 }
 
 /// Builds the inference and health services over `runtime`, binding nothing.
 pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
     let limit = config.max_message_bytes;
     let auth = config.auth.clone();
+    let limits = config.limits.clone();
     let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
     let inference = GrpcInferenceServiceServer::new(Inference {
         runtime: runtime.clone(),
@@ -95,6 +134,7 @@ pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
         health,
         reporter,
         auth,
+        limits,
     }
 }
 
@@ -127,6 +167,7 @@ pub async fn serve_grpc_with(
         health,
         reporter,
         auth,
+        limits,
     } = service;
     let mut ready = runtime.ready();
     set_health(&reporter, ready).await;
@@ -158,6 +199,10 @@ pub async fn serve_grpc_with(
         set_health(&reporter, false).await;
     };
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(crate::TraceContextLayer)
         .layer(tower::util::option_layer(
             auth.map(crate::auth::GrpcAuthLayer),
@@ -176,20 +221,10 @@ pub async fn serve_grpc_with(
         .add_service(health)
         .add_service(inference);
     let served = async move {
-        match tls {
-            None => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                server
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-            }
-            Some(tls) => {
-                let incoming = tls_incoming::incoming(listener, tls);
-                server
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-            }
-        }
+        let incoming = tls_incoming::incoming(listener, tls, &limits);
+        server
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
     };
     let bound = async move {
         if signalled_rx.await.is_ok() {

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `sluice_server::fuzzing::grpc_frames` for the input layout.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_server::fuzzing::grpc_frames(data));
