@@ -32,7 +32,7 @@ pub use inputs::{make_samples, InputPlan};
 pub use peak::PeakSearch;
 pub use report::{svg_plot, table, Report};
 pub use rng::Rng;
-pub use run::{Phase, Query, Target};
+pub use run::{closed_loop, open_loop, Outcome, Phase, Progress, Query, Target};
 pub use scenario::{Headline, RunResult, Scenario, Settings};
 pub use schedule::poisson;
 pub use stats::{Latency, Recorder, Summary};

@@ -66,6 +66,18 @@ impl Recorder {
         }
     }
 
+    /// Successful answers with a latency of at most `limit` (to the histogram's 0.1 %
+    /// precision): the goodput under a latency objective.
+    pub fn count_within(&self, limit: Duration) -> u64 {
+        let ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        self.hist.count_between(0, ns)
+    }
+
+    /// Failed requests whose error kind is one of `kinds` (e.g. `"status 429"`).
+    pub fn errors_of(&self, kinds: &[&str]) -> u64 {
+        kinds.iter().filter_map(|k| self.errors.get(*k)).sum()
+    }
+
     /// The latency below which `q` (0..=1) of the answers fall.
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_nanos(self.hist.value_at_quantile(q))
@@ -174,6 +186,11 @@ mod tests {
             s.latency_ms.p99
         );
         assert_eq!((s.requests, s.samples, s.errors), (1000, 980 + 160, 1));
+        assert_eq!(a.count_within(Duration::from_millis(1)), 980);
+        assert_eq!(a.count_within(Duration::from_millis(50)), 1000);
+        assert_eq!(a.count_within(Duration::from_micros(100)), 0);
+        assert_eq!(a.errors_of(&["status 429", "status ResourceExhausted"]), 1);
+        assert_eq!(a.errors_of(&["status 504"]), 0);
         assert_eq!(s.first_error.as_deref(), Some("queue full"));
     }
 }

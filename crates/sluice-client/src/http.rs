@@ -8,7 +8,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use sluice_core::DataType;
 
-use crate::{Error, InputTensor, ModelMetadata, Protocol, Result};
+use crate::{Error, InputTensor, ModelMetadata, Protocol, RequestParameters, Result};
 
 #[derive(Debug, Clone)]
 pub struct HttpClient {
@@ -106,18 +106,27 @@ impl HttpClient {
         model: &str,
         version: Option<&str>,
         inputs: &[InputTensor],
+        parameters: RequestParameters,
     ) -> Result<HttpRequest> {
         let uri = self.uri(&format!("{}/infer", model_path(model, version)))?;
+        let mut request_parameters = serde_json::Map::new();
+        if let Some(us) = parameters.timeout_us() {
+            request_parameters.insert("timeout".into(), json!(us));
+        }
         match self.protocol {
             Protocol::HttpBinary => {
-                let header = json!({
+                let mut header = json!({
                     "inputs": inputs.iter().map(|t| json!({
                         "name": t.name, "shape": t.shape, "datatype": t.datatype.v2_name(),
                         "parameters": {"binary_data_size": t.data.len()},
                     })).collect::<Vec<_>>(),
                     "parameters": {"binary_data_output": true},
-                })
-                .to_string();
+                });
+                header["parameters"]
+                    .as_object_mut()
+                    .expect("an object")
+                    .extend(request_parameters);
+                let header = header.to_string();
                 let mut body = header.clone().into_bytes();
                 for t in inputs {
                     body.extend_from_slice(&t.data);
@@ -138,9 +147,13 @@ impl HttpClient {
                         }))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let mut body = json!({ "inputs": inputs });
+                if !request_parameters.is_empty() {
+                    body["parameters"] = Value::Object(request_parameters);
+                }
                 Ok(HttpRequest {
                     uri,
-                    body: json!({ "inputs": inputs }).to_string().into(),
+                    body: body.to_string().into(),
                     header_len: None,
                 })
             }
@@ -213,13 +226,19 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let r = c
-            .prepare("m", Some("2"), &[tensor(DataType::F32, vec![1, 2], data)])
+            .prepare(
+                "m",
+                Some("2"),
+                &[tensor(DataType::F32, vec![1, 2], data)],
+                RequestParameters::default(),
+            )
             .unwrap();
         assert_eq!(r.uri.path(), "/v2/models/m/versions/2/infer");
         let v: Value = serde_json::from_slice(r.body()).unwrap();
         assert_eq!(v["inputs"][0]["data"], json!([1.5, -2.0]));
         assert_eq!(v["inputs"][0]["datatype"], "FP32");
         assert_eq!(v["inputs"][0]["shape"], json!([1, 2]));
+        assert_eq!(v.get("parameters"), None);
         let i = tensor(
             DataType::I64,
             vec![2],
@@ -233,12 +252,24 @@ mod tests {
     #[test]
     fn binary_requests_put_the_tensor_after_the_header() {
         let c = HttpClient::new("http://127.0.0.1:1", Protocol::HttpBinary).unwrap();
+        let parameters = RequestParameters {
+            timeout: Some(std::time::Duration::from_millis(20)),
+        };
         let r = c
-            .prepare("m", None, &[tensor(DataType::U8, vec![3], vec![7, 8, 9])])
+            .prepare(
+                "m",
+                None,
+                &[tensor(DataType::U8, vec![3], vec![7, 8, 9])],
+                parameters,
+            )
             .unwrap();
         let len = r.header_len.unwrap();
         let header: Value = serde_json::from_slice(&r.body()[..len]).unwrap();
         assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 3);
+        assert_eq!(
+            header["parameters"],
+            json!({"binary_data_output": true, "timeout": 20_000})
+        );
         assert_eq!(&r.body()[len..], &[7, 8, 9]);
     }
 

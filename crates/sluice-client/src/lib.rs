@@ -151,6 +151,21 @@ pub struct ClientConfig {
     pub timeout: Duration,
 }
 
+/// Request-level parameters of an infer request (v2 `parameters`); the default sends none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestParameters {
+    /// `timeout` (microseconds on the wire, Triton's meaning): the longest the server
+    /// may keep the request queued before answering with a timeout error.
+    pub timeout: Option<Duration>,
+}
+
+impl RequestParameters {
+    fn timeout_us(&self) -> Option<i64> {
+        self.timeout
+            .map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
 /// A request encoded once for the wire, ready to be sent many times.
 #[derive(Debug, Clone)]
 pub enum PreparedRequest {
@@ -260,8 +275,21 @@ impl Client {
         version: Option<&str>,
         inputs: &[InputTensor],
     ) -> Result<PreparedRequest> {
+        self.prepare_with(model, version, inputs, RequestParameters::default())
+    }
+
+    /// Encodes an infer request with request-level `parameters` once.
+    pub fn prepare_with(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        inputs: &[InputTensor],
+        parameters: RequestParameters,
+    ) -> Result<PreparedRequest> {
         match &self.inner {
-            Inner::Http(c) => Ok(PreparedRequest::Http(c.prepare(model, version, inputs)?)),
+            Inner::Http(c) => Ok(PreparedRequest::Http(
+                c.prepare(model, version, inputs, parameters)?,
+            )),
             Inner::Grpc(_) => Ok(PreparedRequest::Grpc(inference::ModelInferRequest {
                 model_name: model.to_owned(),
                 model_version: version.unwrap_or_default().to_owned(),
@@ -275,6 +303,17 @@ impl Client {
                     })
                     .collect(),
                 raw_input_contents: inputs.iter().map(|t| t.data.clone()).collect(),
+                parameters: parameters
+                    .timeout_us()
+                    .map(|us| {
+                        let choice = inference::infer_parameter::ParameterChoice::Int64Param(us);
+                        let value = inference::InferParameter {
+                            parameter_choice: Some(choice),
+                        };
+                        ("timeout".to_owned(), value)
+                    })
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             })),
         }

@@ -1,9 +1,16 @@
 //! A small seeded random number generator (xoshiro256++ seeded through splitmix64).
 //!
-//! The one generator of the workspace: `sluice bench`'s schedules and input data and
-//! `sluice simulate`'s traces draw from it. Key decision: our own 30 lines instead of a
-//! crate, so that a seed gives the same schedule and the same trace in every version of
-//! Sluice, whatever the `rand` crate does to its algorithms between releases.
+//! The one seeded generator of the workspace: `sluice bench`'s schedules and input data
+//! (and the system benchmarks built on it), `sluice simulate`'s traces, Triton's
+//! `random_data` warmup samples and `engine-bench`'s inputs draw from it. Key decision:
+//! our own 30 lines instead of a crate, so that a seed gives the same schedule and the
+//! same trace in every version of Sluice, whatever the `rand` crate does to its
+//! algorithms between releases.
+//!
+//! The one other generator is the router's `fastrand`, on purpose: its
+//! power-of-two-choices draws want a seed from the OS per process (two routers in front
+//! of the same replicas must not draw the same pairs in lockstep), which a generator
+//! built for reproducible seeds does not give; its tests seed it.
 
 /// xoshiro256++ (Blackman and Vigna), seeded from one `u64` with splitmix64.
 #[derive(Debug, Clone)]

@@ -38,15 +38,37 @@ pub struct TensorSpec {
 
 /// A request that has been checked against its model: inputs in the model's input
 /// order with the right datatypes and shapes, requested outputs resolved to indices.
+///
+/// Its fields are private: the only way to make one is [`ModelSignature::validate`],
+/// so a `ValidRequest` in a queue has passed it; readers use the accessors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidRequest {
-    pub id: Option<String>,
+    id: Option<String>,
+    inputs: Vec<Tensor>,
+    outputs: Vec<usize>,
+    rows: usize,
+}
+
+impl ValidRequest {
+    /// The client's request id, echoed in the answer.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
     /// One tensor per model input, in the model's order.
-    pub inputs: Vec<Tensor>,
+    pub fn inputs(&self) -> &[Tensor] {
+        &self.inputs
+    }
+
     /// Indices into [`ModelSignature::outputs`] to return, in the order asked.
-    pub outputs: Vec<usize>,
+    pub fn outputs(&self) -> &[usize] {
+        &self.outputs
+    }
+
     /// Rows along dimension 0 when the model batches, else 1.
-    pub rows: usize,
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
 }
 
 impl ModelSignature {

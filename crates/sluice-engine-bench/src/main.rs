@@ -16,6 +16,7 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_backend_tract::{BatchPlans, TractBackend, TractConfig};
+use sluice_core::rng::Rng;
 use sluice_core::{Backend, DataType, InstanceOptions, Tensor, TensorConfig};
 use sluice_repository::{Repository, RepositoryOptions};
 
@@ -143,13 +144,8 @@ fn input(spec: &TensorConfig, batch: usize, seq: usize) -> anyhow::Result<Tensor
     let mut shape = vec![batch];
     shape.extend(spec.dims.iter().map(|&d| usize::try_from(d).unwrap_or(seq)));
     let count: usize = shape.iter().product();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        state >> 33
-    };
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = || rng.next_u64() >> 33;
     let data: Vec<u8> = match spec.data_type {
         DataType::F32 => (0..count)
             .flat_map(|_| ((next() % 2000) as f32 / 1000.0 - 1.0).to_le_bytes())

@@ -145,7 +145,7 @@ pub(crate) fn load_version(
 ) -> Result<Served> {
     let started = Instant::now();
     let file = FileIdentity::of(&version.model_file);
-    let rss_before = crate::memory::resident_bytes();
+    let rss_before = crate::process::resident_bytes(None);
     // The engine sees each reshaped tensor with its reshape's shape; requests are
     // validated and batched with the config's dims, and `Reshaped` instances turn one
     // into the other around the engine.
@@ -203,7 +203,7 @@ pub(crate) fn load_version(
         Arc::new(ModelSignature::from_config(config).with_bytes_content(backend.bytes_content()));
     let pool = InstancePool::start(scheduler, instances)?;
     run_warmup(config, &signature, &pool, model_dir)?;
-    let rss_after = crate::memory::resident_bytes();
+    let rss_after = crate::process::resident_bytes(None);
     let measured = match (rss_before, rss_after) {
         (Some(b), Some(a)) => a.saturating_sub(b),
         _ => 0,

@@ -53,8 +53,8 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let id = valid.id.clone();
-        let wanted = valid.outputs.clone();
+        let id = valid.id().map(str::to_owned);
+        let wanted = valid.outputs().to_vec();
         let result = match self.inner.cache.as_ref().filter(|_| served.cache_enabled) {
             Some(cache) => {
                 let job = cache::CachedJob {

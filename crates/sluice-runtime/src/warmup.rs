@@ -10,6 +10,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use sluice_core::rng::Rng;
 use sluice_core::{DataType, Error, InferRequest, ModelConfig, Result, Tensor};
 
 /// One warmup sample, ready to run `count` times.
@@ -80,7 +81,8 @@ pub(crate) fn samples(config: &ModelConfig, model_dir: &Path) -> Result<Vec<Samp
         _ => serde_json::from_value(serde_json::Value::Array(vec![value.clone()])),
     }
     .map_err(|e| Error::invalid(format!("model_warmup: {e}")))?;
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    // One fixed seed: a model's warmup data is the same on every load.
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     list.into_iter()
         .enumerate()
         .map(|(ix, w)| {
@@ -109,7 +111,7 @@ pub(crate) fn samples(config: &ModelConfig, model_dir: &Path) -> Result<Vec<Samp
             };
             let tensors = inputs
                 .into_iter()
-                .map(|(input, spec)| tensor(&input, &spec, rows, model_dir, &mut seed))
+                .map(|(input, spec)| tensor(&input, &spec, rows, model_dir, &mut rng))
                 .collect::<Result<Vec<_>>>()
                 .map_err(context)?;
             Ok(Sample {
@@ -129,7 +131,7 @@ fn tensor(
     spec: &WarmupInput,
     rows: Option<usize>,
     model_dir: &Path,
-    seed: &mut u64,
+    rng: &mut Rng,
 ) -> Result<Tensor> {
     let datatype = DataType::from_config_name(&spec.data_type).ok_or_else(|| {
         Error::invalid(format!(
@@ -167,7 +169,7 @@ fn tensor(
     let data = if spec.zero_data || (spec.random_data && datatype == DataType::Bytes) {
         vec![0u8; bytes]
     } else if spec.random_data {
-        random(datatype, bytes / size, seed)
+        random(datatype, bytes / size, rng)
     } else {
         let file = Path::new(&spec.input_data_file);
         if file.is_absolute()
@@ -201,20 +203,16 @@ fn tensor(
 
 /// Random values that are valid for the type: floats uniform in [0, 1), integers
 /// over their whole range, booleans 0 or 1 (random bytes could be NaN or invalid bools).
-fn random(datatype: DataType, count: usize, seed: &mut u64) -> Vec<u8> {
-    let mut next = || {
-        // xorshift64*: reproducible, dependency-free, good enough for warmup data.
-        *seed ^= *seed >> 12;
-        *seed ^= *seed << 25;
-        *seed ^= *seed >> 27;
-        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
+fn random(datatype: DataType, count: usize, rng: &mut Rng) -> Vec<u8> {
     let mut out = Vec::with_capacity(count * datatype.size().unwrap_or(1));
     for _ in 0..count {
-        let r = next();
+        let r = rng.next_u64();
         let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
         match datatype {
-            DataType::F32 => out.extend_from_slice(&(unit as f32).to_le_bytes()),
+            // 24 bits, exact in f32 (`unit as f32` can round up to 1.0).
+            DataType::F32 => {
+                out.extend_from_slice(&((r >> 40) as f32 / (1u32 << 24) as f32).to_le_bytes());
+            }
             DataType::F64 => out.extend_from_slice(&unit.to_le_bytes()),
             DataType::F16 => out.extend_from_slice(&half::f16::from_f64(unit).to_le_bytes()),
             DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(unit).to_le_bytes()),

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_backend_tract::TractBackend;
 use sluice_core::{CacheControl, DataType, InferRequest, Tensor};
-use sluice_runtime::{
-    Backends, CacheConfig, LifecycleConfig, LocalCacheConfig, RepositoryOptions, Runtime,
-    RuntimeConfig,
-};
+use sluice_runtime::{Backends, CacheConfig, LocalCacheConfig, Runtime};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models")
@@ -38,20 +35,13 @@ fn repository() -> tempfile::TempDir {
 }
 
 fn start(repository: &Path) -> Runtime {
-    let config = RuntimeConfig {
-        repository: repository.to_path_buf(),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 64,
-        strict_readiness: true,
-        lifecycle: LifecycleConfig::default(),
-        execution_gates: None,
-        cache: CacheConfig::Local(LocalCacheConfig {
+    let config = sluice_test_support::runtime_config(repository)
+        .queue_capacity(64)
+        .cache(CacheConfig::Local(LocalCacheConfig {
             size_bytes: 1 << 20,
             ttl: None,
-        }),
-    };
+        }))
+        .build();
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
 

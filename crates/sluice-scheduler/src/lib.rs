@@ -160,7 +160,7 @@ impl InstancePool {
         options: JobOptions,
     ) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
-        let rows = request.rows;
+        let rows = request.rows();
         let enqueued = Instant::now();
         let deadline = {
             let mut state = self.shared.lock();
@@ -378,10 +378,10 @@ fn execute(
     phases: &mut [Duration; 3],
 ) -> Result<Vec<Vec<Tensor>>> {
     let t0 = Instant::now();
-    let input_count = requests[0].inputs.len();
+    let input_count = requests[0].inputs().len();
     let inputs = (0..input_count)
         .map(|i| {
-            let parts: Vec<&Tensor> = requests.iter().map(|r| &r.inputs[i]).collect();
+            let parts: Vec<&Tensor> = requests.iter().map(|r| &r.inputs()[i]).collect();
             Tensor::concat_rows(&parts)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -394,7 +394,7 @@ fn execute(
     if requests.len() == 1 {
         return Ok(vec![outputs]);
     }
-    let rows: Vec<usize> = requests.iter().map(|r| r.rows).collect();
+    let rows: Vec<usize> = requests.iter().map(ValidRequest::rows).collect();
     let mut per_request: Vec<Vec<Tensor>> = vec![Vec::with_capacity(outputs.len()); requests.len()];
     for output in &outputs {
         for (slot, part) in per_request.iter_mut().zip(output.split_rows(&rows)?) {

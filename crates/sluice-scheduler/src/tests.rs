@@ -56,15 +56,25 @@ impl Instance for Doubler {
     }
 }
 
+/// A request of `values.len()` rows for the echo model (`x` → `y`, one f32 per row),
+/// made the only way there is: validated against the model's signature.
 fn request(values: &[f32]) -> ValidRequest {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let x = Tensor::new("x", DataType::F32, vec![values.len(), 1], Bytes::from(data)).unwrap();
-    ValidRequest {
-        id: None,
+    let signature = sluice_core::ModelSignature::from_config(&sluice_core::ModelConfig {
+        name: "echo".into(),
+        max_batch_size: 1 << 16,
+        input: vec![sluice_core::TensorConfig::new("x", DataType::F32, vec![1])],
+        output: vec![sluice_core::TensorConfig::new("y", DataType::F32, vec![1])],
+        ..sluice_core::ModelConfig::default()
+    });
+    let request = sluice_core::InferRequest {
         inputs: vec![x],
-        outputs: vec![0],
-        rows: values.len(),
-    }
+        ..sluice_core::InferRequest::default()
+    };
+    let valid = signature.validate(request).unwrap();
+    assert_eq!(valid.rows(), values.len());
+    valid
 }
 
 fn values(t: &Tensor) -> Vec<f32> {

@@ -432,9 +432,10 @@ fn load(a: &std::sync::atomic::AtomicU64) -> f64 {
     a.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
-/// The standard process metrics, read from `/proc` (Linux); elsewhere none.
+/// The standard process metrics, read from `/proc` (Linux, `sluice_runtime::process`);
+/// elsewhere none.
 fn process(out: &mut Writer) {
-    let Some(p) = read_process() else {
+    let Some(p) = sluice_runtime::process::figures(None) else {
         return;
     };
     let families: [(&str, &str, &str, f64); 5] = [
@@ -448,13 +449,13 @@ fn process(out: &mut Writer) {
             "process_resident_memory_bytes",
             "gauge",
             "Resident memory size in bytes.",
-            p.resident_bytes,
+            p.resident_bytes as f64,
         ),
         (
             "process_virtual_memory_bytes",
             "gauge",
             "Virtual memory size in bytes.",
-            p.virtual_bytes,
+            p.virtual_bytes as f64,
         ),
         (
             "process_start_time_seconds",
@@ -466,7 +467,7 @@ fn process(out: &mut Writer) {
             "process_threads",
             "gauge",
             "Number of OS threads in the process.",
-            p.threads,
+            p.threads as f64,
         ),
     ];
     for (name, kind, help, value) in families {
@@ -479,45 +480,8 @@ fn process(out: &mut Writer) {
             "gauge",
             "Number of open file descriptors.",
         );
-        out.sample("process_open_fds", &[], fds);
+        out.sample("process_open_fds", &[], fds as f64);
     }
-}
-
-struct ProcessFigures {
-    cpu_seconds: f64,
-    resident_bytes: f64,
-    virtual_bytes: f64,
-    start_time_seconds: f64,
-    threads: f64,
-    open_fds: Option<f64>,
-}
-
-/// Reads `/proc/self/stat` (fields as proc(5) numbers them, after the command name).
-fn read_process() -> Option<ProcessFigures> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    // Index 0 here is field 3 (state).
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
-    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ); /proc
-    // reports times in it regardless of the kernel's HZ.
-    let ticks = 100.0;
-    let page = 4096.0;
-    let boot_time = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
-    let open_fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as f64);
-    Some(ProcessFigures {
-        cpu_seconds: (field(14)? + field(15)?) / ticks,
-        threads: field(20)?,
-        start_time_seconds: boot_time + field(22)? / ticks,
-        virtual_bytes: field(23)?,
-        resident_bytes: field(24)? * page,
-        open_fds,
-    })
 }
 
 #[cfg(test)]
@@ -545,18 +509,23 @@ mod tests {
     }
 
     #[test]
-    fn process_figures_are_read_from_proc() {
-        let p = read_process().expect("Linux /proc");
-        assert!(p.resident_bytes > 1e6, "{}", p.resident_bytes);
-        assert!(p.threads >= 1.0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(
-            (now - p.start_time_seconds).abs() < 3600.0,
-            "started {} s ago?",
-            now - p.start_time_seconds
-        );
+    #[cfg(target_os = "linux")]
+    fn the_process_families_are_written_from_proc() {
+        let mut w = Writer::default();
+        process(&mut w);
+        let value = |name: &str| -> f64 {
+            w.text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in {}", w.text))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_threads") >= 1.0);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_start_time_seconds") > 1.7e9);
     }
 }

@@ -10,24 +10,16 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sluice_backend_tract::TractBackend;
-use sluice_runtime::{Backends, RepositoryOptions, Runtime, RuntimeConfig};
+use sluice_runtime::{Backends, Runtime};
 use sluice_server::{app, HttpConfig};
+use sluice_test_support::runtime_config;
 use tower::ServiceExt;
 
 fn runtime(rel: &str) -> Runtime {
-    let config = RuntimeConfig {
-        repository: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(rel),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 16,
-        strict_readiness: true,
-        lifecycle: sluice_runtime::LifecycleConfig::default(),
-        execution_gates: None,
-        cache: sluice_runtime::CacheConfig::None,
-    };
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let config = runtime_config(repository).queue_capacity(16).build();
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
 
@@ -340,21 +332,15 @@ async fn broken_repository_reports_reasons_and_serves_the_rest() {
 }
 
 fn explicit(load: &[&str]) -> Router {
-    let config = RuntimeConfig {
-        repository: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models"),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 16,
-        strict_readiness: true,
-        lifecycle: sluice_runtime::LifecycleConfig {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models");
+    let config = runtime_config(repository)
+        .queue_capacity(16)
+        .lifecycle(sluice_runtime::LifecycleConfig {
             mode: sluice_runtime::ControlMode::Explicit,
             startup_models: load.iter().map(|&m| m.to_owned()).collect(),
             ..sluice_runtime::LifecycleConfig::default()
-        },
-        execution_gates: None,
-        cache: sluice_runtime::CacheConfig::None,
-    };
+        })
+        .build();
     let rt = Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap();
     app(rt, HttpConfig::default())
 }

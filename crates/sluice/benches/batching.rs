@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use common::{
     closed_loop, engine_counts, ms, open_loop, raw_engine, rss_mib, seconds_from_env, start_server,
-    BinaryRequest, Target,
+    target, Load,
 };
+use sluice_client::Protocol;
 
 struct Model {
     base: &'static str,
@@ -122,7 +123,7 @@ fn main() {
             model.base
         );
         for &rows in model.ceiling_batches {
-            let mut s = raw_engine(&repo, &name("off"), rows, window);
+            let s = raw_engine(&repo, &name("off"), rows, window);
             let p50 = s.percentile(0.5);
             if rows == 1 {
                 batch1 = p50;
@@ -143,24 +144,14 @@ fn main() {
                 .flat_map(|p| [1, 8, 32, 64].map(|c| (p.trim(), c)))
                 .flat_map(|(p, c)| ["off", "adaptive"].map(|v| (p, c, v)))
             {
+                let load = model.load(name(variant), None);
                 let target = match protocol {
-                    "http" => Target::Http(BinaryRequest::new(
-                        &base,
-                        &name(variant),
-                        model.input,
-                        model.dims,
-                        None,
-                    )),
-                    "grpc" => tokio.block_on(Target::grpc(
-                        &endpoints.grpc,
-                        &name(variant),
-                        model.input,
-                        model.dims,
-                    )),
+                    "http" => tokio.block_on(target(&base, Protocol::HttpBinary, &load)),
+                    "grpc" => tokio.block_on(target(&endpoints.grpc, Protocol::Grpc, &load)),
                     other => panic!("unknown protocol '{other}' in BENCH_PROTOCOLS (http, grpc)"),
                 };
                 let (runs0, items0) = tokio.block_on(engine_counts(&base, &name(variant)));
-                let mut s = tokio.block_on(closed_loop(&target, clients, window));
+                let s = tokio.block_on(closed_loop(&target, clients, window));
                 let (runs1, items1) = tokio.block_on(engine_counts(&base, &name(variant)));
                 let mean_batch = (items1 - items0) as f64 / (runs1 - runs0).max(1) as f64;
                 let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
@@ -193,16 +184,11 @@ fn main() {
             for round in 0..rounds {
                 for k in 0..DELAYS.len() {
                     let ix = (k + round) % DELAYS.len();
-                    let request = BinaryRequest::new(
-                        &base,
-                        &name(DELAYS[ix]),
-                        model.input,
-                        model.dims,
-                        Some(objective),
-                    );
-                    let mut s = tokio.block_on(open_loop(&request, rate, window, objective));
+                    let load = model.load(name(DELAYS[ix]), Some(objective));
+                    let request = tokio.block_on(target(&base, Protocol::HttpBinary, &load));
+                    let s = tokio.block_on(open_loop(&request, rate, window));
                     let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
-                    cells[ix].push((s.goodput(), p50, p99, s.rejected, s.other));
+                    cells[ix].push((s.goodput(objective), p50, p99, s.rejected(), s.other()));
                 }
             }
             for (variant, runs) in DELAYS.iter().zip(&cells) {
@@ -225,8 +211,8 @@ fn main() {
                     per_s(median(goodput.clone())),
                     median(runs.iter().map(|r| ms(r.1)).collect()),
                     median(runs.iter().map(|r| ms(r.2)).collect()),
-                    runs.iter().map(|r| r.3).sum::<usize>(),
-                    runs.iter().map(|r| r.4).sum::<usize>(),
+                    runs.iter().map(|r| r.3).sum::<u64>(),
+                    runs.iter().map(|r| r.4).sum::<u64>(),
                 );
             }
         }
@@ -235,38 +221,33 @@ fn main() {
         if !part("overload") {
             continue;
         }
-        let request = BinaryRequest::new(
-            &base,
-            &name("adaptive"),
-            model.input,
-            model.dims,
-            Some(objective),
-        );
+        let load = model.load(name("adaptive"), Some(objective));
+        let request = tokio.block_on(target(&base, Protocol::HttpBinary, &load));
         let server_pid = _server.as_ref().map(common::ServerProcess::id);
         let before = rss_mib(server_pid);
-        let s = tokio.block_on(open_loop(&request, best * 2.0, overload, objective));
+        let s = tokio.block_on(open_loop(&request, best * 2.0, overload));
         let after = rss_mib(server_pid);
-        let total = s.ok + s.rejected + s.other + s.errors;
+        let total = s.total();
         println!(
             "\nOverload at 2x ceiling for {:.0} s: {total} sent, {} ok, {} rejected (429), {} other ({} of them timeouts: 504), {} without an answer; RSS {before:.0} -> {after:.0} MiB.",
             overload.as_secs_f64(),
-            s.ok,
-            s.rejected,
-            s.other,
-            s.timeouts,
-            s.errors,
+            s.ok(),
+            s.rejected(),
+            s.other(),
+            s.timeouts(),
+            s.unanswered(),
         );
         // Recovery: 30 % load at once, twice in a row.
         for round in ["right after", "then"] {
-            let mut calm = tokio.block_on(open_loop(&request, best * 0.3, window, objective));
+            let calm = tokio.block_on(open_loop(&request, best * 0.3, window));
             let (p50, p99) = (calm.percentile(0.5), calm.percentile(0.99));
             println!(
                 "{round}, at 30 % for {:.0} s: {} of {} ok, {} rejected, {} timed out, p50 {:.2} ms, p99 {:.2} ms",
                 window.as_secs_f64(),
-                calm.ok,
-                calm.ok + calm.rejected + calm.other + calm.errors,
-                calm.rejected,
-                calm.timeouts,
+                calm.ok(),
+                calm.total(),
+                calm.rejected(),
+                calm.timeouts(),
                 ms(p50),
                 ms(p99),
             );
@@ -275,8 +256,20 @@ fn main() {
     }
 }
 
-/// One open-loop run of one variant: (goodput/s, p50, p99, 429s, timeouts).
-type OpenCell = (f64, Duration, Duration, usize, usize);
+/// One open-loop run of one variant: (goodput/s, p50, p99, 429s, other errors).
+type OpenCell = (f64, Duration, Duration, u64, u64);
+
+impl Model {
+    /// A batch-1 request for the variant `model` of this model.
+    fn load(&self, model: String, timeout: Option<Duration>) -> Load {
+        Load {
+            model,
+            input: self.input,
+            dims: self.dims,
+            timeout,
+        }
+    }
+}
 
 /// A rate with the precision it deserves: one decimal below 100/s.
 fn per_s(x: f64) -> String {

@@ -11,28 +11,28 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    closed_loop, raw_engine, seconds_from_env, start_server, us, workspace_path, BinaryRequest,
-    Target,
+    closed_loop, raw_engine, seconds_from_env, start_server, target, us, workspace_path, Load,
 };
+use sluice_client::Protocol;
 
 fn main() {
     let seconds = Duration::from_secs_f64(seconds_from_env(5.0));
     let repo = workspace_path("examples/models");
-    let mut raw = raw_engine(&repo, "mlp", 1, seconds);
+    let raw = raw_engine(&repo, "mlp", 1, seconds);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (mut one, mut eight) = tokio.block_on(async {
+    let (one, eight) = tokio.block_on(async {
         let (endpoints, _runtime) = start_server(&repo).await;
-        let request = Target::Http(BinaryRequest::new(
-            &endpoints.http,
-            "mlp",
-            "input",
-            &[784],
-            None,
-        ));
+        let load = Load {
+            model: "mlp".into(),
+            input: "input",
+            dims: &[784],
+            timeout: None,
+        };
+        let request = target(&endpoints.http, Protocol::HttpBinary, &load).await;
         let _warmup = closed_loop(&request, 1, Duration::from_millis(300)).await;
         let one = closed_loop(&request, 1, seconds).await;
         let eight = closed_loop(&request, 8, seconds).await;
@@ -46,9 +46,9 @@ fn main() {
     println!("| path | clients | req/s | mean µs | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
     for (name, clients, s) in [
-        ("raw tract call", 1, &mut raw),
-        ("HTTP binary infer", 1, &mut one),
-        ("HTTP binary infer", 8, &mut eight),
+        ("raw tract call", 1, &raw),
+        ("HTTP binary infer", 1, &one),
+        ("HTTP binary infer", 8, &eight),
     ] {
         let (p50, p99) = (s.percentile(0.5), s.percentile(0.99));
         println!(

@@ -212,7 +212,7 @@ impl ResponseCache {
             model,
             version,
             scope: self.store.scope(served),
-            inputs: &retry.inputs,
+            inputs: retry.inputs(),
         };
         let key = probe.hash();
         if control.looks_up() {

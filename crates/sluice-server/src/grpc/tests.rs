@@ -14,7 +14,7 @@ use sluice_proto::inference::{
     ModelStatisticsRequest, RepositoryIndexRequest, ServerLiveRequest, ServerMetadataRequest,
     ServerReadyRequest,
 };
-use sluice_runtime::{Backends, RepositoryOptions, Runtime, RuntimeConfig};
+use sluice_runtime::{Backends, Runtime};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -25,17 +25,10 @@ use tonic_health::pb::HealthCheckRequest;
 use super::*;
 
 fn runtime() -> Runtime {
-    let config = RuntimeConfig {
-        repository: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models"),
-        repository_options: RepositoryOptions::default(),
-        default_backend: "tract".into(),
-        intra_op_threads: 1,
-        queue_capacity: 64,
-        strict_readiness: true,
-        lifecycle: sluice_runtime::LifecycleConfig::default(),
-        execution_gates: None,
-        cache: sluice_runtime::CacheConfig::None,
-    };
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models");
+    let config = sluice_test_support::runtime_config(repository)
+        .queue_capacity(64)
+        .build();
     Runtime::start(config, Backends::new().with(Arc::new(TractBackend::new()))).unwrap()
 }
 

@@ -1,5 +1,7 @@
-//! Shared pieces of the system benchmarks: an in-process server, a keep-alive HTTP
-//! client sending Triton binary requests, closed- and open-loop load, percentiles.
+//! Shared pieces of the system benchmarks: a server (in this process, or a real
+//! `sluice serve` child through `sluice-test-support`), the raw engine's own timing,
+//! and load through `sluice bench`'s closed and open loops (`sluice-bench`), so these
+//! figures and `sluice bench`'s come from one load generator.
 #![allow(
     dead_code,
     reason = "each bench target includes this module and uses a different part of it"
@@ -14,55 +16,63 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use sluice_backend_tract::TractBackend;
+use sluice_bench::{Outcome, Phase, Progress, Query, Recorder};
+use sluice_client::{ClientConfig, InputTensor, Protocol, RequestParameters};
 use sluice_core::{Backend, DataType, InstanceOptions, Tensor};
 use sluice_repository::{Repository, RepositoryOptions};
 use sluice_runtime::{Backends, Runtime};
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Latencies and counts of one measurement.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub elapsed: Duration,
-    pub latencies: Vec<Duration>,
-    pub ok: usize,
-    pub rejected: usize,
-    /// Answered with another status (504: timed out in the queue).
-    pub other: usize,
-    /// Answered 504 (among `other`).
-    pub timeouts: usize,
-    /// No answer: the connection failed or closed.
-    pub errors: usize,
-    /// Successful answers within the latency objective.
-    pub good: usize,
-}
+/// What one measurement saw: `sluice bench`'s recorder (HDR histogram, errors by
+/// kind) over its measured window.
+#[derive(Debug)]
+pub struct Summary(Outcome);
 
 impl Summary {
+    fn recorder(&self) -> &Recorder {
+        &self.0.recorder
+    }
+    fn secs(&self) -> f64 {
+        self.0.elapsed.as_secs_f64()
+    }
+    /// Items answered per second (rows: requests here are batch 1, raw engine runs
+    /// carry their batch).
     pub fn per_second(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
+        self.recorder().samples as f64 / self.secs()
     }
-    pub fn goodput(&self) -> f64 {
-        self.good as f64 / self.elapsed.as_secs_f64()
+    /// Answers within `objective` per second.
+    pub fn goodput(&self, objective: Duration) -> f64 {
+        self.recorder().count_within(objective) as f64 / self.secs()
     }
-    pub fn percentile(&mut self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        self.latencies.sort_unstable();
-        let ix = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[ix]
+    pub fn percentile(&self, p: f64) -> Duration {
+        self.recorder().quantile(p)
     }
     pub fn mean(&self) -> Duration {
-        self.latencies.iter().sum::<Duration>() / self.latencies.len().max(1) as u32
+        Duration::from_secs_f64(self.recorder().summary(self.0.elapsed).latency_ms.mean / 1e3)
     }
-    fn merge(&mut self, other: Summary) {
-        self.latencies.extend(other.latencies);
-        self.ok += other.ok;
-        self.rejected += other.rejected;
-        self.other += other.other;
-        self.timeouts += other.timeouts;
-        self.errors += other.errors;
-        self.good += other.good;
+    pub fn ok(&self) -> u64 {
+        self.recorder().count()
+    }
+    /// Refused at once (HTTP 429, gRPC `RESOURCE_EXHAUSTED`).
+    pub fn rejected(&self) -> u64 {
+        self.recorder()
+            .errors_of(&["status 429", "status ResourceExhausted"])
+    }
+    /// Timed out in the queue (HTTP 504, gRPC `DEADLINE_EXCEEDED`).
+    pub fn timeouts(&self) -> u64 {
+        self.recorder()
+            .errors_of(&["status 504", "status DeadlineExceeded"])
+    }
+    /// No answer: the connection failed or closed, or the client gave up.
+    pub fn unanswered(&self) -> u64 {
+        self.recorder().errors_of(&["transport", "timeout"])
+    }
+    /// Answered with another error than a rejection (timeouts included).
+    pub fn other(&self) -> u64 {
+        self.recorder().error_count() - self.rejected() - self.unanswered()
+    }
+    /// Every request counted (answered or not).
+    pub fn total(&self) -> u64 {
+        self.ok() + self.recorder().error_count()
     }
 }
 
@@ -113,9 +123,9 @@ pub fn raw_engine(repo: &Path, model: &str, rows: usize, seconds: Duration) -> S
     let mut shape = vec![rows];
     shape.extend(input.dims.iter().map(|&d| d as usize));
     let data = Bytes::from(f32_bytes(rows * row));
-    let mut s = Summary::default();
+    let mut recorder = Recorder::default();
     let started = Instant::now();
-    while started.elapsed() < seconds || s.ok < 3 {
+    while started.elapsed() < seconds || recorder.count() < 3 {
         let t = Instant::now();
         let x = Tensor::new(
             input.name.clone(),
@@ -125,11 +135,13 @@ pub fn raw_engine(repo: &Path, model: &str, rows: usize, seconds: Duration) -> S
         )
         .unwrap();
         std::hint::black_box(instance.run(vec![x]).unwrap());
-        s.latencies.push(t.elapsed());
-        s.ok += rows;
+        recorder.ok(t.elapsed(), rows as u64);
     }
-    s.elapsed = started.elapsed();
-    s
+    Summary(Outcome {
+        recorder,
+        elapsed: started.elapsed(),
+        scheduled: 0,
+    })
 }
 
 /// Where a server listens.
@@ -173,255 +185,89 @@ pub async fn start_server(repo: &Path) -> (Endpoints, Runtime) {
     (endpoints, runtime)
 }
 
-/// A Triton binary infer request for one batch-1 input of `elements` f32 values.
-#[derive(Clone)]
-pub struct BinaryRequest {
-    pub url: String,
-    body: Bytes,
-    header_len: usize,
+/// What the load sends: one batch-1 request of `dims` f32 values for one model.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub model: String,
+    pub input: &'static str,
+    pub dims: &'static [usize],
+    /// The request's `timeout` parameter (the server's queue timeout for it).
+    pub timeout: Option<Duration>,
 }
 
-impl BinaryRequest {
-    pub fn new(
-        base: &str,
-        model: &str,
-        input: &str,
-        dims: &[usize],
-        timeout: Option<Duration>,
-    ) -> Self {
-        let elements: usize = dims.iter().product();
-        let x = f32_bytes(elements);
-        let mut shape = vec![1];
-        shape.extend_from_slice(dims);
-        let mut header = serde_json::json!({
-            "inputs": [{"name": input, "shape": shape, "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.len()}}],
-            "parameters": {"binary_data_output": true}
-        });
-        if let Some(t) = timeout {
-            header["parameters"]["timeout"] = serde_json::json!(t.as_micros() as u64);
-        }
-        let header = header.to_string();
-        let mut body = header.clone().into_bytes();
-        body.extend_from_slice(&x);
-        BinaryRequest {
-            url: format!("{base}/v2/models/{model}/infer"),
-            body: Bytes::from(body),
-            header_len: header.len(),
-        }
-    }
-
-    /// Sends once; returns the HTTP status (0 on a transport error).
-    pub async fn send(&self, client: &HttpClient) -> u16 {
-        let request = hyper::Request::post(&self.url)
-            .header("Inference-Header-Content-Length", self.header_len)
-            .body(Full::new(self.body.clone()))
-            .unwrap();
-        match client.request(request).await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let _ = response.into_body().collect().await;
-                status
-            }
-            Err(_) => 0,
-        }
-    }
-}
-
-/// What a load client sends: a Triton binary HTTP request, or the same batch-1 tensor
-/// as a gRPC `ModelInfer` with `raw_input_contents` (over the client's own HTTP/2
-/// connection).
-#[derive(Clone)]
-pub enum Target {
-    Http(BinaryRequest),
-    Grpc {
-        url: String,
-        request: sluice_client::PreparedRequest,
-    },
-}
-
-impl Target {
-    /// The gRPC form of a batch-1 request for `model` at `url` (`host:port`).
-    pub async fn grpc(url: &str, model: &str, input: &str, dims: &[usize]) -> Self {
-        let client = grpc_connect(url).await;
-        let mut shape = vec![1i64];
-        shape.extend(dims.iter().map(|&d| d as i64));
-        let elements: usize = dims.iter().product();
-        let tensor = sluice_client::InputTensor::new(
-            input,
-            DataType::F32,
-            shape,
-            Bytes::from(f32_bytes(elements)),
-        )
-        .unwrap();
-        let request = client.prepare(model, None, &[tensor]).unwrap();
-        Target::Grpc {
-            url: url.to_owned(),
-            request,
-        }
-    }
-
-    /// One client's connection (HTTP: one kept-alive connection; gRPC: its own HTTP/2
-    /// connection).
-    pub async fn connect(&self) -> Connection {
-        match self {
-            Target::Http(r) => Connection::Http(client(1), r.clone()),
-            Target::Grpc { url, request } => {
-                Connection::Grpc(grpc_connect(url).await, request.clone())
-            }
-        }
-    }
-}
-
-async fn grpc_connect(url: &str) -> sluice_client::Client {
-    sluice_client::Client::connect(&sluice_client::ClientConfig {
+/// `sluice bench`'s target for `load` at `url`: Triton binary HTTP
+/// ([`Protocol::HttpBinary`]) or gRPC `ModelInfer` with `raw_input_contents`
+/// ([`Protocol::Grpc`]), encoded once.
+pub async fn target(url: &str, protocol: Protocol, load: &Load) -> sluice_bench::Target {
+    let client = ClientConfig {
         url: url.to_owned(),
-        protocol: sluice_client::Protocol::Grpc,
+        protocol,
         timeout: Duration::from_secs(120),
-    })
-    .await
-    .expect("gRPC connection to the server")
-}
-
-/// A connected load client.
-pub enum Connection {
-    Http(HttpClient, BinaryRequest),
-    Grpc(sluice_client::Client, sluice_client::PreparedRequest),
-}
-
-impl Connection {
-    /// Sends once; the answer as an HTTP status (gRPC codes mapped to their HTTP
-    /// equivalents: `RESOURCE_EXHAUSTED` 429, `DEADLINE_EXCEEDED` 504; 0 = no answer).
-    pub async fn send(&self) -> u16 {
-        match self {
-            Connection::Http(client, request) => request.send(client).await,
-            Connection::Grpc(client, request) => match client.infer(request).await {
-                Ok(_) => 200,
-                Err(sluice_client::Error::Server { status, .. }) => match status.as_str() {
-                    "ResourceExhausted" => 429,
-                    "DeadlineExceeded" => 504,
-                    _ => 500,
-                },
-                Err(_) => 0,
-            },
-        }
-    }
-}
-
-pub fn client(max_idle: usize) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(max_idle)
-        .build_http()
-}
-
-fn count(s: &mut Summary, status: u16, latency: Duration, objective: Duration) {
-    match status {
-        200 => {
-            s.ok += 1;
-            s.latencies.push(latency);
-            if latency <= objective {
-                s.good += 1;
-            }
-        }
-        429 => s.rejected += 1,
-        0 => s.errors += 1,
-        504 => {
-            s.timeouts += 1;
-            s.other += 1;
-        }
-        _ => s.other += 1,
-    }
-}
-
-/// `clients` clients, each on its own connection, sending the next request when the
-/// last one is answered.
-pub async fn closed_loop(target: &Target, clients: usize, seconds: Duration) -> Summary {
-    let mut connections = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        connections.push(target.connect().await);
-    }
-    let started = Instant::now();
-    let tasks: Vec<_> = connections
-        .into_iter()
-        .map(|connection| {
-            tokio::spawn(async move {
-                let mut s = Summary::default();
-                while started.elapsed() < seconds {
-                    let t = Instant::now();
-                    let status = connection.send().await;
-                    count(&mut s, status, t.elapsed(), Duration::MAX);
-                }
-                s
-            })
-        })
-        .collect();
-    let mut total = Summary::default();
-    for t in tasks {
-        total.merge(t.await.unwrap());
-    }
-    total.elapsed = started.elapsed();
-    total
-}
-
-/// Poisson arrivals at `rate` per second (fixed seed). Latency is measured from each
-/// request's scheduled send time, so a stalled server cannot hide its delay.
-pub async fn open_loop(
-    request: &BinaryRequest,
-    rate: f64,
-    seconds: Duration,
-    objective: Duration,
-) -> Summary {
-    // At most this many requests in flight on as many kept-alive connections, as
-    // wrk2 does: a request due while all are busy waits here, and that wait counts in
-    // its latency (measured from its scheduled time), so nothing is hidden; without
-    // the cap a flood opens a connection per request and runs out of ports.
-    let connections = 1024;
-    let client = client(connections);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connections));
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut uniform = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64
     };
-    let started = tokio::time::Instant::now();
-    let mut at = started;
-    let mut tasks = Vec::new();
-    while at.duration_since(started) < seconds {
-        tokio::time::sleep_until(at).await;
-        let request = request.clone();
-        let client = client.clone();
-        let scheduled = at;
-        let slots = std::sync::Arc::clone(&slots);
-        tasks.push(tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await.expect("never closed");
-            let status = request.send(&client).await;
-            (status, scheduled.elapsed())
-        }));
-        at += Duration::from_secs_f64(-(1.0 - uniform()).ln() / rate);
+    let connected = sluice_client::Client::connect(&client)
+        .await
+        .expect("a connection to the server");
+    let mut shape = vec![1i64];
+    shape.extend(load.dims.iter().map(|&d| d as i64));
+    let elements: usize = load.dims.iter().product();
+    let tensor = InputTensor::new(
+        load.input,
+        DataType::F32,
+        shape,
+        Bytes::from(f32_bytes(elements)),
+    )
+    .unwrap();
+    let parameters = RequestParameters {
+        timeout: load.timeout,
+    };
+    let request = connected
+        .prepare_with(&load.model, None, &[tensor], parameters)
+        .unwrap();
+    sluice_bench::Target {
+        client,
+        queries: Arc::new(vec![Query {
+            requests: vec![request],
+            samples: 1,
+        }]),
     }
-    let mut s = Summary::default();
-    for t in tasks {
-        let (status, latency) = t.await.unwrap();
-        count(&mut s, status, latency, objective);
-    }
-    s.elapsed = seconds;
-    s
+}
+
+/// `clients` clients, each on its own connection, each sending its next request when
+/// the last one is answered (`sluice bench`'s closed loop, no warm-up).
+pub async fn closed_loop(
+    target: &sluice_bench::Target,
+    clients: usize,
+    seconds: Duration,
+) -> Summary {
+    let phase = Phase {
+        warmup: Duration::ZERO,
+        duration: seconds,
+    };
+    let quiet = Progress::new(false, "", seconds);
+    Summary(
+        sluice_bench::closed_loop(target, clients, phase, &quiet)
+            .await
+            .expect("closed-loop load"),
+    )
+}
+
+/// Poisson arrivals at `rate` per second for `seconds` (`sluice bench`'s open loop:
+/// the schedule from a fixed seed, latency from each request's scheduled time, at
+/// most 1024 in flight, as wrk2 does: a request due while all are busy waits, and the
+/// wait counts in its latency).
+pub async fn open_loop(target: &sluice_bench::Target, rate: f64, seconds: Duration) -> Summary {
+    let schedule = sluice_bench::poisson(rate, seconds, 1);
+    let quiet = Progress::new(false, "", seconds);
+    Summary(
+        sluice_bench::open_loop(target, schedule, Duration::ZERO, 1024, &quiet)
+            .await
+            .expect("open-loop load"),
+    )
 }
 
 /// Resident memory of a process (this one when `None`), in MiB.
 pub fn rss_mib(pid: Option<u32>) -> f64 {
-    let path = pid.map_or_else(
-        || "/proc/self/status".to_owned(),
-        |p| format!("/proc/{p}/status"),
-    );
-    let status = std::fs::read_to_string(path).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    sluice_runtime::process::resident_bytes(pid).map_or(0.0, |b| b as f64 / (1 << 20) as f64)
 }
 
 /// A `sluice serve` child process (killed on drop).
@@ -443,7 +289,8 @@ pub fn spawn_server(repo: &Path, cpus: &str) -> (Endpoints, ServerProcess) {
 /// `(executions, items)` of a model so far, from Triton's statistics extension
 /// (`GET v2/models/{m}/stats`); their difference over a run gives its mean batch size.
 pub async fn engine_counts(base: &str, model: &str) -> (u64, u64) {
-    let client = client(1);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let uri: hyper::Uri = format!("{base}/v2/models/{model}/stats").parse().unwrap();
     let response = client.get(uri).await.expect("stats request");
     let body = response.into_body().collect().await.unwrap().to_bytes();
