@@ -20,6 +20,7 @@ mod cache;
 mod config;
 mod describe;
 mod entry;
+mod family;
 mod gate;
 mod infer;
 mod lifecycle;
@@ -27,6 +28,8 @@ mod lookup;
 mod memory;
 mod poll;
 mod remote;
+mod seed;
+mod split;
 mod stats;
 mod views;
 mod warmup;
@@ -43,6 +46,7 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
+pub use family::VariantChoices;
 pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use remote::RemoteRepositories;
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
@@ -76,6 +80,8 @@ struct Inner {
     cache: Option<cache::ResponseCache>,
     /// Remote repositories mirrored into the repository folder (see `remote`).
     remote: std::sync::OnceLock<Arc<dyn remote::RemoteRepositories>>,
+    /// Variant families (see `family`).
+    families: family::Families,
 }
 
 impl Runtime {
