@@ -242,8 +242,8 @@ impl Template {
                     dims.clone()
                 };
                 let count = shape.iter().product();
-                let data = sluice_bench::inputs::random_data(*dt, count, &mut rng)?;
-                Tensor::new(name.clone(), *dt, shape, data).map_err(|e| anyhow::anyhow!("{e}"))
+                let data = random_data(*dt, count, &mut rng)?;
+                Tensor::new(name.clone(), *dt, shape, data.into()).map_err(|e| anyhow::anyhow!("{e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(InferRequest {
@@ -251,6 +251,31 @@ impl Template {
             ..InferRequest::default()
         })
     }
+}
+
+/// `count` random elements: floats uniform in [0, 1) (half floats: zeros), integers
+/// in 0..16, booleans.
+fn random_data(
+    dt: sluice_core::DataType,
+    count: usize,
+    rng: &mut sluice_core::rng::Rng,
+) -> anyhow::Result<Vec<u8>> {
+    use sluice_core::DataType;
+    let size = dt
+        .size()
+        .with_context(|| format!("{} inputs cannot be generated", dt.v2_name()))?;
+    let mut out = Vec::with_capacity(count * size);
+    for _ in 0..count {
+        let u = rng.uniform();
+        match dt {
+            DataType::Bool => out.push(u8::from(u < 0.5)),
+            DataType::F16 | DataType::Bf16 => out.extend_from_slice(&[0, 0]),
+            DataType::F32 => out.extend_from_slice(&(u as f32).to_le_bytes()),
+            DataType::F64 => out.extend_from_slice(&u.to_le_bytes()),
+            _ => out.extend_from_slice(&((u * 16.0) as u64).to_le_bytes()[..size]),
+        }
+    }
+    Ok(out)
 }
 
 /// What one measured point saw.
@@ -285,7 +310,7 @@ async fn run_closed(
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let point = run_until(runtime, model, request, concurrency, |n, _| n >= total).await?;
+    let point = run_until(runtime, model, request, concurrency, move |n, _| n >= total).await?;
     Ok(point.latencies)
 }
 
