@@ -143,8 +143,12 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="sluice-variants-"))
     repo = work / "models"
     dyn = "dynamic_batching { }\n"
-    write_model(repo, "accurate", mlp("accurate", 1024, 3), 8, dyn)
+    write_model(repo, "accurate", mlp("accurate", 4096, 3), 8, dyn)
     write_model(repo, "fast", mlp("fast", 64, 1), 8, dyn)
+    params = "".join(f'parameters: {{ key: "variant.{m}" value: {{ string_value: "accuracy={a}" }} }}\n'
+                     for m, a in ACCURACY.items())
+    (repo / "fam").mkdir()
+    (repo / "fam" / "config.pbtxt").write_text(f'name: "fam"\nplatform: "sluice_family"\n{params}')
     prof = subprocess.run(["taskset", "-c", "0", str(binary), "profile", "--model-repository", str(repo),
                            "--model", "accurate", "--model", "fast", "--ort-library", "off",
                            "--seconds-per-point", "1"], capture_output=True, text=True, check=True)
@@ -153,10 +157,6 @@ def main():
     capacity = max(b["throughput_per_s"] for b in profiles["accurate"]["batches"])
     p50_1 = profiles["accurate"]["batches"][0]["latency_ms"]["p50"]
     objective = max(5.0, round(4 * p50_1, 1))
-    params = "".join(f'parameters: {{ key: "variant.{m}" value: {{ string_value: "accuracy={a}" }} }}\n'
-                     for m, a in ACCURACY.items())
-    (repo / "fam").mkdir()
-    (repo / "fam" / "config.pbtxt").write_text(f'name: "fam"\nplatform: "sluice_family"\n{params}')
     fractions = [0.2, 0.6, 1.0, 1.5, 1.0, 0.6, 0.2]
     steps = [f * capacity for f in fractions]
     schedule = poisson_schedule(steps, args.seconds)

@@ -378,7 +378,11 @@ mod tests {
         );
         let mut bad = p.clone();
         bad.instance_scaling.swap(0, 1);
-        assert!(bad.validate().unwrap_err().to_string().contains("ascending"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ascending"));
     }
 
     #[test]

@@ -42,9 +42,9 @@ impl Objective {
     pub fn from_numbers(latency_ms: Option<f64>, min_accuracy: Option<f64>) -> crate::Result<Self> {
         let latency = match latency_ms {
             None => None,
-            Some(ms) if ms.is_finite() && ms > 0.0 => Some(
-                Duration::from_secs_f64(ms / 1e3).min(crate::limits::MAX_TIMEOUT),
-            ),
+            Some(ms) if ms.is_finite() && ms > 0.0 => {
+                Some(Duration::from_secs_f64(ms / 1e3).min(crate::limits::MAX_TIMEOUT))
+            }
             Some(ms) => {
                 return Err(crate::Error::invalid(format!(
                     "parameter '{}' must be a positive number of milliseconds, got {ms}",

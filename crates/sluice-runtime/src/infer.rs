@@ -45,7 +45,9 @@ impl Runtime {
             }),
         };
         if let Some(rows) = crate::split::rows_to_split(&served, &request) {
-            let result = self.infer_split(&served, request, rows, options, arrived).await;
+            let result = self
+                .infer_split(&served, request, rows, options, arrived)
+                .await;
             drop(served);
             let (id, wanted, outputs) = result?;
             return Ok(InferResponse {

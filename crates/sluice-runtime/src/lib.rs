@@ -46,8 +46,8 @@ pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Secret};
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
-pub use family::VariantChoices;
 pub(crate) use entry::{Absent, Entry, Shell, State};
+pub use family::VariantChoices;
 pub use remote::RemoteRepositories;
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 

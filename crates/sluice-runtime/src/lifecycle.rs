@@ -180,7 +180,10 @@ impl Runtime {
 
     /// Loads (or reloads) a model now, whatever the control mode. Blocking.
     pub(crate) fn load_now(&self, name: &str, options: &LoadOptions) -> Result<()> {
-        if let Some(family) = self.family_config(name).filter(|_| options.files.is_empty()) {
+        if let Some(family) = self
+            .family_config(name)
+            .filter(|_| options.files.is_empty())
+        {
             return self.load_family(name, family);
         }
         let guard = self.lock_loader();

@@ -48,7 +48,7 @@ pub(crate) fn rows_to_split(served: &Served, request: &InferRequest) -> Option<u
 /// Cuts `request` into requests of at most `max` rows each (the last may hold fewer).
 pub(crate) fn cut(request: &InferRequest, rows: usize, max: usize) -> Result<Vec<InferRequest>> {
     let mut sizes = vec![max; rows / max];
-    if rows % max > 0 {
+    if !rows.is_multiple_of(max) {
         sizes.push(rows % max);
     }
     let mut chunks: Vec<InferRequest> = sizes
@@ -121,7 +121,9 @@ mod tests {
         let chunks = cut(&request, 10, 4).unwrap();
         let rows: Vec<usize> = chunks.iter().map(|c| c.inputs[0].shape[0]).collect();
         assert_eq!(rows, [4, 4, 2]);
-        assert!(chunks.iter().all(|c| c.priority == 2 && c.inputs.len() == 2));
+        assert!(chunks
+            .iter()
+            .all(|c| c.priority == 2 && c.inputs.len() == 2));
         // Reassembled, the parts are the request again.
         for i in 0..2 {
             let parts: Vec<&Tensor> = chunks.iter().map(|c| &c.inputs[i]).collect();

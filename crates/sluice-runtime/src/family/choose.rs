@@ -21,8 +21,9 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     fn expected(&self) -> Duration {
-        self.predicted
-            .map_or(Duration::ZERO, |p| p.total().mul_f64(self.slowdown.max(1.0)))
+        self.predicted.map_or(Duration::ZERO, |p| {
+            p.total().mul_f64(self.slowdown.max(1.0))
+        })
     }
 }
 
@@ -81,9 +82,9 @@ pub(crate) fn choose(candidates: &[Candidate], ask: Ask) -> Choice {
         return Choice::Run(i);
     }
     let i = fastest(candidates, &pool);
-    let wait = candidates[i]
-        .predicted
-        .map_or(Duration::ZERO, |p| p.wait.mul_f64(candidates[i].slowdown.max(1.0)));
+    let wait = candidates[i].predicted.map_or(Duration::ZERO, |p| {
+        p.wait.mul_f64(candidates[i].slowdown.max(1.0))
+    });
     if wait > objective {
         Choice::TooLate { fastest: i, wait }
     } else {
@@ -194,7 +195,10 @@ mod tests {
         // The fast one would be in time; it is not accurate enough: the accurate one,
         // as the fastest eligible.
         assert_eq!(choose(&set, ask(Some(10), Some(0.8))), Choice::Run(0));
-        assert_eq!(choose(&set, ask(Some(10), Some(0.95))), Choice::NoneAccurate);
+        assert_eq!(
+            choose(&set, ask(Some(10), Some(0.95))),
+            Choice::NoneAccurate
+        );
         assert_eq!(choose(&set, ask(None, Some(0.7))), Choice::Run(0));
     }
 

@@ -238,7 +238,11 @@ impl Runtime {
     }
 
     /// The statistics rows of the families that serve (`name` `None`), or of one.
-    pub(crate) fn family_stats(&self, name: Option<&str>, version: Option<u64>) -> Vec<VersionStats> {
+    pub(crate) fn family_stats(
+        &self,
+        name: Option<&str>,
+        version: Option<u64>,
+    ) -> Vec<VersionStats> {
         let families = self.families().read();
         families
             .iter()

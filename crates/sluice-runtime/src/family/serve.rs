@@ -115,10 +115,7 @@ impl Runtime {
         }
         in_flight.finish(outcome(&result));
         let mut response = result?;
-        family
-            .stats
-            .rows
-            .fetch_add(rows as u64, Ordering::Relaxed);
+        family.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         response.answered_by = Some(AnsweredBy {
             model: std::mem::replace(&mut response.model_name, name.to_owned()),
             version: std::mem::replace(&mut response.model_version, VERSION),
@@ -138,7 +135,6 @@ fn outcome<T>(result: &Result<T>) -> Outcome {
         },
     }
 }
-
 
 /// Counts a family request in flight; one dropped before it ends (its client went
 /// away) counts as cancelled.
@@ -167,7 +163,8 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.stats.finish(Outcome::Cancelled, self.arrived.elapsed());
+            self.stats
+                .finish(Outcome::Cancelled, self.arrived.elapsed());
         }
     }
 }

@@ -154,7 +154,10 @@ impl FamilySpec {
 /// the first (names, datatypes, dims, and whether it batches), and returns the
 /// family's completed config: its own, with the variants' inputs and outputs and
 /// the smallest `max_batch_size` of them.
-pub(crate) fn complete(family: &ModelConfig, variants: &[(&str, &ModelConfig)]) -> Result<ModelConfig> {
+pub(crate) fn complete(
+    family: &ModelConfig,
+    variants: &[(&str, &ModelConfig)],
+) -> Result<ModelConfig> {
     let Some((first_name, first)) = variants.first() else {
         return Err(Error::invalid(format!(
             "family '{}' names no variants",
@@ -278,13 +281,28 @@ mod tests {
         for (params, want) in [
             (vec![], "names no variants"),
             (vec![("variant.a", "cost=1")], "states no accuracy"),
-            (vec![("variant.a", "accuracy=high")], "must be a finite number"),
-            (vec![("variant.a", "accuracy=0.5 speed=3")], "unknown field 'speed'"),
+            (
+                vec![("variant.a", "accuracy=high")],
+                "must be a finite number",
+            ),
+            (
+                vec![("variant.a", "accuracy=0.5 speed=3")],
+                "unknown field 'speed'",
+            ),
             (vec![("variant.a", "accuracy")], "is not key=value"),
-            (vec![("variant.a", "accuracy=0.5 version=0")], "positive integer"),
+            (
+                vec![("variant.a", "accuracy=0.5 version=0")],
+                "positive integer",
+            ),
             (vec![("variant.fam", "accuracy=0.5")], "names itself"),
-            (vec![("variant.a", "accuracy=0.5"), ("latency_ms", "3")], "unknown parameter 'latency_ms'"),
-            (vec![("variant.a", "accuracy=0.5"), ("latency_objective_ms", "0")], "must be > 0"),
+            (
+                vec![("variant.a", "accuracy=0.5"), ("latency_ms", "3")],
+                "unknown parameter 'latency_ms'",
+            ),
+            (
+                vec![("variant.a", "accuracy=0.5"), ("latency_objective_ms", "0")],
+                "must be > 0",
+            ),
             (vec![("variant.../x", "accuracy=0.5")], "variant '../x'"),
         ] {
             let err = FamilySpec::parse(&family(&params)).unwrap_err();
@@ -303,7 +321,10 @@ mod tests {
         assert_eq!(ok.platform, PLATFORM);
         for (other, want) in [
             (model("z", vec![4], 8), "the inputs of variant 'b'"),
-            (model("x", vec![5], 8), "input 'x' of variant 'b' is FP32 [5]"),
+            (
+                model("x", vec![5], 8),
+                "input 'x' of variant 'b' is FP32 [5]",
+            ),
             (model("x", vec![4], 0), "variant 'b' does not batch"),
         ] {
             let err = complete(&fam, &[("a", &a), ("b", &other)]).unwrap_err();
@@ -312,6 +333,9 @@ mod tests {
         let mut typed = model("x", vec![4], 8);
         typed.output[0].data_type = DataType::I64;
         let err = complete(&fam, &[("a", &a), ("b", &typed)]).unwrap_err();
-        assert!(err.message().contains("output 'y' of variant 'b' is INT64"), "{err}");
+        assert!(
+            err.message().contains("output 'y' of variant 'b' is INT64"),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 use sluice_core::{
-    AnsweredBy, CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor,
+    AnsweredBy, CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput,
+    Result, Tensor,
 };
 use sluice_proto::inference::model_infer_request::InferInputTensor;
 use sluice_proto::inference::model_infer_response::InferOutputTensor;

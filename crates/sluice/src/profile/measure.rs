@@ -75,7 +75,9 @@ pub fn batch_sizes(asked: &[usize], max: usize) -> anyhow::Result<Vec<usize>> {
 /// Loads `model` and measures it.
 pub fn measure(runtime: &Runtime, model: &str, settings: &Settings) -> anyhow::Result<Profile> {
     load(runtime, model, &LoadOptions::default())?;
-    let config = runtime.model_config(model, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = runtime
+        .model_config(model, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let entry = runtime
         .index()
         .into_iter()
@@ -122,8 +124,20 @@ pub fn measure(runtime: &Runtime, model: &str, settings: &Settings) -> anyhow::R
             load(runtime, model, &with_instances(&config, k)?)?;
         }
         let request = template.request(largest)?;
-        tokio.block_on(run_closed(runtime, model, &request, k as usize, 2 * k as usize))?;
-        let busy = tokio.block_on(run_point(runtime, model, &request, 2 * k as usize, settings))?;
+        tokio.block_on(run_closed(
+            runtime,
+            model,
+            &request,
+            k as usize,
+            2 * k as usize,
+        ))?;
+        let busy = tokio.block_on(run_point(
+            runtime,
+            model,
+            &request,
+            2 * k as usize,
+            settings,
+        ))?;
         instance_scaling.push(InstanceProfile {
             instances: k,
             batch_size: largest as u32,
@@ -161,9 +175,11 @@ fn load(runtime: &Runtime, model: &str, options: &LoadOptions) -> anyhow::Result
 /// A load of the same config with `count` instances.
 fn with_instances(config: &ModelConfig, count: u32) -> anyhow::Result<LoadOptions> {
     let mut c = config.clone();
-    let mut group = c.instance_group.first().cloned().unwrap_or_else(|| {
-        serde_json::from_str("{}").expect("an empty instance group parses")
-    });
+    let mut group = c
+        .instance_group
+        .first()
+        .cloned()
+        .unwrap_or_else(|| serde_json::from_str("{}").expect("an empty instance group parses"));
     group.count = count;
     c.instance_group = vec![group];
     Ok(LoadOptions {
@@ -175,14 +191,19 @@ fn with_instances(config: &ModelConfig, count: u32) -> anyhow::Result<LoadOption
 /// The accuracy the model's config (`parameters: accuracy`) or a family of the
 /// repository (`variant.<model>: "accuracy=..."`) states.
 fn stated_accuracy(runtime: &Runtime, model: &str, config: &ModelConfig) -> Option<f64> {
-    if let Some(a) = config.parameter("accuracy").and_then(|a| a.trim().parse().ok()) {
+    if let Some(a) = config
+        .parameter("accuracy")
+        .and_then(|a| a.trim().parse().ok())
+    {
         return Some(a);
     }
     let key = format!("variant.{model}");
     let repository = runtime.repository_root();
-    let repository =
-        sluice_repository::Repository::open(repository, sluice_repository::RepositoryOptions::default())
-            .ok()?;
+    let repository = sluice_repository::Repository::open(
+        repository,
+        sluice_repository::RepositoryOptions::default(),
+    )
+    .ok()?;
     repository.model_names().ok()?.iter().find_map(|name| {
         let c = repository.declared_config(name).ok()?;
         let text = c.parameters.get(&key)?.string_value.clone();
@@ -243,7 +264,8 @@ impl Template {
                 };
                 let count = shape.iter().product();
                 let data = random_data(*dt, count, &mut rng)?;
-                Tensor::new(name.clone(), *dt, shape, data.into()).map_err(|e| anyhow::anyhow!("{e}"))
+                Tensor::new(name.clone(), *dt, shape, data.into())
+                    .map_err(|e| anyhow::anyhow!("{e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(InferRequest {
@@ -338,7 +360,11 @@ async fn run_until(
     concurrency: usize,
     done: impl Fn(usize, Duration) -> bool + Send + Sync + 'static,
 ) -> anyhow::Result<Point> {
-    let rows = request.inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+    let rows = request
+        .inputs
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(1);
     let rows = if runtime
         .model_config(model, None)
         .is_ok_and(|c| c.max_batch_size > 0)

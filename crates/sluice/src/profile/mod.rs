@@ -82,7 +82,9 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.requests >= 1, "--requests must be at least 1");
     anyhow::ensure!(
-        args.output.is_none() || args.models.len() <= 1 || args.output.as_ref().is_some_and(|o| o.is_dir()),
+        args.output.is_none()
+            || args.models.len() <= 1
+            || args.output.as_ref().is_some_and(|o| o.is_dir()),
         "--output must be an existing folder when several models are profiled"
     );
     let settings = Settings {
@@ -113,9 +115,11 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         runtime.shutdown();
     }
     for path in &args.profile {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        profiles.push(Profile::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        profiles.push(
+            Profile::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
     }
     if profiles.len() > 1 {
         println!("{}", report::comparison(&profiles));
@@ -152,7 +156,8 @@ pub fn start(args: &ProfileArgs, backends: sluice_runtime::Backends) -> anyhow::
 fn write(path: &Path, profile: &Profile) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(profile)?;
     std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
-    let svg = sluice_autoscale::profile_plot::profile_svg(profile).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let svg =
+        sluice_autoscale::profile_plot::profile_svg(profile).map_err(|e| anyhow::anyhow!("{e}"))?;
     let plot = path.with_extension("svg");
     std::fs::write(&plot, svg).with_context(|| format!("writing {}", plot.display()))?;
     Ok(())

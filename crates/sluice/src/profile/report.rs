@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use sluice_autoscale::profile::Profile;
 
 fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "-".to_owned(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64))
+    bytes.map_or_else(
+        || "-".to_owned(),
+        |b| format!("{:.1}", b as f64 / (1 << 20) as f64),
+    )
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -20,12 +23,24 @@ pub fn table(p: &Profile) -> String {
         out,
         "{} v{} on {} ({} backend, {} instance(s))",
         p.model,
-        if p.version.is_empty() { "?" } else { &p.version },
+        if p.version.is_empty() {
+            "?"
+        } else {
+            &p.version
+        },
         p.hardware_class,
-        if p.backend.is_empty() { "?" } else { &p.backend },
+        if p.backend.is_empty() {
+            "?"
+        } else {
+            &p.backend
+        },
         p.instances
     );
-    let _ = writeln!(out, "{:>6} {:>10} {:>10} {:>12}", "batch", "p50 ms", "p99 ms", "rows/s");
+    let _ = writeln!(
+        out,
+        "{:>6} {:>10} {:>10} {:>12}",
+        "batch", "p50 ms", "p99 ms", "rows/s"
+    );
     for b in &p.batches {
         let _ = writeln!(
             out,
@@ -33,11 +48,16 @@ pub fn table(p: &Profile) -> String {
             b.batch_size,
             b.latency_ms.p50,
             ms(b.latency_ms.p99),
-            b.throughput_per_s.map_or_else(|| "-".to_owned(), |t| format!("{t:.1}"))
+            b.throughput_per_s
+                .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}"))
         );
     }
     if !p.instance_scaling.is_empty() {
-        let _ = writeln!(out, "{:>9} {:>6} {:>10} {:>12}", "instances", "batch", "p50 ms", "rows/s");
+        let _ = writeln!(
+            out,
+            "{:>9} {:>6} {:>10} {:>12}",
+            "instances", "batch", "p50 ms", "rows/s"
+        );
         for i in &p.instance_scaling {
             let _ = writeln!(
                 out,
@@ -76,9 +96,11 @@ pub fn comparison(profiles: &[Profile]) -> String {
             out,
             "{:<24} {:>9} {:>14.3} {:>16} {:>11} {:>8.3}",
             p.model,
-            p.accuracy.map_or_else(|| "-".to_owned(), |a| format!("{a:.4}")),
+            p.accuracy
+                .map_or_else(|| "-".to_owned(), |a| format!("{a:.4}")),
             p.batches.first().map_or(f64::NAN, |b| b.latency_ms.p50),
-            p.best_throughput().map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),
+            p.best_throughput()
+                .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),
             mib(p.memory_bytes),
             p.load_time_s
         );

