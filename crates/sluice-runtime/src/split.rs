@@ -129,7 +129,7 @@ mod tests {
             let parts: Vec<&Tensor> = chunks.iter().map(|c| &c.inputs[i]).collect();
             assert_eq!(Tensor::concat_rows(&parts).unwrap(), request.inputs[i]);
         }
-        let mut uneven = request.clone();
+        let mut uneven = request;
         uneven.inputs[1] = rows_tensor("b", 9);
         assert!(cut(&uneven, 10, 4)
             .unwrap_err()

@@ -310,7 +310,6 @@ pub fn infer_response(response: InferResponse) -> ModelInferResponse {
         outputs,
         raw_output_contents: raw,
         parameters,
-        ..Default::default()
     }
 }
 

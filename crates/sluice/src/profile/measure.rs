@@ -81,8 +81,7 @@ pub fn measure(runtime: &Runtime, model: &str, settings: &Settings) -> anyhow::R
     let entry = runtime
         .index()
         .into_iter()
-        .filter(|e| e.name == model && e.load_duration.is_some())
-        .last()
+        .rfind(|e| e.name == model && e.load_duration.is_some())
         .context("the model did not become ready")?;
     let version = entry.version.unwrap_or(1);
     let max = usize::try_from(config.max_batch_size).unwrap_or(0);
