@@ -17,6 +17,7 @@ pub mod plan;
 pub mod plot;
 pub mod policy;
 pub mod profile;
+pub mod profile_plot;
 pub mod report;
 pub use sluice_core::rng;
 pub mod sim;

@@ -43,6 +43,24 @@ pub struct Profile {
     /// How run times vary around the measured figures in the simulator.
     #[serde(default)]
     pub service: ServiceModel,
+    /// The accuracy the model's config states (a variant family's figure), for the
+    /// comparison of several models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Throughput with other instance counts (ascending, distinct), if measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_scaling: Vec<InstanceProfile>,
+}
+
+/// What a replica sustains with `instances` model instances, at one batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceProfile {
+    pub instances: u32,
+    pub batch_size: u32,
+    pub throughput_per_s: f64,
+    /// Request latency (queue and run) at that load.
+    pub latency_ms: LatencyMs,
 }
 
 fn default_format() -> String {
@@ -144,6 +162,24 @@ impl Profile {
                 ));
             }
         }
+        if let Some(a) = self.accuracy {
+            if !(a.is_finite() && a >= 0.0) {
+                return bad("accuracy must be a finite number >= 0".into());
+            }
+        }
+        let mut last = 0;
+        for i in &self.instance_scaling {
+            if i.instances <= last {
+                return bad("instance counts must be positive and ascending".into());
+            }
+            last = i.instances;
+            if !(i.throughput_per_s.is_finite() && i.throughput_per_s > 0.0) {
+                return bad(format!(
+                    "{} instances: throughput_per_s must be a positive number",
+                    i.instances
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -200,6 +236,30 @@ impl Profile {
         s / 1e3
     }
 
+    /// The seeds a server gives its scheduler from this profile: per batch size, the
+    /// median time of one run.
+    pub fn run_latencies(&self) -> Vec<(usize, std::time::Duration)> {
+        self.batches
+            .iter()
+            .map(|b| {
+                (
+                    b.batch_size as usize,
+                    std::time::Duration::from_secs_f64(b.latency_ms.p50 / 1e3),
+                )
+            })
+            .collect()
+    }
+
+    /// The best measured throughput (rows per second) at any batch size or instance
+    /// count; `None` when none was measured.
+    pub fn best_throughput(&self) -> Option<f64> {
+        self.batches
+            .iter()
+            .filter_map(|b| b.throughput_per_s)
+            .chain(self.instance_scaling.iter().map(|i| i.throughput_per_s))
+            .max_by(f64::total_cmp)
+    }
+
     /// Rows per second one replica sustains at batch size `b` (from the mean run time).
     pub fn throughput(&self, b: u32) -> f64 {
         f64::from(b) / self.mean_s(b)
@@ -249,6 +309,8 @@ pub(crate) fn test_profile(
             })
             .collect(),
         service,
+        accuracy: None,
+        instance_scaling: Vec::new(),
     }
 }
 
@@ -272,6 +334,55 @@ mod tests {
         assert_eq!(p.best_batch(0.020).unwrap().0, 8);
         assert_eq!(p.best_batch(0.015).unwrap().0, 1);
         assert!(p.best_batch(0.005).is_none());
+    }
+
+    #[test]
+    fn accuracy_and_instance_scaling_round_trip_and_seed_run_latencies() {
+        let mut p = test_profile("c", 1.0, &[(1, 2.0), (4, 5.0)], ServiceModel::Lognormal);
+        p.accuracy = Some(0.76);
+        p.batches[1].throughput_per_s = Some(800.0);
+        p.instance_scaling = vec![
+            InstanceProfile {
+                instances: 1,
+                batch_size: 4,
+                throughput_per_s: 790.0,
+                latency_ms: LatencyMs {
+                    p50: 5.0,
+                    p90: None,
+                    p99: Some(7.0),
+                    mean: None,
+                },
+            },
+            InstanceProfile {
+                instances: 2,
+                batch_size: 4,
+                throughput_per_s: 1500.0,
+                latency_ms: LatencyMs {
+                    p50: 5.5,
+                    p90: None,
+                    p99: Some(8.0),
+                    mean: None,
+                },
+            },
+        ];
+        let text = serde_json::to_string_pretty(&p).unwrap();
+        let again = Profile::from_json(&text).unwrap();
+        assert_eq!(p, again);
+        assert_eq!(again.best_throughput(), Some(1500.0));
+        assert_eq!(
+            again.run_latencies(),
+            vec![
+                (1, std::time::Duration::from_millis(2)),
+                (4, std::time::Duration::from_millis(5))
+            ]
+        );
+        let mut bad = p.clone();
+        bad.instance_scaling.swap(0, 1);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ascending"));
     }
 
     #[test]

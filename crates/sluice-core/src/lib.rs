@@ -31,7 +31,9 @@ pub use config::{
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
 pub use file::FileIdentity;
-pub use request::{CacheControl, InferRequest, InferResponse, RequestedOutput};
+pub use request::{
+    AnsweredBy, CacheControl, InferRequest, InferResponse, Objective, RequestedOutput,
+};
 pub use reshape::ReshapePlan;
 pub use signature::{BytesContent, ModelSignature, TensorSpec, ValidRequest};
 pub use tensor::{serialize_bytes, BytesElements, Tensor};

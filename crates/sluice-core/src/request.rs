@@ -18,6 +18,51 @@ pub struct InferRequest {
     pub timeout: Option<Duration>,
     /// What the response cache may do for this request (the `sluice_cache` parameter).
     pub cache: CacheControl,
+    /// What a request to a variant family asks of the variant that answers it.
+    pub objective: Objective,
+}
+
+/// A request's objective for a variant family (`parameters.latency_objective_ms`
+/// and `parameters.min_accuracy`); models that are not families ignore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Objective {
+    /// The answer is wanted within this long of arrival.
+    pub latency: Option<Duration>,
+    /// Only variants at least this accurate may answer.
+    pub min_accuracy: Option<f64>,
+}
+
+impl Objective {
+    /// The request parameter of the latency objective, in milliseconds.
+    pub const LATENCY_PARAMETER: &'static str = "latency_objective_ms";
+    /// The request parameter of the accuracy floor.
+    pub const ACCURACY_PARAMETER: &'static str = "min_accuracy";
+
+    /// Checks the two numbers as they come from the wire.
+    pub fn from_numbers(latency_ms: Option<f64>, min_accuracy: Option<f64>) -> crate::Result<Self> {
+        let latency = match latency_ms {
+            None => None,
+            Some(ms) if ms.is_finite() && ms > 0.0 => {
+                Some(Duration::from_secs_f64(ms / 1e3).min(crate::limits::MAX_TIMEOUT))
+            }
+            Some(ms) => {
+                return Err(crate::Error::invalid(format!(
+                    "parameter '{}' must be a positive number of milliseconds, got {ms}",
+                    Self::LATENCY_PARAMETER
+                )))
+            }
+        };
+        if let Some(a) = min_accuracy.filter(|a| !a.is_finite() || *a < 0.0) {
+            return Err(crate::Error::invalid(format!(
+                "parameter '{}' must be a finite number >= 0, got {a}",
+                Self::ACCURACY_PARAMETER
+            )));
+        }
+        Ok(Objective {
+            latency,
+            min_accuracy,
+        })
+    }
 }
 
 /// What a request lets the response cache do, from its `sluice_cache` parameter.
@@ -81,4 +126,22 @@ pub struct InferResponse {
     pub model_version: u64,
     pub id: Option<String>,
     pub outputs: Vec<Tensor>,
+    /// The variant that answered a request to a variant family (`model_name` stays
+    /// the family's): sent back as the `sluice_variant` and `sluice_variant_version`
+    /// response parameters.
+    pub answered_by: Option<AnsweredBy>,
+}
+
+/// The model and version that answered for a variant family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnsweredBy {
+    pub model: String,
+    pub version: u64,
+}
+
+impl AnsweredBy {
+    /// The response parameter naming the variant.
+    pub const MODEL_PARAMETER: &'static str = "sluice_variant";
+    /// The response parameter naming its version.
+    pub const VERSION_PARAMETER: &'static str = "sluice_variant_version";
 }

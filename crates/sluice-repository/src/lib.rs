@@ -157,6 +157,13 @@ impl Repository {
         Ok(self.root.join(name))
     }
 
+    /// The config a model's folder declares (`config.pbtxt` or `config.json`), as
+    /// written: not completed from the model file, not validated (a variant family
+    /// is recognized by its platform before it is read as a model).
+    pub fn declared_config(&self, name: &str) -> Result<ModelConfig> {
+        Ok(read_config(&self.model_dir(name)?)?.0)
+    }
+
     /// Reads one model: its config (parsed, auto-completed, validated) and versions.
     pub fn read_model(&self, name: &str) -> Result<ModelSource> {
         self.read_model_at(name, &self.model_dir(name)?, None)

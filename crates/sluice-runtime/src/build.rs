@@ -45,6 +45,8 @@ pub(crate) struct Served {
     pub generation: u64,
     /// `response_cache { enable: true }` in its config.
     pub cache_enabled: bool,
+    /// Requests larger than a batch are split across its instances (see `split`).
+    pub split: bool,
     /// What a shared response cache knows this version by (see
     /// [`crate::cache::identity`]); 0 when the cache is off for it.
     pub identity: u128,
@@ -202,6 +204,7 @@ pub(crate) fn load_version(
     let signature =
         Arc::new(ModelSignature::from_config(config).with_bytes_content(backend.bytes_content()));
     let pool = InstancePool::start(scheduler, instances)?;
+    crate::seed::from_profile(&pool, model_dir, &source.name, version.version);
     run_warmup(config, &signature, &pool, model_dir)?;
     let rss_after = crate::process::resident_bytes(None);
     let measured = match (rss_before, rss_after) {
@@ -218,6 +221,7 @@ pub(crate) fn load_version(
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         cache_enabled: config.response_cache_enabled(),
+        split: crate::split::enabled(config)?,
         identity: match (config.response_cache_enabled(), version.model_file.parent()) {
             (true, Some(dir)) => crate::cache::identity(config, backend.name(), dir),
             _ => 0,

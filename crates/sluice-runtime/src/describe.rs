@@ -57,6 +57,10 @@ impl Runtime {
         names.extend(models.keys().cloned());
         let mut out = Vec::new();
         for name in names {
+            if let Some(row) = self.family_index_row(&name) {
+                out.push(row);
+                continue;
+            }
             let row = |version, state, reason: String| IndexEntry {
                 name: name.clone(),
                 version,
@@ -101,6 +105,15 @@ impl Runtime {
     /// Config, platform and versions (all, ready or not) of a model, from what serves
     /// or, while evicted, from its last load.
     fn describe(&self, name: &str) -> Result<Described> {
+        if let Some(described) = self.family_described(name) {
+            let (config, v) = described?;
+            return Ok(Described {
+                platform: config.platform.clone(),
+                config,
+                versions: vec![v],
+                ready: vec![v],
+            });
+        }
         let models = self.models();
         let Some(e) = models.get(name) else {
             sluice_repository::check_model_name(name)?;

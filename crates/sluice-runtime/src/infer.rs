@@ -18,6 +18,19 @@ impl Runtime {
         version: Option<u64>,
         request: InferRequest,
     ) -> Result<InferResponse> {
+        if let Some(family) = self.family(name) {
+            return self.infer_family(family?, name, version, request).await;
+        }
+        self.infer_model(name, version, request).await
+    }
+
+    /// Runs one request on a model that is not a family.
+    pub(crate) async fn infer_model(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::unavailable("the server is shutting down"));
         }
@@ -40,6 +53,21 @@ impl Runtime {
                 model_version: v,
                 id,
                 outputs,
+                answered_by: None,
+            });
+        }
+        if let Some(rows) = crate::split::rows_to_split(&served, &request) {
+            let result = self
+                .infer_split(&served, request, rows, options, arrived)
+                .await;
+            drop(served);
+            let (id, wanted, outputs) = result?;
+            return Ok(InferResponse {
+                model_name: name.to_owned(),
+                model_version: v,
+                id,
+                outputs: pick(outputs, &wanted)?,
+                answered_by: None,
             });
         }
         let control = request.cache;
@@ -73,19 +101,57 @@ impl Runtime {
         if self.inner.over_budget.load(Ordering::Acquire) {
             self.trim_to_budget();
         }
-        let mut all: Vec<Option<Tensor>> = result?.into_iter().map(Some).collect();
-        let outputs = wanted
-            .iter()
-            .map(|&ix| all.get_mut(ix).and_then(Option::take))
-            .collect::<Option<Vec<Tensor>>>()
-            .ok_or_else(|| {
-                Error::internal("the engine returned fewer outputs than the model declares")
-            })?;
+        let outputs = pick(result?, &wanted)?;
         Ok(InferResponse {
             model_name: name.to_owned(),
             model_version: v,
             id,
             outputs,
+            answered_by: None,
         })
     }
+}
+
+impl Runtime {
+    /// Runs a request of more rows than a batch holds as chunks on every instance
+    /// (see `split`); returns its id, the outputs it asked for and all outputs.
+    async fn infer_split(
+        &self,
+        served: &crate::build::Served,
+        request: InferRequest,
+        rows: usize,
+        options: JobOptions,
+        arrived: std::time::Instant,
+    ) -> Result<(Option<String>, Vec<usize>, Vec<Tensor>)> {
+        let max = served.signature.max_batch_size;
+        let checked = crate::split::cut(&request, rows, max).and_then(|chunks| {
+            chunks
+                .into_iter()
+                .map(|c| served.signature.validate(c))
+                .collect::<Result<Vec<_>>>()
+        });
+        let chunks = match checked {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                served
+                    .pool
+                    .stats()
+                    .record(Outcome::Invalid, arrived.elapsed());
+                return Err(e);
+            }
+        };
+        let wanted = chunks[0].outputs.clone();
+        let outputs = crate::split::run(&served.pool, chunks, options).await?;
+        Ok((request.id, wanted, outputs))
+    }
+}
+
+/// The outputs a request asked for, in its order, out of all of the model's.
+fn pick(all: Vec<Tensor>, wanted: &[usize]) -> Result<Vec<Tensor>> {
+    let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
+    wanted
+        .iter()
+        .map(|&ix| all.get_mut(ix).and_then(Option::take))
+        .collect::<Option<Vec<Tensor>>>()
+        .ok_or_else(|| Error::internal("the engine returned fewer outputs than the model declares"))
 }

@@ -21,6 +21,7 @@ mod config;
 mod describe;
 mod ensemble;
 mod entry;
+mod family;
 mod gate;
 mod infer;
 mod lifecycle;
@@ -28,6 +29,8 @@ mod lookup;
 mod poll;
 pub mod process;
 mod remote;
+mod seed;
+mod split;
 mod stats;
 mod views;
 mod warmup;
@@ -45,6 +48,7 @@ pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, RedisTls, Secret};
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
+pub use family::VariantChoices;
 pub use remote::RemoteRepositories;
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 
@@ -77,6 +81,8 @@ struct Inner {
     cache: Option<cache::ResponseCache>,
     /// Remote repositories mirrored into the repository folder (see `remote`).
     remote: std::sync::OnceLock<Arc<dyn remote::RemoteRepositories>>,
+    /// Variant families (see `family`).
+    families: family::Families,
 }
 
 impl Runtime {

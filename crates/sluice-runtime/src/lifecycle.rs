@@ -57,6 +57,7 @@ impl Runtime {
                 shutting_down: AtomicBool::new(false),
                 cache,
                 remote: std::sync::OnceLock::new(),
+                families: crate::family::Families::default(),
             }),
         };
         let startup: Vec<String> = match lifecycle.mode {
@@ -180,6 +181,12 @@ impl Runtime {
 
     /// Loads (or reloads) a model now, whatever the control mode. Blocking.
     pub(crate) fn load_now(&self, name: &str, options: &LoadOptions) -> Result<()> {
+        if let Some(family) = self
+            .family_config(name)
+            .filter(|_| options.files.is_empty())
+        {
+            return self.load_family(name, family);
+        }
         self.load_composing(name, options);
         let guard = self.lock_loader();
         if self.is_shutting_down() {
@@ -386,6 +393,10 @@ impl Runtime {
     /// Unloads a model: refuses new requests, lets held ones finish, drops its pools.
     /// `forget` removes it from the registry (its folder left the repository).
     pub(crate) fn unload_now(&self, name: &str, forget: bool) -> Result<()> {
+        if self.family(name).is_some() {
+            self.unload_family(name);
+            return Ok(());
+        }
         let old = {
             let _guard = self.lock_loader();
             let mut models = self.models_mut();

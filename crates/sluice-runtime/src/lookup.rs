@@ -130,6 +130,12 @@ impl Runtime {
     /// Checks that a model (and version) can serve now or after a load it may start,
     /// without running anything.
     pub fn check_servable(&self, name: &str, version: Option<u64>) -> Result<()> {
+        if let Some(described) = self.family_described(name) {
+            return described.and_then(|(_, v)| match version {
+                Some(asked) if asked != v => Err(no_version(name, asked)),
+                _ => Ok(()),
+            });
+        }
         match self.lookup(name, version) {
             Lookup::Fail(e) => Err(e),
             Lookup::Ready(..) | Lookup::Wait | Lookup::Start => Ok(()),
@@ -139,6 +145,12 @@ impl Runtime {
     /// Whether a model (or one version) can serve: ready, or loadable on first use.
     /// Unknown model or version: `NotFound`.
     pub fn model_ready(&self, name: &str, version: Option<u64>) -> Result<bool> {
+        if let Some(described) = self.family_described(name) {
+            return match (described, version) {
+                (Ok((_, v)), Some(asked)) if asked != v => Err(no_version(name, asked)),
+                (described, _) => Ok(described.is_ok()),
+            };
+        }
         match self.lookup(name, version) {
             Lookup::Ready(..) | Lookup::Start => Ok(true),
             // Reloading after an eviction is invisible to clients; other loads are not ready yet.

@@ -53,6 +53,15 @@ impl Runtime {
             load_duration: served.load_duration,
             memory_bytes: served.memory_bytes,
         };
+        if let Some(family) = name.and_then(|n| self.family(n).map(|f| (n, f))) {
+            let (name, found) = family;
+            found?;
+            let rows = self.family_stats(Some(name), version);
+            return match (rows.is_empty(), version) {
+                (true, Some(v)) => Err(crate::no_version(name, v)),
+                _ => Ok(rows),
+            };
+        }
         let models = self.models();
         let ready = |name: &str, e: &Entry| -> Vec<VersionStats> {
             e.serving().map_or_else(Vec::new, |l| {
@@ -60,7 +69,14 @@ impl Runtime {
             })
         };
         match (name, version) {
-            (None, _) => Ok(models.iter().flat_map(|(n, e)| ready(n, e)).collect()),
+            (None, _) => {
+                let mut all: Vec<VersionStats> =
+                    models.iter().flat_map(|(n, e)| ready(n, e)).collect();
+                drop(models);
+                all.extend(self.family_stats(None, None));
+                all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+                Ok(all)
+            }
             (Some(name), None) => match models.get(name) {
                 Some(e) if e.serving().is_some_and(|l| l.ready().next().is_some()) => {
                     Ok(ready(name, e))

@@ -14,6 +14,7 @@
 //! panics, and on shutdown the queue is flushed before the threads stop.
 
 pub mod config;
+mod predict;
 pub mod state;
 pub mod stats;
 
@@ -28,8 +29,8 @@ use sluice_core::{Error, ErrorKind, Instance, Result, Tensor, ValidRequest};
 use tokio::sync::oneshot;
 
 pub use config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
-pub use state::JobOptions;
 use state::{Entry, Pending, State};
+pub use state::{JobOptions, Prediction};
 pub use stats::{Histogram, HistogramSnapshot, Outcome, PoolStats};
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>>>;

@@ -203,6 +203,22 @@ fn int_param(params: &Map<String, Value>, key: &str) -> Result<Option<i128>> {
     }
 }
 
+/// A number parameter (a JSON number, or a string holding one).
+fn number_param(params: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(Value::String(s)) => s.trim().parse::<f64>().map(Some).map_err(|_| {
+            Error::invalid(format!(
+                "request: parameter '{key}' must be a number, got \"{s}\""
+            ))
+        }),
+        Some(other) => Err(Error::invalid(format!(
+            "request: parameter '{key}' must be a number, got {other}"
+        ))),
+    }
+}
+
 fn bool_param(params: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>> {
     match params.get(key) {
         None => Ok(None),
@@ -242,6 +258,10 @@ pub fn decode_request(
         Some(Value::String(s)) => CacheControl::parse(s)?,
         Some(_) => return Err(crate::wire::cache_parameter_not_string()),
     };
+    let objective = sluice_core::Objective::from_numbers(
+        number_param(&wire.parameters, sluice_core::Objective::LATENCY_PARAMETER)?,
+        number_param(&wire.parameters, sluice_core::Objective::ACCURACY_PARAMETER)?,
+    )?;
     let mut offset = header_len;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     let mut elements = 0u64;
@@ -272,6 +292,7 @@ pub fn decode_request(
             priority,
             timeout,
             cache,
+            objective,
         },
         plan,
     ))
@@ -388,6 +409,8 @@ struct WireResponse<'a> {
     model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
     outputs: Vec<WireTensorOut<'a>>,
 }
 
@@ -506,6 +529,12 @@ pub fn encode_response(response: &InferResponse, plan: &OutputPlan) -> Result<En
         model_name: &response.model_name,
         model_version: response.model_version.to_string(),
         id: response.id.as_deref(),
+        parameters: response.answered_by.as_ref().map(|by| {
+            serde_json::json!({
+                sluice_core::AnsweredBy::MODEL_PARAMETER: by.model,
+                sluice_core::AnsweredBy::VERSION_PARAMETER: by.version.to_string(),
+            })
+        }),
         outputs,
     };
     let json = serde_json::to_vec(&wire)
@@ -524,6 +553,7 @@ mod tests {
             model_version: 1,
             id: None,
             outputs,
+            answered_by: None,
         }
     }
 
@@ -882,6 +912,7 @@ mod tests {
             model_version: 3,
             id: Some("a".into()),
             outputs: req.inputs,
+            answered_by: None,
         };
         let enc = encode_response(&resp, &plan).unwrap();
         let v: Value = serde_json::from_slice(&enc.json).unwrap();

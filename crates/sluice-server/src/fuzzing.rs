@@ -78,6 +78,7 @@ fn serve_decoded(request: InferRequest) {
         model_version: 1,
         id: None,
         outputs: echo,
+        answered_by: None,
     };
     if let Ok(encoded) = encode_response(&response, &OutputPlan::default()) {
         assert!(
@@ -626,6 +627,7 @@ mod roundtrip {
             model_version: 1,
             id: None,
             outputs: vec![t.clone()],
+            answered_by: None,
         }
     }
 

@@ -92,6 +92,7 @@ pub fn render(runtime: &Runtime, config: MetricsConfig, cache: Option<CacheStats
     );
     model_states(&mut out, runtime);
     native(&mut out, &versions);
+    variant_choices(&mut out, runtime);
     cache::native(&mut out, &versions, cache);
     if config.triton_compat {
         triton(&mut out, &versions);
@@ -162,6 +163,28 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Per variant family: the requests each variant was chosen for.
+fn variant_choices(out: &mut Writer, runtime: &Runtime) {
+    let families = runtime.variant_choices();
+    if families.is_empty() {
+        return;
+    }
+    out.family(
+        "sluice_variant_choices_total",
+        "counter",
+        "Requests to a variant family answered by each of its variants.",
+    );
+    for (family, variants) in families {
+        for v in variants {
+            out.sample(
+                "sluice_variant_choices_total",
+                &[("model", &family), ("variant", &v.variant)],
+                v.count as f64,
+            );
+        }
+    }
 }
 
 fn model_states(out: &mut Writer, runtime: &Runtime) {

@@ -53,9 +53,18 @@ fn body(
     version: Option<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let stats = model_statistics(runtime, model, version)?;
-    Ok(Json(
-        json!({ "model_stats": stats.iter().map(to_json).collect::<Vec<_>>() }),
-    ))
+    let mut rows: Vec<Value> = stats.iter().map(to_json).collect();
+    // A variant family's row also says how many requests each variant answered.
+    let families = runtime.variant_choices();
+    for row in &mut rows {
+        if let Some((_, variants)) = families.iter().find(|(n, _)| row["name"] == n.as_str()) {
+            row["variant_choices"] = variants
+                .iter()
+                .map(|v| json!({ "variant": v.variant, "count": v.count }))
+                .collect();
+        }
+    }
+    Ok(Json(json!({ "model_stats": rows })))
 }
 
 /// The statistics of every ready version (`model` `None`), of one model's ready

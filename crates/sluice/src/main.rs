@@ -16,6 +16,7 @@ use sluice_server::{GrpcConfig, HttpConfig, LogControl, LogHandle, MetricsConfig
 
 mod autoscale;
 mod engines;
+mod profile;
 mod ready_file;
 mod repositories;
 mod route;
@@ -47,6 +48,10 @@ enum Command {
     /// Choose per pipeline stage the hardware classes, batch size and replicas of lowest
     /// cost whose simulated p99 meets the objective.
     Plan(autoscale::PlanArgs),
+    /// Measure models of a repository in process: latency and throughput per batch
+    /// size and instance count, load time and memory; writes a profile JSON the
+    /// server seeds its scheduler with, a table and SVG plots.
+    Profile(profile::ProfileArgs),
     /// Route KServe v2 traffic (HTTP and gRPC) to replicas by model: placement,
     /// power of two choices on predicted completion time, retries and hedged requests.
     Route(route::RouteArgs),
@@ -267,6 +272,7 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => autoscale::simulate(args),
         Command::Plan(args) => autoscale::plan(args),
         Command::Route(args) => route::main(args),
+        Command::Profile(args) => profile::main(args),
     }
 }
 

@@ -38,6 +38,15 @@ impl LatencyModel {
         };
     }
 
+    /// The latency learned for exactly `rows` rows, if any run (or seed) of that size
+    /// was seen.
+    pub(crate) fn estimate_exact(&self, rows: usize) -> Option<Duration> {
+        self.seconds
+            .get(rows)
+            .filter(|&&s| s > 0.0)
+            .map(|&s| Duration::from_secs_f64(s))
+    }
+
     /// The latency of a batch of `rows` rows: learned, else interpolated between the
     /// nearest sizes seen, else scaled from the largest size seen below it (no better
     /// per row than that), else the smallest size seen above it; `None` before any run.

@@ -18,6 +18,7 @@ mod admission;
 mod dispatch;
 mod hold;
 mod latency;
+mod predict;
 mod queues;
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use crate::config::{Batching, Delay, SchedulerConfig, TimeoutAction};
 use dispatch::Plan;
 use hold::{Hold, Look};
 use latency::LatencyModel;
+pub use predict::Prediction;
 use queues::Queues;
 
 /// Why `enqueue` refused a request.

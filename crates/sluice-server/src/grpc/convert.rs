@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 use sluice_core::{
-    CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput, Result, Tensor,
+    AnsweredBy, CacheControl, DataType, Error, InferRequest, InferResponse, RequestedOutput,
+    Result, Tensor,
 };
 use sluice_proto::inference::model_infer_request::InferInputTensor;
 use sluice_proto::inference::model_infer_response::InferOutputTensor;
@@ -76,6 +77,10 @@ pub fn infer_request(request: ModelInferRequest) -> Result<InferRequest> {
             Some(_) => return Err(crate::wire::cache_parameter_not_string()),
         }
     };
+    let objective = sluice_core::Objective::from_numbers(
+        number_parameter(&parameters, sluice_core::Objective::LATENCY_PARAMETER)?,
+        number_parameter(&parameters, sluice_core::Objective::ACCURACY_PARAMETER)?,
+    )?;
     Ok(InferRequest {
         id: (!id.is_empty()).then_some(id),
         inputs: tensors,
@@ -83,6 +88,7 @@ pub fn infer_request(request: ModelInferRequest) -> Result<InferRequest> {
         priority,
         timeout,
         cache,
+        objective,
     })
 }
 
@@ -119,6 +125,31 @@ fn int_parameter(
         Some(ParameterChoice::Uint64Param(v)) => Ok(Some(i128::from(*v))),
         Some(other) => Err(Error::invalid(format!(
             "request: parameter '{key}' must be an int64 or uint64 parameter, got {other:?}"
+        ))),
+    }
+}
+
+/// A number request parameter (`double_param`, an integer, or a string holding one).
+fn number_parameter(
+    parameters: &std::collections::HashMap<String, sluice_proto::inference::InferParameter>,
+    key: &str,
+) -> Result<Option<f64>> {
+    use sluice_proto::inference::infer_parameter::ParameterChoice;
+    match parameters
+        .get(key)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::DoubleParam(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Int64Param(v)) => Ok(Some(*v as f64)),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v as f64)),
+        Some(ParameterChoice::StringParam(s)) => s.trim().parse::<f64>().map(Some).map_err(|_| {
+            Error::invalid(format!(
+                "request: parameter '{key}' must be a number, got \"{s}\""
+            ))
+        }),
+        Some(other) => Err(Error::invalid(format!(
+            "request: parameter '{key}' must be a number, got {other:?}"
         ))),
     }
 }
@@ -259,13 +290,26 @@ pub fn infer_response(response: InferResponse) -> ModelInferResponse {
         });
         raw.push(t.data);
     }
+    let mut parameters = std::collections::HashMap::new();
+    if let Some(by) = response.answered_by {
+        use sluice_proto::inference::infer_parameter::ParameterChoice;
+        use sluice_proto::inference::InferParameter;
+        let string = |s: String| InferParameter {
+            parameter_choice: Some(ParameterChoice::StringParam(s)),
+        };
+        parameters.insert(AnsweredBy::MODEL_PARAMETER.to_owned(), string(by.model));
+        parameters.insert(
+            AnsweredBy::VERSION_PARAMETER.to_owned(),
+            string(by.version.to_string()),
+        );
+    }
     ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version.to_string(),
         id: response.id.unwrap_or_default(),
         outputs,
         raw_output_contents: raw,
-        ..Default::default()
+        parameters,
     }
 }
 
@@ -568,7 +612,20 @@ mod tests {
             model_version: 3,
             id: Some("a".into()),
             outputs: vec![Tensor::new("y", DataType::F32, vec![1, 2], data.clone()).unwrap()],
+            answered_by: Some(AnsweredBy {
+                model: "fast".into(),
+                version: 2,
+            }),
         });
+        {
+            use sluice_proto::inference::infer_parameter::ParameterChoice;
+            let text = |k: &str| match &response.parameters[k].parameter_choice {
+                Some(ParameterChoice::StringParam(s)) => s.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(text("sluice_variant"), "fast");
+            assert_eq!(text("sluice_variant_version"), "2");
+        }
         assert_eq!(response.model_version, "3");
         assert_eq!(response.id, "a");
         assert_eq!(response.outputs[0].datatype, "FP32");

@@ -1,0 +1,259 @@
+//! The choice of a variant for one request, as a pure function of what each
+//! variant's queue predicts, and the record of variants that ran slower than
+//! predicted (INFaaS avoids a variant whose answer took more than 2.5 times its
+//! prediction, e.g. under a noisy neighbour, until it recovers).
+
+use std::time::{Duration, Instant};
+
+/// What the choice knows of one variant now. The list is ordered most accurate
+/// first, ties cheaper first (see [`super::spec::FamilySpec`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Candidate {
+    pub accuracy: f64,
+    /// A version of it serves now.
+    pub ready: bool,
+    /// Its queue's prediction for this request (`None`: nothing learned or seeded yet,
+    /// taken as in time: its first run teaches it).
+    pub predicted: Option<sluice_scheduler::Prediction>,
+    /// Above 1 while the variant is avoided: how much slower than predicted it ran.
+    pub slowdown: f64,
+}
+
+impl Candidate {
+    fn expected(&self) -> Duration {
+        self.predicted.map_or(Duration::ZERO, |p| {
+            p.total().mul_f64(self.slowdown.max(1.0))
+        })
+    }
+}
+
+/// What a request asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Ask {
+    pub latency: Option<Duration>,
+    pub min_accuracy: Option<f64>,
+}
+
+/// The outcome of a choice.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Choice {
+    /// Send to this candidate (index into the list).
+    Run(usize),
+    /// No variant is at least as accurate as asked.
+    NoneAccurate,
+    /// Even the fastest eligible variant (this index) would start after the
+    /// objective: the work queued ahead of it alone takes longer.
+    TooLate { fastest: usize, wait: Duration },
+}
+
+/// The most accurate eligible variant predicted to answer in time (ties: the
+/// cheaper, by the list's order); else the fastest eligible one; `TooLate` when even
+/// that one's queue alone outlasts the objective. Variants that are not ready are
+/// chosen only when none is.
+pub(crate) fn choose(candidates: &[Candidate], ask: Ask) -> Choice {
+    let eligible: Vec<usize> = (0..candidates.len())
+        .filter(|&i| ask.min_accuracy.is_none_or(|m| candidates[i].accuracy >= m))
+        .collect();
+    let ready: Vec<usize> = eligible
+        .iter()
+        .copied()
+        .filter(|&i| candidates[i].ready)
+        .collect();
+    // Nothing ready: the most accurate one (its request waits for its load or fails
+    // with the reason).
+    let pool = match (ready.is_empty(), eligible.first()) {
+        (_, None) => return Choice::NoneAccurate,
+        (true, Some(&first)) => return Choice::Run(first),
+        (false, _) => ready,
+    };
+    let Some(objective) = ask.latency else {
+        // No objective: the most accurate one that is not avoided, else the least slowed.
+        return Choice::Run(
+            pool.iter()
+                .copied()
+                .find(|&i| candidates[i].slowdown <= 1.0)
+                .unwrap_or_else(|| fastest(candidates, &pool)),
+        );
+    };
+    if let Some(&i) = pool
+        .iter()
+        .find(|&&i| candidates[i].expected() <= objective)
+    {
+        return Choice::Run(i);
+    }
+    let i = fastest(candidates, &pool);
+    let wait = candidates[i].predicted.map_or(Duration::ZERO, |p| {
+        p.wait.mul_f64(candidates[i].slowdown.max(1.0))
+    });
+    if wait > objective {
+        Choice::TooLate { fastest: i, wait }
+    } else {
+        Choice::Run(i)
+    }
+}
+
+/// The candidate with the least expected answer time (the first of equals).
+fn fastest(candidates: &[Candidate], pool: &[usize]) -> usize {
+    pool.iter()
+        .copied()
+        .min_by_key(|&i| candidates[i].expected())
+        .unwrap_or(pool[0])
+}
+
+/// How a variant has kept its predictions lately.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Health {
+    /// Slow answers in a row.
+    strikes: u32,
+    /// Avoided until then, with predictions scaled by `slowdown`.
+    until: Option<Instant>,
+    slowdown: f64,
+}
+
+impl Health {
+    /// An answer slower than this many times its prediction counts as slow (INFaaS).
+    pub(crate) const SLOW_FACTOR: f64 = 2.5;
+    /// Slowness under this much is noise (thread wake-ups), whatever the ratio.
+    const SLACK: Duration = Duration::from_millis(1);
+    /// The first avoidance lasts this long; each slow answer in a row doubles it.
+    const FIRST_AVOIDANCE: Duration = Duration::from_secs(1);
+    const LONGEST_AVOIDANCE: Duration = Duration::from_secs(30);
+
+    /// Records an answer that took `actual` where `predicted` was expected.
+    pub(crate) fn observe(&mut self, predicted: Duration, actual: Duration, now: Instant) {
+        let slow = actual.as_secs_f64() > Self::SLOW_FACTOR * predicted.as_secs_f64()
+            && actual.saturating_sub(predicted) > Self::SLACK;
+        if !slow {
+            *self = Health::default();
+            return;
+        }
+        self.strikes = self.strikes.saturating_add(1);
+        let avoid = Self::FIRST_AVOIDANCE
+            .saturating_mul(1 << (self.strikes - 1).min(5))
+            .min(Self::LONGEST_AVOIDANCE);
+        self.until = Some(now + avoid);
+        self.slowdown = actual.as_secs_f64() / predicted.as_secs_f64().max(1e-9);
+    }
+
+    /// How much slower than predicted to expect it now: 1 unless it is avoided.
+    pub(crate) fn slowdown(&self, now: Instant) -> f64 {
+        match self.until {
+            Some(until) if now < until => self.slowdown.max(1.0),
+            _ => 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_scheduler::Prediction;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn c(accuracy: f64, wait_ms: u64, run_ms: u64) -> Candidate {
+        Candidate {
+            accuracy,
+            ready: true,
+            predicted: Some(Prediction {
+                wait: ms(wait_ms),
+                run: ms(run_ms),
+            }),
+            slowdown: 1.0,
+        }
+    }
+
+    fn ask(latency_ms: Option<u64>, min_accuracy: Option<f64>) -> Ask {
+        Ask {
+            latency: latency_ms.map(ms),
+            min_accuracy,
+        }
+    }
+
+    #[test]
+    fn a_loose_objective_gets_the_accurate_variant_a_tight_one_the_fast() {
+        let set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
+        assert_eq!(choose(&set, ask(Some(10), None)), Choice::Run(1));
+        assert_eq!(choose(&set, ask(None, None)), Choice::Run(0));
+        // Nobody in time: the fastest.
+        assert_eq!(choose(&set, ask(Some(1), None)), Choice::Run(1));
+    }
+
+    #[test]
+    fn a_long_queue_moves_requests_to_a_variant_in_time() {
+        let set = [c(0.9, 80, 40), c(0.8, 30, 20), c(0.7, 0, 2)];
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+        assert_eq!(choose(&set, ask(Some(10), None)), Choice::Run(2));
+    }
+
+    #[test]
+    fn min_accuracy_excludes_variants_below_it() {
+        let set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        // The fast one would be in time; it is not accurate enough: the accurate one,
+        // as the fastest eligible.
+        assert_eq!(choose(&set, ask(Some(10), Some(0.8))), Choice::Run(0));
+        assert_eq!(
+            choose(&set, ask(Some(10), Some(0.95))),
+            Choice::NoneAccurate
+        );
+        assert_eq!(choose(&set, ask(None, Some(0.7))), Choice::Run(0));
+    }
+
+    #[test]
+    fn a_queue_longer_than_the_objective_is_refused_early() {
+        let set = [c(0.9, 500, 40), c(0.7, 200, 2)];
+        assert_eq!(
+            choose(&set, ask(Some(100), None)),
+            Choice::TooLate {
+                fastest: 1,
+                wait: ms(200)
+            }
+        );
+        // Its run alone being too long is not a reason to refuse (nothing ahead).
+        let set = [c(0.9, 0, 400), c(0.7, 0, 200)];
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+    }
+
+    #[test]
+    fn unknown_latency_counts_as_in_time_and_unready_variants_wait_their_turn() {
+        let mut set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        set[0].predicted = None;
+        assert_eq!(choose(&set, ask(Some(10), None)), Choice::Run(0));
+        set[0].ready = false;
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+        set[1].ready = false;
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
+    }
+
+    #[test]
+    fn a_variant_slower_than_predicted_is_avoided_until_it_recovers() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        // 2.4 times: not slow.
+        h.observe(ms(10), ms(24), t0);
+        assert_eq!(h.slowdown(t0), 1.0);
+        // Slow by the ratio but within the slack: noise.
+        h.observe(Duration::from_micros(100), Duration::from_micros(900), t0);
+        assert_eq!(h.slowdown(t0), 1.0);
+        h.observe(ms(10), ms(30), t0);
+        assert_eq!(h.slowdown(t0), 3.0);
+        let mut set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        set[0].slowdown = h.slowdown(t0);
+        // 40 ms × 3 misses 100 ms now: the fast one answers.
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+        assert_eq!(choose(&set, ask(None, None)), Choice::Run(1));
+        // After a second: tried again.
+        assert_eq!(h.slowdown(t0 + ms(1000)), 1.0);
+        // A second slow answer in a row: two seconds.
+        h.observe(ms(10), ms(50), t0 + ms(1000));
+        assert_eq!(h.slowdown(t0 + ms(2900)), 5.0);
+        assert_eq!(h.slowdown(t0 + ms(3000)), 1.0);
+        // An answer in time clears it at once.
+        h.observe(ms(10), ms(50), t0 + ms(3000));
+        h.observe(ms(10), ms(12), t0 + ms(3001));
+        assert_eq!(h.slowdown(t0 + ms(3002)), 1.0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Answering one request to a family: read each variant's live prediction, choose,
+//! run on the chosen variant through the normal request path, and learn from how
+//! long it took.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use sluice_core::{AnsweredBy, Error, ErrorKind, InferRequest, InferResponse, Result};
+
+use super::choose::{self, Ask, Candidate, Choice};
+use super::{Family, VERSION};
+use crate::lookup::Lookup;
+use crate::{Outcome, Runtime};
+
+impl Runtime {
+    /// Runs a request to the family `name` on the variant chosen for it.
+    pub(crate) async fn infer_family(
+        &self,
+        family: Arc<Family>,
+        name: &str,
+        version: Option<u64>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
+        if let Some(v) = version.filter(|&v| v != VERSION) {
+            return Err(crate::no_version(name, v));
+        }
+        let arrived = Instant::now();
+        let ask = Ask {
+            latency: request
+                .objective
+                .latency
+                .or(request.timeout)
+                .or(family.spec.default_latency),
+            min_accuracy: request
+                .objective
+                .min_accuracy
+                .or(family.spec.default_min_accuracy),
+        };
+        let rows = if family.signature.max_batch_size > 0 {
+            request
+                .inputs
+                .first()
+                .and_then(|t| t.shape.first().copied())
+                .unwrap_or(1)
+                .max(1)
+        } else {
+            1
+        };
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = family
+            .spec
+            .variants
+            .iter()
+            .zip(&family.health)
+            .map(|(v, health)| {
+                let slowdown = health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .slowdown(now);
+                match self.lookup(&v.model, v.version) {
+                    Lookup::Ready(served, _) => Candidate {
+                        accuracy: v.accuracy,
+                        ready: true,
+                        predicted: served.pool.predicted_answer(rows),
+                        slowdown,
+                    },
+                    Lookup::Wait | Lookup::Start | Lookup::Fail(_) => Candidate {
+                        accuracy: v.accuracy,
+                        ready: false,
+                        predicted: None,
+                        slowdown,
+                    },
+                }
+            })
+            .collect();
+        let chosen = match choose::choose(&candidates, ask) {
+            Choice::Run(i) => i,
+            Choice::NoneAccurate => {
+                family.stats.record(Outcome::Invalid, arrived.elapsed());
+                let best = family.spec.variants.first().map_or(0.0, |v| v.accuracy);
+                return Err(Error::invalid(format!(
+                    "family '{name}' has no variant with accuracy >= {} (the most accurate has {best})",
+                    ask.min_accuracy.unwrap_or_default()
+                )));
+            }
+            Choice::TooLate { fastest, wait } => {
+                family.stats.record(Outcome::Rejected, arrived.elapsed());
+                family.stats.rejected_early.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::new(
+                    ErrorKind::ResourceExhausted,
+                    format!(
+                        "family '{name}' cannot answer within its latency objective of {} µs: even its fastest variant '{}' has about {} µs of work queued ahead; rejected early",
+                        ask.latency.unwrap_or_default().as_micros(),
+                        family.spec.variants[fastest].model,
+                        wait.as_micros()
+                    ),
+                ));
+            }
+        };
+        let variant = &family.spec.variants[chosen];
+        let predicted = candidates[chosen].predicted.map(|p| p.total());
+        family.choices[chosen].fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(&family.stats, arrived);
+        let sent = Instant::now();
+        let result = self
+            .infer_model(&variant.model, variant.version, request)
+            .await;
+        let took = sent.elapsed();
+        if let (Some(predicted), Ok(_)) = (predicted, &result) {
+            family.health[chosen]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(predicted, took, Instant::now());
+        }
+        in_flight.finish(outcome(&result));
+        let mut response = result?;
+        family.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        response.answered_by = Some(AnsweredBy {
+            model: std::mem::replace(&mut response.model_name, name.to_owned()),
+            version: std::mem::replace(&mut response.model_version, VERSION),
+        });
+        Ok(response)
+    }
+}
+
+fn outcome<T>(result: &Result<T>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => match e.kind() {
+            ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
+            ErrorKind::DeadlineExceeded => Outcome::Timeout,
+            ErrorKind::InvalidArgument => Outcome::Invalid,
+            _ => Outcome::Backend,
+        },
+    }
+}
+
+/// Counts a family request in flight; one dropped before it ends (its client went
+/// away) counts as cancelled.
+struct InFlight<'a> {
+    stats: &'a crate::PoolStats,
+    arrived: Instant,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(stats: &'a crate::PoolStats, arrived: Instant) -> Self {
+        stats.start();
+        InFlight {
+            stats,
+            arrived,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.stats.finish(outcome, self.arrived.elapsed());
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats
+                .finish(Outcome::Cancelled, self.arrived.elapsed());
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The profiler against a backend whose run time is known by construction: each
+//! run sleeps `FIXED + PER_ROW × rows`, so every figure has a floor it cannot beat
+//! on any machine, and a ceiling it stays under with a wide margin.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{
+    Backend, Instance, InstanceOptions, LoadSpec, LoadedModel, Result as CoreResult, Tensor,
+};
+
+use super::measure::{batch_sizes, measure, Settings};
+
+const FIXED: Duration = Duration::from_millis(4);
+const PER_ROW: Duration = Duration::from_millis(1);
+
+struct Sleepy;
+
+impl Backend for Sleepy {
+    fn name(&self) -> &'static str {
+        "sleepy"
+    }
+    fn load(&self, _spec: &LoadSpec<'_>) -> CoreResult<Arc<dyn LoadedModel>> {
+        Ok(Arc::new(Sleepy))
+    }
+}
+
+impl LoadedModel for Sleepy {
+    fn instance(&self, _options: &InstanceOptions) -> CoreResult<Box<dyn Instance>> {
+        Ok(Box::new(SleepyInstance))
+    }
+}
+
+struct SleepyInstance;
+
+impl Instance for SleepyInstance {
+    fn run(&mut self, inputs: Vec<Tensor>) -> CoreResult<Vec<Tensor>> {
+        let rows = inputs[0].shape[0];
+        std::thread::sleep(FIXED + PER_ROW * rows as u32);
+        Ok(inputs
+            .into_iter()
+            .map(|t| Tensor {
+                name: "y".into(),
+                ..t
+            })
+            .collect())
+    }
+}
+
+fn repository(dir: &Path) {
+    let model = dir.join("sleepy");
+    std::fs::create_dir_all(model.join("1")).unwrap();
+    std::fs::write(model.join("1").join("model.onnx"), b"not read").unwrap();
+    std::fs::write(
+        model.join("config.pbtxt"),
+        r#"name: "sleepy"
+backend: "sleepy"
+max_batch_size: 4
+input [{ name: "x" data_type: TYPE_FP32 dims: [2] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]
+instance_group [{ count: 1 }]
+parameters: { key: "accuracy" value: { string_value: "0.5" } }
+"#,
+    )
+    .unwrap();
+}
+
+fn runtime(dir: &Path) -> sluice_runtime::Runtime {
+    let config = sluice_runtime::RuntimeConfig {
+        repository: dir.to_path_buf(),
+        repository_options: sluice_runtime::RepositoryOptions::default(),
+        default_backend: "sleepy".into(),
+        intra_op_threads: 1,
+        queue_capacity: 64,
+        strict_readiness: false,
+        lifecycle: sluice_runtime::LifecycleConfig {
+            mode: sluice_runtime::ControlMode::Explicit,
+            ..sluice_runtime::LifecycleConfig::default()
+        },
+        execution_gates: None,
+        cache: sluice_runtime::CacheConfig::default(),
+    };
+    sluice_runtime::Runtime::start(
+        config,
+        sluice_runtime::Backends::new().with(Arc::new(Sleepy)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn batch_sizes_are_powers_of_two_up_to_the_maximum() {
+    assert_eq!(batch_sizes(&[], 8).unwrap(), [1, 2, 4, 8]);
+    assert_eq!(batch_sizes(&[], 6).unwrap(), [1, 2, 4, 6]);
+    assert_eq!(batch_sizes(&[], 1).unwrap(), [1]);
+    assert_eq!(batch_sizes(&[], 0).unwrap(), [1]);
+    assert_eq!(batch_sizes(&[4, 1, 4], 8).unwrap(), [1, 4]);
+    assert!(batch_sizes(&[9], 8).is_err());
+    assert!(batch_sizes(&[2], 0).is_err());
+}
+
+#[test]
+fn a_model_of_known_latency_is_profiled_within_tolerance_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    repository(dir.path());
+    let rt = runtime(dir.path());
+    let settings = Settings {
+        batch_sizes: Vec::new(),
+        instances: vec![1, 2],
+        max_requests: 12,
+        seconds_per_point: 0.05,
+        shapes: Default::default(),
+        hardware_class: "test".into(),
+    };
+    let p = measure(&rt, "sleepy", &settings).unwrap();
+    rt.shutdown();
+    assert_eq!(p.model, "sleepy");
+    assert_eq!(p.accuracy, Some(0.5));
+    assert_eq!(
+        p.batches.iter().map(|b| b.batch_size).collect::<Vec<_>>(),
+        [1, 2, 4]
+    );
+    for b in &p.batches {
+        let want = (FIXED + PER_ROW * b.batch_size).as_secs_f64() * 1e3;
+        let p50 = b.latency_ms.p50;
+        // A sleep is never shorter; the path around it costs well under a few ms.
+        assert!(
+            p50 >= want,
+            "batch {}: p50 {p50} ms < {want} ms",
+            b.batch_size
+        );
+        assert!(
+            p50 < want * 1.5 + 5.0,
+            "batch {}: p50 {p50} ms",
+            b.batch_size
+        );
+        assert!(b.latency_ms.p99.unwrap() >= p50);
+        // One instance: never more rows per second than one run allows.
+        let tp = b.throughput_per_s.unwrap();
+        assert!(
+            tp <= f64::from(b.batch_size) * 1e3 / want * 1.01,
+            "batch {}: {tp}",
+            b.batch_size
+        );
+        assert!(tp > 0.0);
+    }
+    // Two instances run twice as many batches at once (sleeps overlap on any machine).
+    let one = p.instance_scaling[0].throughput_per_s;
+    let two = p.instance_scaling[1].throughput_per_s;
+    assert_eq!(p.instance_scaling[1].instances, 2);
+    assert!(two > one * 1.3, "1 instance {one}/s, 2 instances {two}/s");
+    // (serde_json reads floats to within an ulp, so the figures are compared so.)
+    let text = serde_json::to_string(&p).unwrap();
+    let again = sluice_autoscale::profile::Profile::from_json(&text).unwrap();
+    assert_eq!(again.batches.len(), p.batches.len());
+    for (a, b) in again.batches.iter().zip(&p.batches) {
+        assert_eq!(a.batch_size, b.batch_size);
+        assert!((a.latency_ms.p50 / b.latency_ms.p50 - 1.0).abs() < 1e-12);
+    }
+    assert_eq!(again.instance_scaling.len(), 2);
+    assert_eq!(
+        (again.model.as_str(), again.memory_bytes),
+        ("sleepy", p.memory_bytes)
+    );
+    let table = super::report::table(&p);
+    assert!(
+        table.contains("rows/s") && table.contains("instances"),
+        "{table}"
+    );
+}
