@@ -27,6 +27,7 @@ mod lookup;
 mod memory;
 mod poll;
 mod remote;
+mod scale;
 mod stats;
 mod views;
 mod warmup;
@@ -45,6 +46,7 @@ pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, Sec
 pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use remote::RemoteRepositories;
+pub use scale::{AutoscaleConfig, InstanceView, AUTOSCALE_PARAMETER};
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 
 /// The model registry. Cheap to clone.

@@ -52,10 +52,18 @@ fn body(
     model: Option<&str>,
     version: Option<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    let stats = model_statistics(runtime, model, version)?;
-    Ok(Json(
-        json!({ "model_stats": stats.iter().map(to_json).collect::<Vec<_>>() }),
-    ))
+    let versions = runtime.stats(model, version)?;
+    let stats: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let mut row = to_json(&to_proto(v));
+            // Sluice's addition: what the version runs now (see the instances API).
+            row["instances"] = json!(v.instances.count);
+            row["intra_op_thread_count"] = json!(v.instances.threads_per_instance);
+            row
+        })
+        .collect();
+    Ok(Json(json!({ "model_stats": stats })))
 }
 
 /// The statistics of every ready version (`model` `None`), of one model's ready
