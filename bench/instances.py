@@ -10,6 +10,8 @@ model swaps every `--phase` seconds. Per phase: goodput (answers within `--slo-m
 second, both models) and p99. For the autoscaled setups also the time from each load
 step to the hot model's second instance (polled from `/metrics`).
 
+Status: written, not yet run (no numbers in BENCHMARKS.md from it yet).
+
 Usage (repository root, after `cargo build --release --workspace`):
 
     .venv/bin/python bench/instances.py --phases 4 --phase 10

@@ -353,7 +353,7 @@ async fn shutdown_runs_what_is_queued() {
     );
     let pool_ref: &'static InstancePool = Box::leak(Box::new(InstancePool {
         shared: Arc::clone(&pool.shared),
-        threads: Vec::new(),
+        workers: Mutex::default(),
     }));
     let pending = tokio::spawn(pool_ref.infer(request(&[5.0]), NO_OPTIONS));
     wait_for(|| pool.queue_len() == 1).await;
