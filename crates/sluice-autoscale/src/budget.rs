@@ -187,8 +187,9 @@ pub fn decide(obs: &Observations, state: &mut BudgetState, config: &BudgetConfig
             let mem = state.models.entry(m.name.clone()).or_default();
             mem.needs.push(obs.now, f64::from(need), m.down_window_s);
             let peak = mem.needs.max(obs.now, m.down_window_s).unwrap_or(0.0) as u32;
-            // Hysteresis keeps what the model has, never more.
-            let held = peak.min(m.current).max(need).clamp(min, max);
+            // Hysteresis keeps what the model has, never more; what the need adds
+            // goes through the budget rule (V).
+            let held = peak.min(m.current).clamp(min, max);
             Row {
                 min,
                 max,
