@@ -13,6 +13,7 @@
 //! seconds passed in, so the same `decide` runs in the simulator, in tests with exact
 //! instants, and behind a server's gauge; and a simulated day takes seconds.
 
+pub mod budget;
 pub mod plan;
 pub mod plot;
 pub mod policy;

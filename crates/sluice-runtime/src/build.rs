@@ -15,9 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::{
-    Backend, Error, FileIdentity, InstanceOptions, ModelConfig, ModelSignature, ReshapePlan, Result,
-};
+use sluice_core::{Backend, Error, FileIdentity, ModelConfig, ModelSignature, ReshapePlan, Result};
 use sluice_repository::{ModelSource, ModelVersion};
 use sluice_scheduler::{InstancePool, JobOptions, SchedulerConfig};
 
@@ -53,6 +51,9 @@ pub(crate) struct Served {
     /// Set when this version is an ensemble: its requests run as a dataflow over
     /// other models (see `ensemble`), and `pool` has no instances (only statistics).
     pub ensemble: Option<Arc<crate::ensemble::Ensemble>>,
+    /// Builds more instances of this version (live instance changes, `scale`);
+    /// `None` for an ensemble, which has no engine of its own.
+    pub factory: Option<crate::scale::Factory>,
 }
 
 pub(crate) enum VersionSlot {
@@ -157,45 +158,17 @@ pub(crate) fn load_version(
         ..source.load_spec(version)
     };
     let loaded = backend.load(&spec)?;
-    let intra_op_threads = match config.parameter("intra_op_thread_count") {
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter intra_op_thread_count must be a positive integer, got '{v}'"
-                ))
-            })?,
-        None => cx.intra_op_threads,
-    };
-    let reshape = ReshapePlan::of(config);
+    let intra_op_threads = intra_op_threads(config, cx.intra_op_threads)?;
+    crate::scale::settings(config)?;
+    let factory = crate::scale::Factory::new(
+        loaded,
+        ReshapePlan::of(config),
+        cx.execution_gates
+            .map(|dir| (dir.to_path_buf(), source.name.clone())),
+    );
     let instances = (0..config.instance_count())
-        .map(|index| {
-            let instance = loaded.instance(&InstanceOptions {
-                index,
-                intra_op_threads,
-            })?;
-            Ok(match &reshape {
-                Some(plan) => plan.wrap(instance),
-                None => instance,
-            })
-        })
+        .map(|_| factory.build(intra_op_threads))
         .collect::<Result<Vec<_>>>()?;
-    drop(loaded);
-    let instances = match cx.execution_gates {
-        None => instances,
-        Some(dir) => instances
-            .into_iter()
-            .map(|inner| -> Result<Box<dyn sluice_core::Instance>> {
-                Ok(match crate::gate::open(dir, &source.name)? {
-                    Some(gate) => Box::new(crate::gate::GatedInstance { inner, gate }),
-                    None => inner,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
-    };
     let scheduler = SchedulerConfig::from_model_config(
         format!("{}:{}", source.name, version.version),
         config,
@@ -203,7 +176,7 @@ pub(crate) fn load_version(
     )?;
     let signature =
         Arc::new(ModelSignature::from_config(config).with_bytes_content(backend.bytes_content()));
-    let pool = InstancePool::start(scheduler, instances)?;
+    let pool = InstancePool::start_with_threads(scheduler, instances, intra_op_threads)?;
     crate::seed::from_profile(&pool, model_dir, &source.name, version.version);
     run_warmup(config, &signature, &pool, model_dir)?;
     let rss_after = crate::process::resident_bytes(None);
@@ -227,7 +200,26 @@ pub(crate) fn load_version(
             _ => 0,
         },
         ensemble: None,
+        factory: Some(factory),
     })
+}
+
+/// The intra-op threads of each instance: the `intra_op_thread_count` parameter, else
+/// the server's default.
+pub(crate) fn intra_op_threads(config: &ModelConfig, default: usize) -> Result<usize> {
+    match config.parameter("intra_op_thread_count") {
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter intra_op_thread_count must be a positive integer, got '{v}'"
+                ))
+            }),
+        None => Ok(default),
+    }
 }
 
 fn run_warmup(

@@ -68,6 +68,7 @@ impl Runtime {
                 reason,
                 load_duration: None,
                 memory_bytes: None,
+                instances: None,
             };
             let Some(e) = models.get(&name) else {
                 out.push(row(
@@ -84,6 +85,10 @@ impl Runtime {
                             VersionSlot::Ready(s) => IndexEntry {
                                 load_duration: Some(s.load_duration),
                                 memory_bytes: Some(s.memory_bytes),
+                                instances: Some({
+                                    let c = s.pool.instances();
+                                    (c.serving, c.threads_per_instance)
+                                }),
                                 ..row(Some(version), ModelState::Ready, String::new())
                             },
                             VersionSlot::Failed(r) => {

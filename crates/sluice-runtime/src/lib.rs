@@ -29,6 +29,7 @@ mod lookup;
 mod poll;
 pub mod process;
 mod remote;
+mod scale;
 mod seed;
 mod split;
 mod stats;
@@ -50,6 +51,7 @@ pub use config::{ControlMode, LifecycleConfig, RuntimeConfig};
 pub(crate) use entry::{Absent, Entry, Shell, State};
 pub use family::VariantChoices;
 pub use remote::RemoteRepositories;
+pub use scale::{AutoscaleConfig, InstanceView, AUTOSCALE_PARAMETER};
 pub use views::{IndexEntry, LoadOptions, ModelMetadata, ModelState, VersionStats};
 
 /// The model registry. Cheap to clone.

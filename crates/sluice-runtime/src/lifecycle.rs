@@ -288,9 +288,18 @@ impl Runtime {
             .get(name)
             .and_then(|e| e.serving().map(Arc::clone));
         let mut versions = BTreeMap::new();
+        // Instance counts and intra-op threads change in place (see `scale`).
+        // A config equal to the serving one also resets counts the instances API
+        // changed, unless the autoscaler owns them.
+        let in_place = old.as_ref().is_some_and(|old| {
+            crate::scale::instances_only(&old.config, &config)
+                && (*old.config != config
+                    || !matches!(crate::scale::settings(&config), Ok(Some(_))))
+        });
+        let mut resized = Vec::new();
         for v in &source.versions {
             let reusable = old.as_ref().and_then(|old| {
-                let same_config = *old.config == config;
+                let same_config = *old.config == config || in_place;
                 match old.versions.get(&v.version) {
                     Some(VersionSlot::Ready(s))
                         if same_config
@@ -303,6 +312,9 @@ impl Runtime {
                 }
             });
             if let Some(served) = reusable {
+                if in_place {
+                    resized.push((v.version, Arc::clone(&served)));
+                }
                 versions.insert(v.version, VersionSlot::Ready(served));
                 continue;
             }
@@ -342,6 +354,29 @@ impl Runtime {
             };
             versions.insert(v.version, slot);
         }
+        if !resized.is_empty() {
+            crate::scale::settings(&config)?;
+            let threads = build::intra_op_threads(&config, self.inner.config.intra_op_threads)?;
+            let count = config.instance_count();
+            for (version, served) in &resized {
+                let before = served.pool.instances();
+                if before.serving == count && served.pool.count_with_threads(threads) == count {
+                    continue;
+                }
+                served.resize(count, threads)?;
+                tracing::info!(
+                    model = name,
+                    version,
+                    instances = count,
+                    threads_per_instance = threads,
+                    from_instances = before.serving,
+                    from_threads = before.threads_per_instance,
+                    reason = "config changed only instance_group counts or intra_op_thread_count",
+                    "instances changed in place (no reload)"
+                );
+            }
+        }
+        drop(resized);
         let loaded = Loaded {
             config: Arc::new(config),
             platform,

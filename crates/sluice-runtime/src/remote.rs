@@ -68,6 +68,7 @@ pub(crate) fn annotate(remote: Option<&Arc<dyn RemoteRepositories>>, rows: &mut 
                 reason,
                 load_duration: None,
                 memory_bytes: None,
+                instances: None,
             });
         }
     }

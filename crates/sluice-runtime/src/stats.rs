@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{Error, Result};
+use sluice_core::{Error, ModelConfig, Result};
 
 use crate::build::{Served, VersionSlot};
 use crate::lookup::Lookup;
@@ -45,13 +45,14 @@ impl Runtime {
     /// or a version that is not ready (a model evicted under the memory budget has
     /// no ready version until its next request loads it).
     pub fn stats(&self, name: Option<&str>, version: Option<u64>) -> Result<Vec<VersionStats>> {
-        let one = |name: &str, v: u64, served: &Served| VersionStats {
+        let one = |name: &str, v: u64, served: &Served, config: &ModelConfig| VersionStats {
             name: name.to_owned(),
             version: v,
             stats: Arc::clone(served.pool.stats()),
             queue_len: served.pool.queue_len(),
             load_duration: served.load_duration,
             memory_bytes: served.memory_bytes,
+            instances: crate::scale::view(v, served, config),
         };
         if let Some(family) = name.and_then(|n| self.family(n).map(|f| (n, f))) {
             let (name, found) = family;
@@ -65,7 +66,7 @@ impl Runtime {
         let models = self.models();
         let ready = |name: &str, e: &Entry| -> Vec<VersionStats> {
             e.serving().map_or_else(Vec::new, |l| {
-                l.ready().map(|(v, s)| one(name, v, s)).collect()
+                l.ready().map(|(v, s)| one(name, v, s, &l.config)).collect()
             })
         };
         match (name, version) {
@@ -89,7 +90,7 @@ impl Runtime {
             (Some(name), Some(v)) => {
                 let found = models.get(name).and_then(|e| {
                     e.serving().and_then(|l| match l.versions.get(&v) {
-                        Some(VersionSlot::Ready(s)) => Some(one(name, v, s)),
+                        Some(VersionSlot::Ready(s)) => Some(one(name, v, s, &l.config)),
                         _ => None,
                     })
                 });

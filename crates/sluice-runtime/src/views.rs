@@ -40,6 +40,8 @@ pub struct IndexEntry {
     pub load_duration: Option<Duration>,
     /// Ready versions: the memory loading took (see the `build` module for how it is measured).
     pub memory_bytes: Option<u64>,
+    /// Ready versions: instances serving now and intra-op threads of each.
+    pub instances: Option<(usize, usize)>,
 }
 
 /// Metadata of a model (or one of its versions).
@@ -64,6 +66,8 @@ pub struct VersionStats {
     pub load_duration: Duration,
     /// The memory loading it took (measured; see the `build` module).
     pub memory_bytes: u64,
+    /// Instances serving now, and what they run (see [`crate::InstanceView`]).
+    pub instances: crate::InstanceView,
 }
 
 /// What a load request may carry besides the model name (Triton's load parameters).

@@ -20,7 +20,7 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +62,8 @@ struct Shared {
     wake: Condvar,
     stats: Arc<PoolStats>,
     in_order: Option<Mutex<InOrder>>,
+    /// Instance threads that have started and not yet exited.
+    running: AtomicUsize,
 }
 
 impl Shared {
@@ -92,17 +94,78 @@ impl Shared {
     }
 }
 
+/// One instance thread of a pool.
+struct Worker {
+    /// Unique within the pool; part of the thread's name.
+    id: usize,
+    /// The intra-op threads its engine was built with.
+    threads: usize,
+    /// Set to retire it: it finishes the batch it runs and exits.
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// The instance threads of a pool: the serving ones and the retired ones not yet
+/// joined.
+#[derive(Default)]
+struct Workers {
+    next_id: usize,
+    serving: Vec<Worker>,
+    retired: Vec<Worker>,
+}
+
+impl Workers {
+    /// Joins the retired threads that have exited.
+    fn reap(&mut self, label: &str) {
+        let (done, busy): (Vec<Worker>, Vec<Worker>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|w| w.handle.is_finished());
+        self.retired = busy;
+        for w in done {
+            if w.handle.join().is_err() {
+                tracing::error!(model = %label, "an instance thread panicked");
+            }
+        }
+    }
+}
+
+/// What a pool's instances are now (see [`InstancePool::instances`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceCounts {
+    /// Instances that take new batches.
+    pub serving: usize,
+    /// Intra-op threads of each serving instance (the largest, should they differ).
+    pub threads_per_instance: usize,
+    /// Instance threads alive, including retired ones finishing their last batch.
+    pub running: usize,
+}
+
 /// A pool of instance threads behind one scheduler.
+///
+/// Instances can be added and retired while it serves ([`InstancePool::add`],
+/// [`InstancePool::retire`]): a new thread starts taking batches at once; a retired
+/// one finishes the batch it runs (if any) and exits, and what is queued stays queued
+/// for the others, so no request is dropped. A pool never retires its last instance.
 pub struct InstancePool {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    workers: Mutex<Workers>,
 }
 
 impl InstancePool {
-    /// Starts one named OS thread per instance.
+    /// Starts one named OS thread per instance (engines with one intra-op thread each).
     pub fn start(
         config: SchedulerConfig,
         instances: Vec<Box<dyn Instance>>,
+    ) -> Result<InstancePool> {
+        Self::start_with_threads(config, instances, 1)
+    }
+
+    /// Starts one named OS thread per instance, each engine built with `threads`
+    /// intra-op threads (what [`InstancePool::instances`] reports).
+    pub fn start_with_threads(
+        config: SchedulerConfig,
+        instances: Vec<Box<dyn Instance>>,
+        threads: usize,
     ) -> Result<InstancePool> {
         let label = config.label.clone();
         let stats = Arc::new(PoolStats::new(config.max_batch_size));
@@ -110,22 +173,131 @@ impl InstancePool {
             .preserve_ordering()
             .then(|| Mutex::new(InOrder::default()));
         let shared = Arc::new(Shared {
-            label: label.clone(),
+            label,
             state: Mutex::new(State::new(config, instances.len())),
             wake: Condvar::new(),
             stats,
             in_order,
+            running: AtomicUsize::new(0),
         });
-        let mut threads = Vec::with_capacity(instances.len());
-        for (ix, instance) in instances.into_iter().enumerate() {
-            let shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("sluice-{label}-{ix}"))
-                .spawn(move || instance_loop(&shared, instance))
-                .map_err(|e| Error::internal(format!("cannot start an instance thread: {e}")))?;
-            threads.push(handle);
+        let pool = InstancePool {
+            shared,
+            workers: Mutex::new(Workers::default()),
+        };
+        pool.add(instances, threads)?;
+        Ok(pool)
+    }
+
+    fn workers(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a thread for each of `instances` (engines with `threads` intra-op
+    /// threads each); they take batches at once.
+    pub fn add(&self, instances: Vec<Box<dyn Instance>>, threads: usize) -> Result<()> {
+        let mut workers = self.workers();
+        workers.reap(&self.shared.label);
+        for instance in instances {
+            let id = workers.next_id;
+            let stop = Arc::new(AtomicBool::new(false));
+            let shared = Arc::clone(&self.shared);
+            let flag = Arc::clone(&stop);
+            shared.running.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
+                .name(format!("sluice-{}-{id}", self.shared.label))
+                .spawn(move || {
+                    instance_loop(&shared, instance, &flag);
+                    shared.running.fetch_sub(1, Ordering::AcqRel);
+                });
+            let handle = match spawned {
+                Ok(h) => h,
+                Err(e) => {
+                    self.shared.running.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::internal(format!(
+                        "cannot start an instance thread: {e}"
+                    )));
+                }
+            };
+            workers.next_id += 1;
+            workers.serving.push(Worker {
+                id,
+                threads: threads.max(1),
+                stop,
+                handle,
+            });
         }
-        Ok(InstancePool { shared, threads })
+        let serving = workers.serving.len();
+        drop(workers);
+        self.shared.lock().set_instances(serving);
+        Ok(())
+    }
+
+    /// Retires up to `n` serving instances, those whose engines do not have `keep`
+    /// intra-op threads first, then the newest; never the last one. Each finishes the
+    /// batch it runs and exits; returns how many were retired. Does not wait for them
+    /// (their threads are joined by a later change or on shutdown).
+    pub fn retire(&self, n: usize, keep: Option<usize>) -> usize {
+        let mut workers = self.workers();
+        workers.reap(&self.shared.label);
+        let n = n.min(workers.serving.len().saturating_sub(1));
+        let mut retired = 0;
+        while retired < n {
+            let ix = keep
+                .and_then(|k| workers.serving.iter().rposition(|w| w.threads != k))
+                .unwrap_or(workers.serving.len() - 1);
+            let w = workers.serving.remove(ix);
+            w.stop.store(true, Ordering::Release);
+            tracing::debug!(model = %self.shared.label, instance = w.id, "instance retired");
+            workers.retired.push(w);
+            retired += 1;
+        }
+        let serving = workers.serving.len();
+        drop(workers);
+        {
+            // Under the lock: a thread about to wait sees its flag or gets the notice.
+            let mut state = self.shared.lock();
+            state.set_instances(serving);
+            self.shared.wake.notify_all();
+        }
+        retired
+    }
+
+    /// The serving instances, their intra-op threads, and the threads alive.
+    pub fn instances(&self) -> InstanceCounts {
+        let workers = self.workers();
+        InstanceCounts {
+            serving: workers.serving.len(),
+            threads_per_instance: workers.serving.iter().map(|w| w.threads).max().unwrap_or(0),
+            running: self.shared.running.load(Ordering::Acquire),
+        }
+    }
+
+    /// Serving instances whose engines were built with `threads` intra-op threads.
+    pub fn count_with_threads(&self, threads: usize) -> usize {
+        self.workers()
+            .serving
+            .iter()
+            .filter(|w| w.threads == threads)
+            .count()
+    }
+
+    /// The learned engine latency of a batch of `rows` rows, if any run was seen.
+    pub fn latency_estimate(&self, rows: usize) -> Option<Duration> {
+        self.shared.lock().latency_estimate(rows)
+    }
+
+    /// The queue timeout of the default priority level, if it has one.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        let state = self.shared.lock();
+        let c = state.config();
+        c.levels
+            .get(c.default_level.saturating_sub(1))
+            .and_then(|l| l.default_timeout)
+    }
+
+    /// The model's largest batch (1 when it does not batch).
+    pub fn max_batch_size(&self) -> usize {
+        self.shared.lock().config().max_batch_size.max(1)
     }
 
     pub fn stats(&self) -> &Arc<PoolStats> {
@@ -226,8 +398,13 @@ impl InstancePool {
     pub fn shutdown(&mut self) {
         self.shared.lock().close();
         self.shared.wake.notify_all();
-        for handle in self.threads.drain(..) {
-            if handle.join().is_err() {
+        let all: Vec<Worker> = {
+            let mut workers = self.workers();
+            let w = &mut *workers;
+            w.serving.drain(..).chain(w.retired.drain(..)).collect()
+        };
+        for w in all {
+            if w.handle.join().is_err() {
                 tracing::error!(model = %self.shared.label, "an instance thread panicked");
             }
         }
@@ -240,10 +417,18 @@ impl Drop for InstancePool {
     }
 }
 
-/// Waits for the next batch; `None` once closed and empty.
-fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
+/// Waits for the next batch; `None` once closed and empty, or once this instance is
+/// retired (`stop`).
+fn next_batch(shared: &Shared, stop: &AtomicBool) -> Option<Vec<Entry<Job>>> {
     let mut state = shared.lock();
     loop {
+        if stop.load(Ordering::Acquire) {
+            // What is queued stays for the others; let one of them look at it.
+            if !state.is_empty() {
+                shared.wake.notify_one();
+            }
+            return None;
+        }
         let now = Instant::now();
         let step = state.next(now);
         // Their callers have gone (and counted them): release their slots.
@@ -283,8 +468,8 @@ fn next_batch(shared: &Shared) -> Option<Vec<Entry<Job>>> {
     }
 }
 
-fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>) {
-    while let Some(batch) = next_batch(shared) {
+fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>, stop: &AtomicBool) {
+    while let Some(batch) = next_batch(shared, stop) {
         let started = Instant::now();
         let rows: usize = batch.iter().map(|e| e.rows).sum();
         let queued: Vec<Duration> = batch

@@ -363,7 +363,7 @@ async fn shutdown_runs_what_is_queued() {
     );
     let pool_ref: &'static InstancePool = Box::leak(Box::new(InstancePool {
         shared: Arc::clone(&pool.shared),
-        threads: Vec::new(),
+        workers: Mutex::default(),
     }));
     let pending = tokio::spawn(pool_ref.infer(request(&[5.0]), NO_OPTIONS));
     wait_for(|| pool.queue_len() == 1).await;
@@ -399,4 +399,51 @@ async fn the_timeout_bounds_the_queue_not_a_run_that_has_started() {
     assert_eq!(values(&out[0]), vec![3.0]);
     assert_eq!(pool.stats().outcome(Outcome::Success), 1);
     assert_eq!(pool.stats().outcome(Outcome::Timeout), 0);
+}
+
+/// A retired instance finishes the batch it runs; the queue stays for the others;
+/// the last instance is never retired; new instances take batches at once.
+#[tokio::test]
+async fn instances_join_and_retire_without_dropping_requests() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (pool, probe) = pool_with(
+        SchedulerConfig::simple("m:1", 1, 64),
+        vec![Some(rx)],
+        Duration::ZERO,
+    );
+    let pool = Arc::new(pool);
+    let asks: Vec<_> = (0..6)
+        .map(|i| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.infer(request(&[i as f32]), NO_OPTIONS).await })
+        })
+        .collect();
+    // One runs (held by its gate), five wait.
+    wait_for(|| probe.entered.load(Ordering::SeqCst) == 1 && pool.queue_len() == 5).await;
+    let free = |p: &Probe| Doubler {
+        runs: Arc::clone(&p.runs),
+        entered: Arc::clone(&p.entered),
+        gate: None,
+        sleep: Duration::ZERO,
+        slow_ones: false,
+    };
+    pool.add(vec![Box::new(free(&probe)), Box::new(free(&probe))], 2)
+        .unwrap();
+    assert_eq!(pool.instances().serving, 3);
+    assert_eq!(pool.count_with_threads(2), 2);
+    // The two new ones drain the queue while the gated one is still running.
+    wait_for(|| pool.queue_len() == 0).await;
+    // Retire all but one, the gated (1-thread) instance first: it finishes its run.
+    assert_eq!(pool.retire(5, Some(2)), 2);
+    let c = pool.instances();
+    assert_eq!((c.serving, c.threads_per_instance), (1, 2));
+    tx.send(()).unwrap();
+    for (i, a) in asks.into_iter().enumerate() {
+        let out = a.await.unwrap().unwrap();
+        assert_eq!(values(&out[0]), vec![2.0 * i as f32]);
+    }
+    wait_for(|| pool.instances().running == 1).await;
+    // The one left serves on.
+    assert!(pool.infer(request(&[4.0]), NO_OPTIONS).await.is_ok());
+    assert_eq!(pool.retire(1, None), 0);
 }

@@ -459,6 +459,7 @@ pub fn http_scope(path: &str) -> Option<Scope> {
                 ["config"] => Some(Scope::ModelConfig),
                 ["infer" | "generate" | "generate_stream"] => Some(Scope::Inference),
                 ["stats"] => Some(Scope::Statistics),
+                ["instances"] => Some(Scope::ModelRepository),
                 ["trace", ..] => Some(Scope::Trace),
                 _ => None,
             }

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod grpc;
 mod health;
 mod infer;
+mod instances;
 pub mod limits;
 mod listener;
 mod load;
@@ -92,6 +93,7 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .merge(stats::router())
         .merge(logging::router())
         .merge(load::router())
+        .merge(instances::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
         .layer(axum::middleware::map_response(json_errors))

@@ -228,6 +228,28 @@ fn native(out: &mut Writer, versions: &[VersionStats]) {
     );
     each(out, "sluice_model_memory_bytes", &|v| v.memory_bytes as f64);
     out.family(
+        "sluice_model_instances",
+        "gauge",
+        "Instances of the model version taking batches now (changes live: instances API, in-place loads, the autoscaler).",
+    );
+    each(out, "sluice_model_instances", &|v| v.instances.count as f64);
+    out.family(
+        "sluice_model_instance_threads",
+        "gauge",
+        "Intra-op threads of each instance of the model version.",
+    );
+    each(out, "sluice_model_instance_threads", &|v| {
+        v.instances.threads_per_instance as f64
+    });
+    out.family(
+        "sluice_model_instance_threads_running",
+        "gauge",
+        "Instance threads of the model version alive (retired ones finishing their last batch included).",
+    );
+    each(out, "sluice_model_instance_threads_running", &|v| {
+        v.instances.running_threads as f64
+    });
+    out.family(
         "sluice_inference_requests_total",
         "counter",
         "Inference requests by outcome: success, rejected (queue full or deadline unreachable), timeout, cancelled, backend (engine failure), invalid.",

@@ -212,6 +212,10 @@ async fn index(
             if let Some(m) = e.memory_bytes {
                 row["memory_bytes"] = json!(m);
             }
+            if let Some((count, threads)) = e.instances {
+                row["instances"] = json!(count);
+                row["intra_op_thread_count"] = json!(threads);
+            }
             row
         })
         .collect();

@@ -52,8 +52,17 @@ fn body(
     model: Option<&str>,
     version: Option<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    let stats = model_statistics(runtime, model, version)?;
-    let mut rows: Vec<Value> = stats.iter().map(to_json).collect();
+    let versions = runtime.stats(model, version)?;
+    let mut rows: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let mut row = to_json(&to_proto(v));
+            // Sluice's addition: what the version runs now (see the instances API).
+            row["instances"] = json!(v.instances.count);
+            row["intra_op_thread_count"] = json!(v.instances.threads_per_instance);
+            row
+        })
+        .collect();
     // A variant family's row also says how many requests each variant answered.
     let families = runtime.variant_choices();
     for row in &mut rows {

@@ -142,6 +142,21 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_INTRA_OP_THREADS", default_value_t = 1)]
     intra_op_threads: usize,
 
+    /// Cores the models may take together (instances × intra-op threads): the
+    /// budget the autoscaler shares between the models that set the
+    /// `sluice_autoscale_instances` parameter (default: every core of the machine).
+    #[arg(long, env = "SLUICE_CPU_BUDGET")]
+    cpu_budget: Option<usize>,
+
+    /// Milliseconds between two ticks of the autoscaler.
+    #[arg(long, env = "SLUICE_AUTOSCALE_INTERVAL_MS", default_value_t = 1000)]
+    autoscale_interval_ms: u64,
+
+    /// The autoscaler's drift-plus-penalty trade-off V: the cost of one core in
+    /// instances of unmet demand (higher: fewer cores, later).
+    #[arg(long, env = "SLUICE_AUTOSCALE_V", default_value_t = 0.5)]
+    autoscale_v: f64,
+
     /// Requests that may wait per model version before new ones get 429
     /// (a model's `dynamic_batching.default_queue_policy.max_queue_size` overrides it).
     #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = 1024)]
@@ -451,6 +466,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(repository = ?args.repositories.model_repository, "loading models");
     let runtime = Runtime::start(config, backends).map_err(|e| anyhow::anyhow!("{e}"))?;
     repositories.attach(&runtime)?;
+    let cpu_budget = args.cpu_budget.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    anyhow::ensure!(cpu_budget > 0, "--cpu-budget must be at least 1");
+    anyhow::ensure!(
+        (1..=3_600_000).contains(&args.autoscale_interval_ms),
+        "--autoscale-interval-ms must be between 1 and 3600000"
+    );
+    anyhow::ensure!(
+        args.autoscale_v.is_finite() && args.autoscale_v >= 0.0,
+        "--autoscale-v must be a number >= 0"
+    );
+    runtime
+        .start_autoscaler(sluice_runtime::AutoscaleConfig {
+            cpu_budget,
+            interval: std::time::Duration::from_millis(args.autoscale_interval_ms),
+            v: args.autoscale_v,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready = runtime
         .index()
         .iter()

@@ -217,6 +217,7 @@ impl Runtime {
             cache_enabled: false,
             identity: 0,
             ensemble: Some(Arc::new(ensemble)),
+            factory: None,
             split: false,
         })
     }

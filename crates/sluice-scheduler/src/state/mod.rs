@@ -116,6 +116,11 @@ impl<T: Pending> State<T> {
         &self.config
     }
 
+    /// The pool's instance count changed (early rejection counts on it).
+    pub fn set_instances(&mut self, instances: usize) {
+        self.instances = instances.max(1);
+    }
+
     /// Requests waiting (a cancelled one counts until an instance meets it or its level
     /// fills up).
     pub fn len(&self) -> usize {
