@@ -140,7 +140,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let wanted = chunks[0].outputs.clone();
+        let wanted = chunks[0].outputs().to_vec();
         let outputs = crate::split::run(&served.pool, chunks, options).await?;
         Ok((request.id, wanted, outputs))
     }

@@ -295,11 +295,6 @@ impl InstancePool {
             .and_then(|l| l.default_timeout)
     }
 
-    /// The model's largest batch (1 when it does not batch).
-    pub fn max_batch_size(&self) -> usize {
-        self.shared.lock().config().max_batch_size.max(1)
-    }
-
     pub fn stats(&self) -> &Arc<PoolStats> {
         &self.shared.stats
     }

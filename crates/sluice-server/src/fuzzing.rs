@@ -398,8 +398,11 @@ impl Backend for NoEngine {
     }
 }
 
+/// One fuzz target: its name and the function that takes one input.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, for the corpus tests and `scripts/fuzz.sh`'s list.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("http_json", http_json),
     ("http_binary", http_binary),
     ("http_raw", http_raw),

@@ -165,11 +165,12 @@ impl Ensemble {
             }
         };
         let counted = Counted::start(stats, arrived);
-        let rows = valid.rows;
+        let rows = valid.rows();
+        // Tensors share their bytes: a clone copies the name and shape only.
         let inputs: HashMap<String, Tensor> = valid
-            .inputs
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
+            .inputs()
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
             .collect();
         let flow = self.flow(runtime, inputs, &job);
         let result = match job.deadline {
@@ -184,12 +185,12 @@ impl Ensemble {
         counted.finish(&result, rows);
         let mut all: Vec<Option<Tensor>> = result?.into_iter().map(Some).collect();
         let outputs = valid
-            .outputs
+            .outputs()
             .iter()
             .map(|&ix| all.get_mut(ix).and_then(Option::take))
             .collect::<Option<Vec<Tensor>>>()
             .ok_or_else(|| Error::internal("the ensemble made fewer outputs than it declares"))?;
-        Ok((valid.id, outputs))
+        Ok((valid.id().map(str::to_owned), outputs))
     }
 
     fn timed_out(&self, job: &Job, when: &str) -> Error {
@@ -290,6 +291,8 @@ impl Ensemble {
             priority: job.priority,
             timeout,
             cache: job.cache,
+            // A step that is a variant family chooses by the remaining `timeout`.
+            objective: Default::default(),
         })
     }
 

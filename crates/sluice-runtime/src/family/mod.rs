@@ -220,6 +220,8 @@ impl Runtime {
                 reason: String::new(),
                 load_duration: Some(f.load_duration),
                 memory_bytes: Some(0),
+                // A family runs nothing itself: its variants have the instances.
+                instances: None,
             },
             Slot::Failed(reason) => IndexEntry {
                 name: name.to_owned(),
@@ -228,6 +230,7 @@ impl Runtime {
                 reason: reason.clone(),
                 load_duration: None,
                 memory_bytes: None,
+                instances: None,
             },
         })
     }
@@ -256,6 +259,13 @@ impl Runtime {
                     queue_len: 0,
                     load_duration: f.load_duration,
                     memory_bytes: 0,
+                    instances: crate::InstanceView {
+                        version: VERSION,
+                        count: 0,
+                        threads_per_instance: 0,
+                        running_threads: 0,
+                        autoscale: None,
+                    },
                 }),
                 Slot::Failed(_) => None,
             })

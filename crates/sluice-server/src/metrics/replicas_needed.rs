@@ -102,6 +102,8 @@ impl Inputs {
             load_time_s: 0.0,
             memory_bytes: None,
             batches,
+            accuracy: None,
+            instance_scaling: Vec::new(),
             service: ServiceModel::Deterministic,
         })
     }
