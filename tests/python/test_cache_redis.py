@@ -346,3 +346,22 @@ def test_tls_to_redis_with_a_generated_ca_and_client_certificates(redis_factory,
     assert "cannot read cacert" in err, err
     err = serve_fails(*mutual.flag("tls=true", f"cert_dir={root}"))
     assert "holds no PEM certificate" in err, err
+
+
+def test_connections_are_open_before_the_server_is_ready(redis_factory, start_server, tmp_path):
+    """The pool's connections are made (and checked with a PING) at start, before the
+    ready file is written: the first lookups do not pay the handshakes inside their
+    socket_timeout (with TLS that handshake could exceed the 100 ms default)."""
+    redis = redis_factory()
+    root = cached_repository(tmp_path / "r", ["mlp"])
+    server = start_server(root, *redis.flag("pool=3"))
+    # Before any request: three connections of the pool whose last command was PING
+    # (the start-up check's own connection is closed; redis-cli's is `client|list`).
+    clients = [line for line in redis.cli("CLIENT", "LIST").splitlines() if "cmd=ping" in line]
+    assert len(clients) >= 3, redis.cli("CLIENT", "LIST")
+    assert stats(server, "mlp")["exec"] == 0
+    inputs = random_inputs("mlp", seed=91)
+    miss = infer(server, "http-binary", "mlp", inputs)
+    hit = infer(server, "http-binary", "mlp", inputs)
+    assert np.array_equal(hit["probabilities"], miss["probabilities"])
+    assert stats(server, "mlp")["hit"] == 1 and metric(server, "sluice_cache_errors_total") == 0

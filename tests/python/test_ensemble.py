@@ -473,6 +473,65 @@ def test_max_inflight_requests_bounds_a_step_then_refuses(tmp_path):
         assert s.stop() == 0, s.log()[-3000:]
 
 
+def test_a_cached_ensemble_answers_the_whole_pipeline_and_never_outlives_a_step_swap(tmp_path):
+    """`response_cache { enable: true }` on an ensemble: a hit answers the whole pipeline
+    (no step runs), counted as Triton counts hits; a composing model with its own cache
+    caches independently; a step's hot swap changes the key, so the next answer is the
+    new pipeline's, never the old entry."""
+    plus_model(tmp_path, "c_first", 1, batching=True)
+    plus_model(tmp_path, "c_second", 2, batching=True)
+    ensemble(tmp_path, "e_cached", ["IN"], ["OUT"], [
+        step("c_first", {"x": "IN"}, {"y": "M"}), step("c_second", {"x": "M"}, {"y": "OUT"})],
+        extra="response_cache { enable: true }\n")
+    cfg = tmp_path / "c_first" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "response_cache { enable: true }\n")
+    s = Server(tmp_path, "--model-control-mode", "explicit", "--load-model", "*",
+               "--cache-config", "local,size=1048576")
+    try:
+        def counts(model):
+            m = stats(s, model)
+            i = m["inference_stats"]
+            return (int(i["cache_hit"]["count"]), int(i["cache_miss"]["count"]), int(i["success"]["count"]),
+                    int(m["execution_count"]))
+
+        def out(x, **params):
+            r = post(s, "e_cached", "IN", x, **params)
+            assert r.status_code == 200, r.text
+            return np.array(r.json()["outputs"][0]["data"], np.float32).reshape(x.shape)
+
+        x = RNG.normal(size=(2, W)).astype(np.float32)
+        first = out(x)
+        np.testing.assert_allclose(first, x + 3, rtol=1e-6)
+        assert counts("e_cached")[:3] == (0, 1, 1)
+        second_before = counts("c_second")
+        again = out(x)
+        assert np.array_equal(again, first)
+        assert counts("e_cached")[:3] == (1, 1, 2), "the second request was not a hit"
+        assert counts("c_second") == second_before, "a hit ran a step"
+        # The composing model's own cache: x went through c_first, so a direct request is a hit.
+        direct = post(s, "c_first", "x", x)
+        assert direct.status_code == 200, direct.text
+        assert counts("c_first")[0] == 1 and counts("c_first")[3] == 1
+        # Another input misses; a request that skips the cache runs the steps.
+        y = x + 1
+        np.testing.assert_allclose(out(y), y + 3, rtol=1e-6)
+        np.testing.assert_allclose(out(x, sluice_cache="skip"), x + 3, rtol=1e-6)
+        assert counts("c_second")[3] == second_before[3] + 2
+        # c_second gets a version 2 (y = x + 20) and swaps to it: the same input answers anew.
+        plus_model(tmp_path, "c_second", 20, version=2, batching=True)
+        r = requests.post(f"{s.base}/v2/repository/models/c_second/load", timeout=60)
+        assert r.status_code == 200, r.text
+        assert wait_until(lambda: requests.get(f"{s.base}/v2/models/c_second/versions/2/ready",
+                                               timeout=10).status_code == 200, timeout=60)
+        hits = counts("e_cached")[0]
+        np.testing.assert_allclose(out(x), x + 21, rtol=1e-6)
+        assert counts("e_cached")[0] == hits, "an entry from before the step's swap answered"
+        np.testing.assert_allclose(out(x), x + 21, rtol=1e-6)
+        assert counts("e_cached")[0] == hits + 1
+    finally:
+        assert s.stop() == 0, s.log()[-3000:]
+
+
 # --- lifecycle ---------------------------------------------------------------------------------
 
 

@@ -46,7 +46,8 @@ pub(crate) struct Served {
     /// Requests larger than a batch are split across its instances (see `split`).
     pub split: bool,
     /// What a shared response cache knows this version by (see
-    /// [`crate::cache::identity`]); 0 when the cache is off for it.
+    /// [`crate::cache::identity`]); 0 without a shared cache, or when the cache is
+    /// off for it and the cache is local.
     pub identity: u128,
     /// Set when this version is an ensemble: its requests run as a dataflow over
     /// other models (see `ensemble`), and `pool` has no instances (only statistics).
@@ -97,6 +98,10 @@ pub(crate) struct BuildContext<'a> {
     pub execution_gates: Option<&'a Path>,
     /// Hands out load generations (see [`Served::generation`]).
     pub generations: &'a AtomicU64,
+    /// The response cache is shared between replicas (Redis): every version gets an
+    /// [`Served::identity`], since an ensemble that caches keys its answers by its
+    /// steps' identities whether or not the steps cache themselves.
+    pub shared_cache: bool,
 }
 
 /// Picks the backend of a model and completes its config with it.
@@ -195,7 +200,10 @@ pub(crate) fn load_version(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         cache_enabled: config.response_cache_enabled(),
         split: crate::split::enabled(config)?,
-        identity: match (config.response_cache_enabled(), version.model_file.parent()) {
+        identity: match (
+            config.response_cache_enabled() || cx.shared_cache,
+            version.model_file.parent(),
+        ) {
             (true, Some(dir)) => crate::cache::identity(config, backend.name(), dir),
             _ => 0,
         },

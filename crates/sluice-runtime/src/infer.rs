@@ -45,14 +45,39 @@ impl Runtime {
             }),
         };
         if let Some(ensemble) = served.ensemble.clone() {
-            let result = ensemble.infer(self, &served, request, arrived).await;
+            let control = request.cache;
+            let valid = self.validate(&served, request, arrived)?;
+            let id = valid.id().map(str::to_owned);
+            let wanted = valid.outputs().to_vec();
+            let execute =
+                |valid, options| ensemble.run(self, &served, valid, options, control, arrived);
+            let cached = self
+                .inner
+                .cache
+                .as_ref()
+                .filter(|_| served.cache_enabled)
+                .and_then(|c| Some((c, self.ensemble_scope(c, &served, &ensemble, 0)?)));
+            let result = match cached {
+                Some((cache, scope)) => {
+                    let job = cache::CachedJob {
+                        model: name,
+                        version: v,
+                        scope,
+                        control,
+                        request: valid,
+                        options,
+                        arrived,
+                    };
+                    cache.run(&served, job, execute).await
+                }
+                None => execute(valid, options).await,
+            };
             drop(served);
-            let (id, outputs) = result?;
             return Ok(InferResponse {
                 model_name: name.to_owned(),
                 model_version: v,
                 id,
-                outputs,
+                outputs: pick(result?, &wanted)?,
                 answered_by: None,
             });
         }
@@ -71,16 +96,7 @@ impl Runtime {
             });
         }
         let control = request.cache;
-        let valid = match served.signature.validate(request) {
-            Ok(valid) => valid,
-            Err(e) => {
-                served
-                    .pool
-                    .stats()
-                    .record(Outcome::Invalid, arrived.elapsed());
-                return Err(e);
-            }
-        };
+        let valid = self.validate(&served, request, arrived)?;
         let id = valid.id().map(str::to_owned);
         let wanted = valid.outputs().to_vec();
         let result = match self.inner.cache.as_ref().filter(|_| served.cache_enabled) {
@@ -88,12 +104,15 @@ impl Runtime {
                 let job = cache::CachedJob {
                     model: name,
                     version: v,
+                    scope: cache.scope(&served),
                     control,
                     request: valid,
                     options,
                     arrived,
                 };
-                cache.run(&served, job).await
+                cache
+                    .run(&served, job, |r, o| served.pool.infer(r, o))
+                    .await
             }
             None => served.pool.infer(valid, options).await,
         };
@@ -113,6 +132,22 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Validates a request with the version's signature; an invalid one is counted
+    /// in its statistics.
+    fn validate(
+        &self,
+        served: &crate::build::Served,
+        request: InferRequest,
+        arrived: std::time::Instant,
+    ) -> Result<sluice_core::ValidRequest> {
+        served.signature.validate(request).inspect_err(|_| {
+            served
+                .pool
+                .stats()
+                .record(Outcome::Invalid, arrived.elapsed());
+        })
+    }
+
     /// Runs a request of more rows than a batch holds as chunks on every instance
     /// (see `split`); returns its id, the outputs it asked for and all outputs.
     async fn infer_split(

@@ -273,6 +273,7 @@ impl Runtime {
             queue_capacity: self.inner.config.queue_capacity,
             execution_gates: self.inner.config.execution_gates.as_deref(),
             generations: &self.inner.clock,
+            shared_cache: self.inner.cache.as_ref().is_some_and(|c| c.is_shared()),
         };
         // An ensemble has no backend: its versions are built by `ensemble`.
         let (backend, config, platform) = if crate::ensemble::is_ensemble(&source.config) {

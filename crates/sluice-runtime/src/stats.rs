@@ -29,6 +29,15 @@ impl Runtime {
         Some(cache.stats())
     }
 
+    /// Opens the response cache's connections to a shared store (Redis) now, so the
+    /// first requests do not pay the handshakes; call it once inside the server's
+    /// tokio runtime, before serving. Never fails: a store that is down is an outage.
+    pub async fn open_cache(&self) {
+        if let Some(cache) = self.inner.cache.as_ref() {
+            cache.open().await;
+        }
+    }
+
     /// Counts a request for a servable model that was refused before it reached
     /// [`Runtime::infer`] (a body or message that could not be decoded) as invalid.
     pub fn record_invalid(&self, name: &str, version: Option<u64>, elapsed: Duration) {

@@ -500,6 +500,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut signals = Signals::new()?;
         let grace = std::time::Duration::from_secs_f64(args.drain_grace_secs);
         sluice_server::tls::spawn_reloader(security.reloaders(), security.reload_interval);
+        runtime.open_cache().await;
         // gRPC is bound first: the "listening" lines come out gRPC, then HTTP.
         let grpc_addr = SocketAddr::new(
             args.grpc_address.unwrap_or(args.http_address),

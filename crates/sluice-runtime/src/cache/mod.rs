@@ -107,6 +107,9 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::Path
 pub(crate) struct CachedJob<'a> {
     pub model: &'a str,
     pub version: u64,
+    /// Which load answers (see [`ResponseCache::scope`]; an ensemble's also covers
+    /// the loads its steps resolve to).
+    pub scope: u128,
     pub control: CacheControl,
     pub request: ValidRequest,
     pub options: JobOptions,
@@ -125,7 +128,7 @@ enum Store {
 }
 
 impl Store {
-    fn scope(&self, served: &Served) -> u128 {
+    fn scope_of(&self, served: &Served) -> u128 {
         match self {
             Store::Local(_) => u128::from(served.generation),
             Store::Redis(_) => served.identity,
@@ -179,22 +182,46 @@ impl ResponseCache {
         }))
     }
 
+    /// Entries are shared between replicas (Redis), so loads are told apart by
+    /// their identity rather than their generation.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store.as_ref(), Store::Redis(_))
+    }
+
+    /// Which load of `served` answers, as this store tells loads apart: the load
+    /// generation in process, the version's [`identity`] across replicas.
+    pub fn scope(&self, served: &Served) -> u128 {
+        self.store.scope_of(served)
+    }
+
     /// Answers `job` on `served` with every output of the model: from the cache when
-    /// it holds the answer, else by running the model (once for concurrent identical
-    /// requests) and storing the answer as the request's `control` allows. A cache
-    /// problem never fails a request: it runs the model instead.
-    pub async fn run(&self, served: &Served, job: CachedJob<'_>) -> Result<Vec<Tensor>> {
+    /// it holds the answer, else by running it with `execute` (once for concurrent
+    /// identical requests) and storing the answer as the request's `control` allows.
+    /// `execute` runs the version itself (its instance pool, or an ensemble's
+    /// dataflow) and counts the run in `served`'s statistics. A cache problem never
+    /// fails a request: it runs the model instead.
+    pub async fn run<F, Fut>(
+        &self,
+        served: &Served,
+        job: CachedJob<'_>,
+        execute: F,
+    ) -> Result<Vec<Tensor>>
+    where
+        F: Fn(ValidRequest, JobOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Tensor>>>,
+    {
         let stats = served.pool.stats();
         let CachedJob {
             model,
             version,
+            scope,
             control,
             request,
             options,
             arrived,
         } = job;
         if control == CacheControl::Skip {
-            return served.pool.infer(request, options).await;
+            return execute(request, options).await;
         }
         let started = Instant::now();
         let deadline = options.timeout.map(|t| started + t);
@@ -211,7 +238,7 @@ impl ResponseCache {
         let probe = Probe {
             model,
             version,
-            scope: self.store.scope(served),
+            scope,
             inputs: retry.inputs(),
         };
         let key = probe.hash();
@@ -224,26 +251,26 @@ impl ResponseCache {
         }
         match control {
             // Answered above; kept correct should that change.
-            CacheControl::Skip => served.pool.infer(request, options).await,
+            CacheControl::Skip => execute(request, options).await,
             CacheControl::NoStore => {
                 self.miss(stats, started.elapsed());
-                served.pool.infer(request, options).await
+                execute(request, options).await
             }
             CacheControl::Refresh => {
-                let outputs = served.pool.infer(request, options).await?;
+                let outputs = execute(request, options).await?;
                 let insert = Instant::now();
                 self.store_answer(key, probe, &outputs).await;
                 self.miss(stats, insert.elapsed());
                 Ok(outputs)
             }
             CacheControl::Use => {
-                let pool = &served.pool;
+                let execute = &execute;
                 let lookup = started.elapsed();
                 let pending = Pending::enter(&self.counters);
                 let flight = self
                     .flights
                     .run(key, deadline, || async {
-                        let outputs = pool.infer(request, remaining()).await?;
+                        let outputs = execute(request, remaining()).await?;
                         let insert = Instant::now();
                         let entry = self.store_answer(key, probe, &outputs).await;
                         Ok::<_, Error>((entry, (outputs, insert.elapsed())))
@@ -267,7 +294,7 @@ impl ResponseCache {
                     // A hash collision: the entry answers another request.
                     Flight::Joined(_) => {
                         self.miss(stats, started.elapsed());
-                        served.pool.infer(retry, remaining()).await
+                        execute(retry, remaining()).await
                     }
                     Flight::TimedOut => {
                         self.miss(stats, lookup);
@@ -313,6 +340,14 @@ impl ResponseCache {
     fn miss(&self, stats: &PoolStats, took: Duration) {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         stats.cache_miss.add(1, nanos(took));
+    }
+
+    /// Opens a shared store's connections (see [`RedisStore::open`]); nothing to do
+    /// in process.
+    pub async fn open(&self) {
+        if let Store::Redis(s) = self.store.as_ref() {
+            s.open().await;
+        }
     }
 
     /// Applies pending evictions, so the figures read next are exact.

@@ -33,8 +33,9 @@ fn redis_key(key: u128) -> String {
 pub(crate) struct RedisStore {
     config: RedisCacheConfig,
     client: redis::Client,
-    /// Created on first use, inside the server's tokio runtime (their connection
-    /// tasks live there); each reconnects by itself after a drop.
+    /// Created inside the server's tokio runtime (their connection tasks live
+    /// there): by [`RedisStore::open`] at start, else on first use; each reconnects
+    /// by itself after a drop.
     connections: tokio::sync::OnceCell<Vec<ConnectionManager>>,
     next: AtomicUsize,
     counters: Arc<CacheCounters>,
@@ -107,6 +108,39 @@ impl RedisStore {
             probe_at: AtomicU64::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// Opens the pool's connections now, each checked with a PING bounded by
+    /// `connect_timeout`, so the first lookups after start do not pay the TCP (and
+    /// TLS) handshake inside their `socket_timeout`. A failure is an outage like any
+    /// other: requests run their models and a later one reconnects.
+    pub async fn open(&self) {
+        if self.connection().await.is_none() {
+            return;
+        }
+        let Some(all) = self.connections.get() else {
+            return;
+        };
+        let pings = all.iter().map(|c| {
+            let mut c = c.clone();
+            async move {
+                tokio::time::timeout(
+                    self.config.connect_timeout,
+                    redis::cmd("PING").query_async::<String>(&mut c),
+                )
+                .await
+            }
+        });
+        for answer in futures_util::future::join_all(pings).await {
+            match answer {
+                Ok(Ok(_)) => self.succeeded(),
+                Ok(Err(e)) => self.failed(&e.to_string()),
+                Err(_) => self.failed(&format!(
+                    "no answer to PING within {} ms (connect_timeout)",
+                    self.config.connect_timeout.as_millis()
+                )),
+            }
+        }
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {

@@ -214,12 +214,59 @@ impl Runtime {
             generation: cx
                 .generations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            cache_enabled: false,
-            identity: 0,
+            cache_enabled: config.response_cache_enabled(),
+            // The ensemble's own part of a shared cache's key: its config (the graph)
+            // and whatever its version folder holds; the steps' loads are added per
+            // request (`Runtime::ensemble_scope`).
+            identity: match (
+                config.response_cache_enabled() || cx.shared_cache,
+                version.model_file.parent(),
+            ) {
+                (true, Some(dir)) => crate::cache::identity(config, PLATFORM, dir),
+                _ => 0,
+            },
             ensemble: Some(Arc::new(ensemble)),
             factory: None,
             split: false,
         })
+    }
+
+    /// The cache scope of one request to the ensemble `served`: the ensemble's own
+    /// load and, step by step, the load each step resolves to now (recursively for an
+    /// ensemble inside it), so an answer is never reused once a step's model has
+    /// changed. `None` when a step does not serve at this moment, or is a variant
+    /// family (its answer depends on the load): such a request runs uncached.
+    pub(crate) fn ensemble_scope(
+        &self,
+        cache: &crate::cache::ResponseCache,
+        served: &Served,
+        ensemble: &Ensemble,
+        depth: usize,
+    ) -> Option<u128> {
+        use crate::lookup::Lookup;
+        if depth > 8 {
+            return None;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&cache.scope(served).to_le_bytes());
+        for step in &ensemble.graph.scheduling.step {
+            if self.family(&step.model_name).is_some() {
+                return None;
+            }
+            let version = u64::try_from(step.model_version).ok();
+            let Lookup::Ready(step_served, v) = self.lookup(&step.model_name, version) else {
+                return None;
+            };
+            let part = match &step_served.ensemble {
+                Some(inner) => self.ensemble_scope(cache, &step_served, inner, depth + 1)?,
+                None => cache.scope(&step_served),
+            };
+            h.update(&(step.model_name.len() as u64).to_le_bytes());
+            h.update(step.model_name.as_bytes());
+            h.update(&v.to_le_bytes());
+            h.update(&part.to_le_bytes());
+        }
+        Some(h.digest128())
     }
 
     /// Refuses the explicit unload of a model that a serving ensemble uses as a step.

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use sluice_core::{CacheControl, Error, ErrorKind, InferRequest, RequestedOutput, Result, Tensor};
+use sluice_core::{
+    CacheControl, Error, ErrorKind, InferRequest, RequestedOutput, Result, Tensor, ValidRequest,
+};
+use sluice_scheduler::JobOptions;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::Ensemble;
@@ -122,49 +125,44 @@ impl Drop for Counted<'_> {
     }
 }
 
-pub(crate) type EnsembleFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(Option<String>, Vec<Tensor>)>> + Send + 'a>>;
+/// The boxed future of one ensemble run: every output of the ensemble, in config
+/// order. Boxed, with its type spelled out: a step may itself be an ensemble, and an
+/// async call cycle needs a future of known size and a known `Send`.
+pub(crate) type EnsembleFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Tensor>>> + Send + 'a>>;
 
 impl Ensemble {
-    /// Runs one request on this ensemble (`served` is its version): validates it with
-    /// the ensemble's signature, runs the steps, and returns its id and the outputs
-    /// it asked for, in its order.
-    ///
-    /// Boxed, with its type spelled out: a step may itself be an ensemble, and an
-    /// async call cycle needs a future of known size and a known `Send`.
-    pub(crate) fn infer<'a>(
+    /// Runs one validated request on this ensemble (`served` is its version) with
+    /// `options`' priority and timeout, its steps asking their models' caches as
+    /// `cache` says; counts it in the ensemble's own statistics from `arrived`.
+    pub(crate) fn run<'a>(
         &'a self,
         runtime: &'a Runtime,
         served: &'a Served,
-        request: InferRequest,
+        valid: ValidRequest,
+        options: JobOptions,
+        cache: CacheControl,
         arrived: Instant,
     ) -> EnsembleFuture<'a> {
-        Box::pin(self.run(runtime, served, request, arrived))
+        Box::pin(self.run_valid(runtime, served, valid, options, cache, arrived))
     }
 
-    async fn run(
+    async fn run_valid(
         &self,
         runtime: &Runtime,
         served: &Served,
-        request: InferRequest,
+        valid: ValidRequest,
+        options: JobOptions,
+        cache: CacheControl,
         arrived: Instant,
-    ) -> Result<(Option<String>, Vec<Tensor>)> {
-        let stats = served.pool.stats();
+    ) -> Result<Vec<Tensor>> {
         let job = Job {
-            priority: request.priority,
-            deadline: request.timeout.map(|t| arrived + t),
-            timeout: request.timeout,
-            cache: request.cache,
-            id: request.id.clone(),
+            priority: options.priority,
+            deadline: options.timeout.map(|t| Instant::now() + t),
+            timeout: options.timeout,
+            cache,
+            id: valid.id().map(str::to_owned),
         };
-        let valid = match served.signature.validate(request) {
-            Ok(valid) => valid,
-            Err(e) => {
-                stats.record(Outcome::Invalid, arrived.elapsed());
-                return Err(e);
-            }
-        };
-        let counted = Counted::start(stats, arrived);
+        let counted = Counted::start(served.pool.stats(), arrived);
         let rows = valid.rows();
         // Tensors share their bytes: a clone copies the name and shape only.
         let inputs: HashMap<String, Tensor> = valid
@@ -183,14 +181,7 @@ impl Ensemble {
             },
         };
         counted.finish(&result, rows);
-        let mut all: Vec<Option<Tensor>> = result?.into_iter().map(Some).collect();
-        let outputs = valid
-            .outputs()
-            .iter()
-            .map(|&ix| all.get_mut(ix).and_then(Option::take))
-            .collect::<Option<Vec<Tensor>>>()
-            .ok_or_else(|| Error::internal("the ensemble made fewer outputs than it declares"))?;
-        Ok((valid.id().map(str::to_owned), outputs))
+        result
     }
 
     fn timed_out(&self, job: &Job, when: &str) -> Error {
