@@ -28,6 +28,7 @@ mod load;
 mod logging;
 mod metrics;
 mod models;
+mod prescan;
 mod raw;
 mod repository;
 mod serve;
