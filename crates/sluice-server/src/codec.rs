@@ -156,22 +156,6 @@ fn direct_target(
     (count as u64 <= crate::limits::current().max_elements).then_some((owner, datatype, count))
 }
 
-/// The request read from the header with its `data` cut out (see `prescan`), each
-/// input's `data` then read from its own span. `None`: read the request as it is.
-fn read_prescanned(header: &[u8], p: crate::prescan::Prescanned) -> Option<WireRequest> {
-    let mut wire: WireRequest = serde_json::from_slice(&p.reduced).ok()?;
-    if wire.inputs.len() != p.spans.len() {
-        return None;
-    }
-    for (input, span) in wire.inputs.iter_mut().zip(p.spans) {
-        let Some(span) = span else { continue };
-        let target = direct_target(Some(&input.name), Some(&input.datatype), Some(&input.shape));
-        let target = target.as_ref().map(|(o, d, c)| (o.as_str(), *d, *c));
-        input.data = crate::prescan::read_data(&header[span], target)?;
-    }
-    Some(wire)
-}
-
 #[derive(Deserialize)]
 struct WireOutput {
     name: String,
@@ -180,7 +164,7 @@ struct WireOutput {
 }
 
 /// How each output is to be returned: as JSON `data` or as binary bytes.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct OutputPlan {
     default_binary: bool,
     binary: HashMap<String, bool>,
@@ -257,35 +241,8 @@ pub fn decode_request(
             body.len()
         )));
     }
-    let header = &body[..header_len];
-    let wire = match crate::prescan::scan(header).and_then(|p| read_prescanned(header, p)) {
-        Some(wire) => wire,
-        None => serde_json::from_slice(header).map_err(crate::data::json_error)?,
-    };
-    from_wire(wire, body, header_len)
-}
-
-/// [`decode_request`] with serde_json reading all of the header (no `prescan`): what
-/// the fast path must answer alike, for the tests.
-#[cfg(test)]
-pub(crate) fn decode_request_by_serde(
-    body: &Bytes,
-    header_len: Option<usize>,
-) -> Result<(InferRequest, OutputPlan)> {
-    let header_len = header_len.unwrap_or(body.len());
-    if header_len > body.len() {
-        return decode_request(body, Some(header_len));
-    }
-    let wire = serde_json::from_slice(&body[..header_len]).map_err(crate::data::json_error)?;
-    from_wire(wire, body, header_len)
-}
-
-/// The rest of [`decode_request`], once the header is read.
-fn from_wire(
-    wire: WireRequest,
-    body: &Bytes,
-    header_len: usize,
-) -> Result<(InferRequest, OutputPlan)> {
+    let wire: WireRequest =
+        serde_json::from_slice(&body[..header_len]).map_err(crate::data::json_error)?;
     reject_shared_memory(wire.parameters.keys(), "request")?;
     let mut plan = OutputPlan {
         default_binary: bool_param(&wire.parameters, "binary_data_output", "request")?

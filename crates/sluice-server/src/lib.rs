@@ -28,7 +28,6 @@ mod load;
 mod logging;
 mod metrics;
 mod models;
-mod prescan;
 mod raw;
 mod repository;
 mod serve;
