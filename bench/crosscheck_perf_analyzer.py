@@ -39,7 +39,8 @@ def pinned(argv, cpus):
     return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
-def perf_analyzer(peer, name, protocol, level, a):
+def perf_analyzer(peer, name, protocol, level, a, extra=()):
+    """`extra`: more perf_analyzer flags (e.g. `--input-tensor-format json`)."""
     sp = peers.site_packages("perf")
     env = dict(os.environ, LD_LIBRARY_PATH=str(sp / "nvidia" / "cuda_runtime" / "lib"))
     out = OUT / "perf_analyzer.csv"
@@ -47,7 +48,7 @@ def perf_analyzer(peer, name, protocol, level, a):
                    "-u", peer.url(protocol), "-i", "grpc" if protocol == "grpc" else "http",
                    "--concurrency-range", f"{level}:{level}", "--measurement-interval", str(int(a.duration * 1000)),
                    "--stability-percentage", "100", "--max-trials", "6", "--percentile", "99",
-                   "-f", str(out), *SHAPES.get(name, [])], a.client_cpus)
+                   "-f", str(out), *SHAPES.get(name, []), *extra], a.client_cpus)
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError((done.stdout + done.stderr).strip().splitlines()[-1][:300])

@@ -74,31 +74,31 @@ def site_packages(name):
     return next((VENVS / name / "lib").glob("python3*/site-packages"))
 
 
-def pbtxt(model, platform_line):
+def pbtxt(model, platform_line, batching=True):
     io = MODEL_IO[model]
     (iname, idims), (oname, odims) = io["input"], io["output"]
     text = (f'name: "{model}"\n{platform_line}\nmax_batch_size: {io["max_batch_size"]}\n'
             f'input [ {{ name: "{iname}" data_type: TYPE_FP32 dims: {idims} }} ]\n'
             f'output [ {{ name: "{oname}" data_type: TYPE_FP32 dims: {odims} }} ]\n'
             f'instance_group [ {{ count: {io["instances"]} kind: KIND_CPU }} ]\n')
-    if io["dynamic_batching"]:
+    if io["dynamic_batching"] and batching:
         text += "dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }\n"
     return text
 
 
-def sluice_repo():
+def sluice_repo(batching=True):
     repo = OUT / "peers" / "sluice"
     shutil.rmtree(repo, ignore_errors=True)
     for m in MODELS:
         (repo / m / "1").mkdir(parents=True)
         shutil.copy(onnx_path(m), repo / m / "1" / "model.onnx")
-        text = pbtxt(m, 'backend: "onnxruntime"')
+        text = pbtxt(m, 'backend: "onnxruntime"', batching)
         text += 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
         (repo / m / "config.pbtxt").write_text(text)
     return repo
 
 
-def triton_repo():
+def triton_repo(batching=True):
     base = OUT / "peers" / "triton"
     shutil.rmtree(base, ignore_errors=True)
     repo, backends = base / "models", base / "backends" / "python"
@@ -108,7 +108,7 @@ def triton_repo():
         shutil.copy(HERE / "triton_model.py", repo / m / "1" / "model.py")
         # The stub runs in the peer's venv (its `bin/activate` is sourced first).
         env_path = 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "%s" } }\n'
-        (repo / m / "config.pbtxt").write_text(pbtxt(m, 'backend: "python"') + env_path % (VENVS / "triton"))
+        (repo / m / "config.pbtxt").write_text(pbtxt(m, 'backend: "python"', batching) + env_path % (VENVS / "triton"))
     tritonserver = site_packages("triton") / "pytriton" / "tritonserver"
     shutil.copytree(tritonserver / "backends" / "python", backends)
     shutil.copy(tritonserver / "python_backend_stubs" / "3.11" / "triton_python_backend_stub", backends)
@@ -143,16 +143,16 @@ def ort_library():
     return out.stdout.strip()
 
 
-def command(peer, ports, repo=None):
+def command(peer, ports, repo=None, batching=True):
     """(argv, env, cwd) that start `peer` on `ports` (HTTP, gRPC, metrics), Sluice on
-    `repo` when given."""
+    `repo` when given; `batching=False` leaves out the models' dynamic batching."""
     http_port, grpc_port, metrics_port = ports
     env = dict(os.environ)
     models = [f"--model={m}={onnx_path(m)}" for m in MODELS]
     if peer == "sluice":
         binary = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "release" / "sluice"))
         env["ORT_DYLIB_PATH"] = ort_library()
-        return ([str(binary), "serve", "--model-repository", str(repo or sluice_repo()), "--http-address",
+        return ([str(binary), "serve", "--model-repository", str(repo or sluice_repo(batching)), "--http-address",
                  "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
                  "--metrics-port", str(metrics_port), "--default-backend", "onnxruntime", "--log", "warn"], env, ROOT)
     if peer == "fastapi":
@@ -162,7 +162,7 @@ def command(peer, ports, repo=None):
         return ([str(venv_python("grpc")), str(HERE / "grpc_server.py"), *models,
                  "--port", str(grpc_port)], env, ROOT)
     if peer == "triton":
-        tritonserver, repo, backends = triton_repo()
+        tritonserver, repo, backends = triton_repo(batching)
         sp = site_packages("triton")
         env["LD_LIBRARY_PATH"] = str(sp / "nvidia_pytriton.libs")
         env["PYTHONPATH"] = f"{backends / 'python'}:{sp}"
@@ -182,11 +182,11 @@ def command(peer, ports, repo=None):
 class Peer:
     """A running peer; `url(protocol)` is what `sluice bench --url` takes."""
 
-    def __init__(self, name, cpus=None, log=None, repo=None, ready_models=None):
+    def __init__(self, name, cpus=None, log=None, repo=None, ready_models=None, batching=True):
         self.name = name
         self.ready_models = ready_models or MODELS
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        argv, env, cwd = command(name, (self.http_port, self.grpc_port, self.metrics_port), repo)
+        argv, env, cwd = command(name, (self.http_port, self.grpc_port, self.metrics_port), repo, batching)
         if cpus is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", cpus, *argv]
         self.log = open(log or os.devnull, "w")

@@ -48,8 +48,11 @@ pub fn figures(_pid: Option<u32>) -> Option<Figures> {
 /// Resident memory of process `pid` (this process when `None`), in bytes.
 #[cfg(target_os = "linux")]
 pub fn resident_bytes(pid: Option<u32>) -> Option<u64> {
-    let stat = open(pid)?.stat().ok()?;
-    Some(stat.rss * procfs::page_size())
+    // `status` gives kB: no page size to ask for. Asking (`procfs::page_size`) makes
+    // rustix read the auxiliary vector and the vDSO's ELF header, which crashes the
+    // server under valgrind (`bench/request_cost.py`) at the first model load.
+    let kib = open(pid)?.status().ok()?.vmrss?;
+    Some(kib * 1024)
 }
 
 /// Resident memory of process `pid` (this process when `None`): unknown off Linux.
