@@ -313,6 +313,12 @@ impl<T: Pending> State<T> {
         step
     }
 
+    /// Whether the hold is on, i.e. whether `enqueue` and `ended` feed it.
+    ///
+    /// `cargo mutants`' "replace with `true`" survives, and is equivalent: the hold is
+    /// consulted only by `next`'s closure under `Delay::Adaptive`, so feeding it in the
+    /// other modes costs work but changes no decision (the mutant is a slowdown, not
+    /// a behaviour).
     fn is_adaptive(&self) -> bool {
         matches!(
             &self.config.batching,

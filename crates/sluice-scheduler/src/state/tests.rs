@@ -944,3 +944,86 @@ fn early_rejection_sizes_the_own_run_from_the_rows_ahead_and_its_own() {
         "{err}"
     );
 }
+
+// The tests below protect `State`'s own wiring in `state/mod.rs` (found by
+// `cargo mutants` on that file): what the pool tells it, what it reports back, and how
+// a request's timeout and its level's policy make its deadline.
+
+#[test]
+fn a_changed_instance_count_is_what_admission_counts() {
+    let t0 = Instant::now();
+    // 8 rows ahead: 4 ms on one instance, 2 ms on two; then a full run of 4 ms.
+    let mut s = loaded(Some(Delay::Static(Duration::ZERO)), 1, 8);
+    assert!(s.enqueue(Item::new("one"), 1, within(ms(6)), t0).is_err());
+    let mut s = loaded(Some(Delay::Static(Duration::ZERO)), 1, 8);
+    s.set_instances(2);
+    assert!(s.enqueue(Item::new("two"), 1, within(ms(6)), t0).is_ok());
+    // Zero instances (a pool between two changes) count as one.
+    let mut s = loaded(Some(Delay::Static(Duration::ZERO)), 2, 8);
+    s.set_instances(0);
+    assert!(s.enqueue(Item::new("none"), 1, within(ms(6)), t0).is_err());
+    assert!(s.enqueue(Item::new("none"), 1, within(ms(8)), t0).is_ok());
+}
+
+#[test]
+fn the_state_reports_what_it_learned_and_whether_it_closes() {
+    let mut s: State<Item> = State::new(dynamic(8, &[], Delay::Static(ms(1))), 1);
+    assert_eq!(s.latency_estimate(8), None, "nothing learned yet");
+    s.record(8, ms(4));
+    assert_eq!(s.latency_estimate(8), Some(ms(4)));
+    assert_eq!(s.config().max_batch_size, 8);
+    assert!(!s.is_closing());
+    s.close();
+    assert!(s.is_closing());
+}
+
+#[test]
+fn a_request_timeout_overrides_the_level_default_only_where_allowed() {
+    let t0 = Instant::now();
+    let level = |default_timeout, allow_timeout_override, timeout_action| {
+        let mut config = dynamic(8, &[], Delay::Static(ms(50)));
+        config.levels = vec![LevelPolicy {
+            timeout_action,
+            default_timeout,
+            allow_timeout_override,
+            max_queue_size: 10,
+        }];
+        State::<Item>::new(config, 1)
+    };
+    let hard = |mut s: State<Item>, options| s.enqueue(Item::new("r"), 1, options, t0).unwrap().1;
+    let reject = TimeoutAction::Reject;
+    // Allowed: the request's own timeout, shorter or longer than the default.
+    assert_eq!(
+        hard(level(Some(ms(10)), true, reject), within(ms(1))),
+        Some(t0 + ms(1))
+    );
+    assert_eq!(
+        hard(level(Some(ms(10)), true, reject), within(ms(30))),
+        Some(t0 + ms(30))
+    );
+    // Not allowed: the level's default.
+    assert_eq!(
+        hard(level(Some(ms(10)), false, reject), within(ms(1))),
+        Some(t0 + ms(10))
+    );
+    // Not allowed but the level has none: the request's own.
+    assert_eq!(
+        hard(level(None, false, reject), within(ms(1))),
+        Some(t0 + ms(1))
+    );
+    // No timeout anywhere: no deadline.
+    assert_eq!(hard(level(None, true, reject), JobOptions::default()), None);
+    // A level that delays timed-out requests answers none of them with a timeout:
+    // no hard deadline, although the entry has one.
+    let mut s = level(Some(ms(10)), true, TimeoutAction::Delay);
+    let (_, hard) = s.enqueue(Item::new("r"), 1, within(ms(1)), t0).unwrap();
+    assert_eq!(hard, None);
+    let batch = s.next(t0).batch;
+    assert!(batch.is_none(), "the static delay is not over");
+    let step = s.next(t0 + ms(50));
+    assert_eq!(
+        step.batch.map(|b| b[0].deadline),
+        Some(None),
+        "expired, moved back"
+    );
+}
