@@ -542,3 +542,30 @@ def test_json_nesting_limit_is_tritons(server):
     deep = '{"inputs": [], "parameters": {"p": ' + nest([1], 200) + "}}"
     r = requests.post(url, data=deep, timeout=10)
     assert r.status_code == 400 and "nesting depth" in r.json()["error"]
+
+
+def test_nan_and_infinities_in_json_data_are_read_as_triton_reads_them(client, server):
+    """Triton parses JSON with NaN and infinities allowed; tritonclient's JSON inputs
+    (json.dumps) and perf_analyzer's random JSON data send them as bare tokens."""
+    x = random_inputs("mlp", rows=3, seed=23)["input"]
+    x[0, 5], x[1, 7], x[1, 9] = np.nan, np.inf, -np.inf
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    r = client.infer("mlp", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)])
+    got, expected = r.as_numpy("probabilities"), reference("mlp", {"input": x})["probabilities"]
+    assert np.isnan(got[0]).all() and np.isnan(expected[0]).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert_close(got[2], expected[2])
+    # The same as a raw body, with the token also inside a string that must stay as sent.
+    body = json.dumps({"id": "NaN Infinity", "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
+                                                         "data": [float("nan")] + [0.0] * 783}],
+                       "parameters": {"binary_data_output": True}})
+    assert "NaN" in body
+    r = requests.post(f"{server.base}/v2/models/mlp/infer", data=body, timeout=30)
+    assert r.status_code == 200, r.text
+    header, outputs = split_binary(r)
+    assert header["id"] == "NaN Infinity" and np.isnan(outputs["probabilities"]).all()
+    # A string "NaN" is not a number, and NaN is no integer: clear 400s.
+    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": ["NaN"] + [0.0] * 783}]}
+    r = requests.post(f"{server.base}/v2/models/mlp/infer", json=body, timeout=30)
+    assert r.status_code == 400 and "is not a valid FP32" in r.json()["error"], r.text

@@ -46,7 +46,7 @@ impl Runtime {
         };
         if let Some(ensemble) = served.ensemble.clone() {
             let control = request.cache;
-            let valid = self.validate(&served, request, arrived)?;
+            let valid = validate(&served, request, arrived)?;
             let id = valid.id().map(str::to_owned);
             let wanted = valid.outputs().to_vec();
             let execute =
@@ -96,7 +96,7 @@ impl Runtime {
             });
         }
         let control = request.cache;
-        let valid = self.validate(&served, request, arrived)?;
+        let valid = validate(&served, request, arrived)?;
         let id = valid.id().map(str::to_owned);
         let wanted = valid.outputs().to_vec();
         let result = match self.inner.cache.as_ref().filter(|_| served.cache_enabled) {
@@ -132,22 +132,6 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Validates a request with the version's signature; an invalid one is counted
-    /// in its statistics.
-    fn validate(
-        &self,
-        served: &crate::build::Served,
-        request: InferRequest,
-        arrived: std::time::Instant,
-    ) -> Result<sluice_core::ValidRequest> {
-        served.signature.validate(request).inspect_err(|_| {
-            served
-                .pool
-                .stats()
-                .record(Outcome::Invalid, arrived.elapsed());
-        })
-    }
-
     /// Runs a request of more rows than a batch holds as chunks on every instance
     /// (see `split`); returns its id, the outputs it asked for and all outputs.
     async fn infer_split(
@@ -179,6 +163,21 @@ impl Runtime {
         let outputs = crate::split::run(&served.pool, chunks, options).await?;
         Ok((request.id, wanted, outputs))
     }
+}
+
+/// Validates a request with the version's signature; an invalid one is counted in
+/// its statistics.
+fn validate(
+    served: &crate::build::Served,
+    request: InferRequest,
+    arrived: std::time::Instant,
+) -> Result<sluice_core::ValidRequest> {
+    served.signature.validate(request).inspect_err(|_| {
+        served
+            .pool
+            .stats()
+            .record(Outcome::Invalid, arrived.elapsed());
+    })
 }
 
 /// The outputs a request asked for, in its order, out of all of the model's.

@@ -241,8 +241,14 @@ pub fn decode_request(
             body.len()
         )));
     }
-    let wire: WireRequest =
-        serde_json::from_slice(&body[..header_len]).map_err(crate::data::json_error)?;
+    let text = &body[..header_len];
+    let wire: WireRequest = match serde_json::from_slice(text) {
+        Ok(wire) => wire,
+        Err(e) => match crate::data::quote_non_finite(text) {
+            Some(quoted) => serde_json::from_slice(&quoted).map_err(crate::data::json_error)?,
+            None => return Err(crate::data::json_error(e)),
+        },
+    };
     reject_shared_memory(wire.parameters.keys(), "request")?;
     let mut plan = OutputPlan {
         default_binary: bool_param(&wire.parameters, "binary_data_output", "request")?
@@ -372,12 +378,21 @@ pub(crate) fn push_element(
     v: &Value,
     out: &mut ElementWriter<'_>,
 ) -> Result<()> {
-    let bad = || Error::invalid(format!("{owner}: value {v} is not a valid {datatype}"));
+    let bad = || {
+        // A quoted NaN or infinity (see `data::quote_non_finite`) is shown as sent.
+        let shown = match v.as_str().filter(|s| crate::data::non_finite(s).is_some()) {
+            Some(token) => token.trim_start_matches('\u{0}').to_owned(),
+            None => v.to_string(),
+        };
+        Error::invalid(format!("{owner}: value {shown} is not a valid {datatype}"))
+    };
     match datatype {
         DataType::Bool => out.bool(v.as_bool().ok_or_else(bad)?),
-        DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64 => {
-            out.float(v.as_f64().ok_or_else(bad)?)
-        }
+        DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64 => out.float(
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(crate::data::non_finite))
+                .ok_or_else(bad)?,
+        ),
         DataType::Bytes => out.bytes(v.as_str().ok_or_else(bad)?.as_bytes()),
         DataType::U8
         | DataType::U16
@@ -590,6 +605,51 @@ mod tests {
                 r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","parameters":{{}},"data":{data}}}]}}"#
             )),
         ]
+    }
+
+    #[test]
+    fn nan_and_infinities_are_read_as_triton_reads_them() {
+        // perf_analyzer's random JSON data holds bare NaN (RapidJSON's
+        // kParseNanAndInfFlag, which Triton's parser sets).
+        for (datatype, width) in [("FP32", 4), ("FP64", 8), ("FP16", 2)] {
+            for request in both_orders(datatype, "[4]", "[NaN,Infinity,-Infinity,1.5]") {
+                let request = request.unwrap();
+                let data = &request.inputs[0].data;
+                assert_eq!(data.len(), 4 * width, "{datatype}");
+                let value = |i: usize| -> f64 {
+                    let c = &data[i * width..(i + 1) * width];
+                    match width {
+                        4 => f64::from(f32::from_le_bytes(c.try_into().unwrap())),
+                        8 => f64::from_le_bytes(c.try_into().unwrap()),
+                        _ => f64::from(half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()),
+                    }
+                };
+                assert!(value(0).is_nan(), "{datatype}");
+                assert_eq!(value(1), f64::INFINITY, "{datatype}");
+                assert_eq!(value(2), f64::NEG_INFINITY, "{datatype}");
+                assert_eq!(value(3), 1.5, "{datatype}");
+            }
+        }
+        // Only outside strings, and only for floats: a string "NaN", an id holding the
+        // word, and NaN for an integer tensor keep their meaning and errors.
+        for request in both_orders("FP32", "[1]", r#"["NaN"]"#) {
+            let err = request.unwrap_err();
+            assert!(err.message().contains("is not a valid FP32"), "{err}");
+        }
+        let r = decode(r#"{"id":"NaN Infinity","inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[NaN]}]}"#)
+            .unwrap();
+        assert_eq!(r.id.as_deref(), Some("NaN Infinity"));
+        for request in both_orders("INT32", "[1]", "[NaN]") {
+            let err = request.unwrap_err();
+            assert!(
+                err.message().contains("value NaN is not a valid INT32"),
+                "{err}"
+            );
+        }
+        // Without such a token the first error stands.
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[nan]}]}"#)
+            .unwrap_err();
+        assert!(err.message().starts_with("malformed request JSON"), "{err}");
     }
 
     #[test]

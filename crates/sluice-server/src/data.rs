@@ -43,6 +43,62 @@ pub fn json_error(e: serde_json::Error) -> Error {
     Error::invalid(format!("malformed request JSON: {e}"))
 }
 
+/// The string a bare `NaN`, `Infinity` or `-Infinity` token of a request becomes in
+/// [`quote_non_finite`]'s rewrite: a NUL byte then the token (no client sends that
+/// as a float).
+const NON_FINITE_MARK: char = '\u{0}';
+
+/// The value of a float element that [`quote_non_finite`] quoted.
+pub(crate) fn non_finite(s: &str) -> Option<f64> {
+    match s.strip_prefix(NON_FINITE_MARK)? {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Triton reads JSON with NaN and infinities allowed (RapidJSON's
+/// `kParseNanAndInfFlag`), and perf_analyzer's random JSON data holds them: a request
+/// that serde_json refused is rewritten with each bare `NaN`, `Infinity` and
+/// `-Infinity` outside strings quoted as a marked string (read back as the float by
+/// the `data` readers). `None` when the text has no such token, so the first error
+/// stands. Only a refused request pays for this pass.
+pub fn quote_non_finite(text: &[u8]) -> Option<Vec<u8>> {
+    const TOKENS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+    let mut out = Vec::with_capacity(text.len() + 64);
+    let (mut i, mut in_string, mut found) = (0, false, false);
+    while i < text.len() {
+        let b = text[i];
+        if in_string {
+            out.push(b);
+            match b {
+                b'\\' if i + 1 < text.len() => {
+                    out.push(text[i + 1]);
+                    i += 1;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+        } else if let Some(token) = TOKENS.iter().find(|t| text[i..].starts_with(t)) {
+            out.extend_from_slice(b"\"\\u0000");
+            out.extend_from_slice(token);
+            out.push(b'"');
+            i += token.len();
+            found = true;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    found.then_some(out)
+}
+
 /// The `data` of an input, as a JSON value no deeper than [`MAX_DATA_DEPTH`].
 #[derive(Debug)]
 pub struct Data(pub Value);
@@ -243,6 +299,18 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
         Ok(())
     }
     fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        let float = matches!(
+            self.sink.datatype,
+            DataType::F16 | DataType::Bf16 | DataType::F32 | DataType::F64
+        );
+        if let (true, Some(x)) = (float, non_finite(v)) {
+            if self.sink.error.is_none() {
+                if let Err(e) = self.sink.out.float(x) {
+                    self.sink.error = Some(e);
+                }
+            }
+            return Ok(());
+        }
         if self.sink.datatype == DataType::Bytes {
             if self.sink.error.is_none() {
                 if let Err(e) = self.sink.out.bytes(v.as_bytes()) {
