@@ -512,17 +512,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_grpc_stream_holds_two_messages_at_most() {
+    async fn a_grpc_stream_holds_its_last_message_and_the_one_arriving() {
         let budget = BodyBudget::new(1000);
         let held = SharedHeld::default();
-        // Three messages of 95 bytes (100 with their headers).
+        // Three messages of 95 bytes (100 with their headers), the second in two halves.
         let message: &'static [u8] = {
             let mut m = vec![0u8, 0, 0, 0, 95];
             m.extend([1u8; 95]);
             Box::leak(m.into_boxed_slice())
         };
         let mut body = BudgetBody::new(
-            frames(vec![message, message, message]),
+            frames(vec![message, &message[..50], &message[50..], message]),
             budget.clone(),
             held.clone(),
             0,
@@ -533,7 +533,8 @@ mod tests {
             frame.unwrap();
             seen.push(budget.available());
         }
-        assert_eq!(seen, [900, 800, 800]);
+        // Message 2 half in: it and message 1 are held; once whole, message 1 is released.
+        assert_eq!(seen, [900, 850, 900, 900]);
         drop(body);
         drop(held);
         assert_eq!(budget.available(), 1000);

@@ -123,7 +123,7 @@ struct Tally {
 
 impl Tally {
     /// Adds to both totals, saturating: a shape's element count saturates at
-    /// `u64::MAX`, and a wrapped total would pass the limits (found by the
+    /// `u64::MAX`, and a wrapped total could pass the limits (found by the
     /// `grpc_infer` fuzz target as an overflow panic; seed `overflowing-element-count`).
     fn add(&mut self, elements: u64, decoded: u64) {
         self.elements = self.elements.saturating_add(elements);
