@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""TLS and API-key cost, measured in one run: closed-loop clients (1 and 8 processes)
-against one `sluice serve` per setting (plain, TLS, key, TLS+key), HTTP (requests,
-keep-alive) and gRPC (tritonclient), on the example `mlp` model, batch 1.
+"""TLS, API-key and body-budget cost, measured in one interleaved run: closed-loop
+clients (1 and 8 processes) against one `sluice serve` per setting (plain, no body
+budget, TLS, key, TLS+key; all five running at once), HTTP (requests, keep-alive) and
+gRPC (tritonclient), on the example `mlp` model, batch 1. Each cell is measured in
+ROUNDS short slices, the settings' order rotating from round to round, so a change in
+the machine's load falls on every setting alike; the figures are totals over the
+rounds (req/s) and the p99 of all latencies.
 
 `sluice bench` has no TLS or header options yet, so this uses Python clients; their own
 cost per request is part of every figure, which makes the ratios an upper bound of
 what TLS and the key check cost (the same clients in every setting).
 
-Usage: SLUICE_BIN=target/release/sluice python scripts/bench_security.py [seconds]
+Usage: SLUICE_BIN=target/release/sluice python scripts/bench_security.py [seconds] [rounds]
 """
 
 import multiprocessing as mp
@@ -55,6 +59,7 @@ def client(kind, url, ca, key, seconds, out):
 
 
 def measure(kind, url, ca, key, clients, seconds):
+    """The latencies of `clients` processes calling for `seconds`."""
     q = mp.Queue()
     procs = [mp.Process(target=client, args=(kind, url, ca, key, seconds, q)) for _ in range(clients)]
     for p in procs:
@@ -62,11 +67,12 @@ def measure(kind, url, ca, key, clients, seconds):
     lat = [v for _ in procs for v in q.get()]
     for p in procs:
         p.join()
-    return len(lat) / seconds, float(np.percentile(lat, 99)) * 1000
+    return lat
 
 
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 4
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     d = Path(tempfile.mkdtemp())
     ossl = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
     ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -80,18 +86,29 @@ def main():
     (d / "keys").write_text(f"bench inference {KEY}\n")
     tls = ["--tls-cert", str(d / "s.pem"), "--tls-key", str(d / "s.key")]
     auth = ["--api-keys-file", str(d / "keys")]
-    settings = {"plain": [], "tls": tls, "key": auth, "tls+key": tls + auth}
-    rows = {}
-    for name, args in settings.items():
-        s = Server(EXAMPLES, *args)
-        try:
-            ca = str(d / "ca.pem") if "tls" in name else None
-            for kind, url in (("http", s.http_url), ("grpc", s.grpc_url)):
+    settings = {"plain": [], "no budget": ["--max-inflight-body-bytes", "0"], "tls": tls,
+                "key": auth, "tls+key": tls + auth}
+    servers = {}
+    lat = {}
+    try:
+        for name, args in settings.items():
+            servers[name] = Server(EXAMPLES, *args)
+        names = list(settings)
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for kind in ("http", "grpc"):
                 for clients in (1, 8):
-                    rows[(kind, clients, name)] = measure(kind, url, ca, "key" in name,
-                                                          clients, seconds)
-        finally:
+                    for name in order:
+                        s = servers[name]
+                        url = s.http_url if kind == "http" else s.grpc_url
+                        ca = str(d / "ca.pem") if "tls" in name else None
+                        lat.setdefault((kind, clients, name), []).extend(
+                            measure(kind, url, ca, "key" in name, clients, seconds))
+    finally:
+        for s in servers.values():
             s.stop()
+    rows = {cell: (len(v) / (seconds * rounds), float(np.percentile(v, 99)) * 1000)
+            for cell, v in sorted(lat.items(), key=lambda kv: names.index(kv[0][2]))}
     print(f"| protocol | clients | setting | req/s | p99 ms | req/s vs plain | p99 vs plain |")
     print("|---|---|---|---|---|---|---|")
     for (kind, clients, name), (rps, p99) in rows.items():

@@ -5,10 +5,25 @@
 #
 #   scripts/test.sh            # everything
 #   SKIP_LINT=1 scripts/test.sh
+#   SKIP_FUZZ=1 scripts/test.sh   # without the fuzz targets (no nightly toolchain)
+#   FUZZ_SECONDS=60 scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# The cargo-fuzz targets (fuzz/, docs/security.md) need a nightly toolchain: checked
+# first, so that a machine without one fails at once with the reason, not after the
+# build (cargo-fuzz itself is installed by the fuzz step when missing). SKIP_FUZZ=1
+# leaves the fuzz step out, and says so at the end.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ -z "${SKIP_FUZZ:-}" ]; then
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "error: the fuzz step needs a nightly toolchain (rustup toolchain install nightly);" \
+      "SKIP_FUZZ=1 runs the suite without it" >&2
+    exit 1
+  fi
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -79,7 +94,31 @@ SLUICE_BIN="$PWD/target/release/sluice" .venv/bin/python -m pytest -q tests/pyth
 
 # The same suite again with every core kept busy by another process: no test may depend
 # on the machine being fast or idle (tests hold work in flight with execution gates).
-step "python end-to-end tests again, every core saturated (scripts/saturated.sh)"
-SLUICE_BIN="$PWD/target/release/sluice" scripts/saturated.sh .venv/bin/python -m pytest -q tests/python
+# One of the busy neighbours is the fuzz step: cargo-fuzz's install when it is missing,
+# the nightly build of fuzz/, then every fuzz target for FUZZ_SECONDS from its seed
+# corpus (scripts/fuzz.sh); a crash, a timeout or an out-of-memory fails the suite. It
+# uses a core the busy loops would waste, so it adds time only when it outlasts this
+# pass.
+if [ -z "${SKIP_FUZZ:-}" ]; then
+  mkdir -p fuzz/work
+  fuzz_log=fuzz/work/test-suite.log
+  fuzz_cmd="{ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2; }"
+  fuzz_cmd="$fuzz_cmd && scripts/fuzz.sh $FUZZ_SECONDS"
+  step "python end-to-end tests again, every core saturated (scripts/saturated.sh), beside the fuzz targets (${FUZZ_SECONDS}s each, log in $fuzz_log)"
+  fuzz_status=0
+  SATURATED_NEIGHBOUR="($fuzz_cmd) >$fuzz_log 2>&1" SLUICE_BIN="$PWD/target/release/sluice" \
+    scripts/saturated.sh .venv/bin/python -m pytest -q tests/python || fuzz_status=$?
+  step "fuzz targets (scripts/fuzz.sh $FUZZ_SECONDS)"
+  # The build's progress lines are left out; the targets' summary and any failure stay.
+  grep -v '^ *\(Compiling\|Downloaded\|Downloading\|Updating\|Locking\|Adding\) ' "$fuzz_log" || true
+  [ "$fuzz_status" = 0 ] || exit "$fuzz_status"
+else
+  step "python end-to-end tests again, every core saturated (scripts/saturated.sh)"
+  SLUICE_BIN="$PWD/target/release/sluice" scripts/saturated.sh .venv/bin/python -m pytest -q tests/python
+fi
 
-step "all tests passed"
+if [ -n "${SKIP_FUZZ:-}" ]; then
+  step "all tests passed (the fuzz step was skipped: SKIP_FUZZ=1)"
+else
+  step "all tests passed"
+fi

@@ -133,3 +133,48 @@ def test_large_metadata_fails_alone_and_streams_are_capped(tmp_path):
         gate.open_for_good()
         gate.close()
         assert s.stop() == 0, s.log()
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def h2_frames(data):
+    """The (type, flags) of each whole HTTP/2 frame in `data`."""
+    frames, i = [], 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i:i + 3], "big")
+        frames.append((data[i + 3], data[i + 4]))
+        i += 9 + length
+    return frames
+
+
+def test_a_connection_idle_after_the_preface_is_closed_by_keepalive_pings():
+    """A client that sends the HTTP/2 preface and then nothing passes the first-byte
+    timeout; it is pinged after --grpc-keepalive-time of silence and, since it does not
+    answer, closed after --grpc-keepalive-timeout, so it cannot hold a connection slot
+    for good. A real client, which answers pings, stays connected and is served."""
+    s = Server(EXAMPLES, "--grpc-max-connections", "2", "--grpc-keepalive-time", "500",
+               "--grpc-keepalive-timeout", "500")
+    sock = socket.create_connection(("127.0.0.1", s.grpc_port))
+    try:
+        c = grpcclient.InferenceServerClient(s.grpc_url, channel_args=OWN)
+        assert c.is_server_live()
+        sock.sendall(PREFACE + EMPTY_SETTINGS)
+        sock.settimeout(30)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        frames = h2_frames(received)
+        assert (6, 0) in frames, f"no PING before the close: {frames}"  # PING, not an ACK
+        assert frames[-1][0] == 7, f"the connection did not end with GOAWAY: {frames}"
+        # The pinged real client answered and keeps its connection: the slot freed by
+        # the silent one lets a third client in.
+        assert c.is_server_live()
+        other = grpcclient.InferenceServerClient(s.grpc_url, channel_args=OWN)
+        assert live(other, timeout=30)
+        other.close()
+        c.close()
+    finally:
+        sock.close()
+        assert s.stop() == 0, s.log()

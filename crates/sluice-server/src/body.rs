@@ -114,6 +114,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         return Err(too_large(limit, "request body"));
     }
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(busy) = crate::body_budget::over_budget(&e) {
+            return busy;
+        }
         let limited = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit exceeded"))
             || e.to_string().contains("length limit exceeded");

@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod body;
+mod body_budget;
 mod bounded;
 mod codec;
 mod data;
@@ -42,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sluice_runtime::Runtime;
 
+pub use body_budget::{BodyBudget, DEFAULT_BODY_BUDGET_BYTES};
 pub use error::{grpc_code_of, grpc_status, status_of, ApiError};
 pub use grpc::{grpc_service, serve_grpc, serve_grpc_with, GrpcConfig, GrpcLimits, GrpcService};
 pub use listener::LimitedListener;
@@ -59,6 +61,9 @@ pub struct HttpConfig {
     pub log_control: Option<LogHandle>,
     /// Who may call what (`None`: everything open); see [`auth`].
     pub auth: Option<std::sync::Arc<auth::AuthPolicy>>,
+    /// Request-body bytes all requests in flight may hold, shared with gRPC
+    /// (`None`: no bound); see [`BodyBudget`].
+    pub body_budget: Option<BodyBudget>,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +72,7 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024 * 1024,
             log_control: None,
             auth: None,
+            body_budget: None,
         }
     }
 }
@@ -84,6 +90,7 @@ pub(crate) struct AppState {
 pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
     let limit = config.max_body_bytes;
     let auth = config.auth.clone();
+    let budget = config.body_budget.clone();
     let state = AppState { runtime, config };
     Router::new()
         .merge(health::router())
@@ -98,6 +105,10 @@ pub fn app(runtime: Runtime, config: HttpConfig) -> Router {
         .with_state(state)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            body_budget::http_layer,
+        ))
         .layer(tower::util::option_layer(auth.map(auth::HttpAuthLayer)))
         .layer(TraceContextLayer)
 }

@@ -121,6 +121,16 @@ struct Tally {
     decoded: u64,
 }
 
+impl Tally {
+    /// Adds to both totals, saturating: a shape's element count saturates at
+    /// `u64::MAX`, and a wrapped total could pass the limits (found by the
+    /// `grpc_infer` fuzz target as an overflow panic; seed `overflowing-element-count`).
+    fn add(&mut self, elements: u64, decoded: u64) {
+        self.elements = self.elements.saturating_add(elements);
+        self.decoded = self.decoded.saturating_add(decoded);
+    }
+}
+
 fn over(what: &str, n: u64, limit: u64, flag: &str) -> String {
     format!("the request has {n} {what}, over the limit of {limit} ({flag})")
 }
@@ -146,8 +156,7 @@ fn scan_contents(bytes: &[u8], tally: &mut Tally) -> Result<(), String> {
             2 | 4 | 6 => 4,
             3 | 5 | 7 => 8,
             8 => {
-                tally.elements += 1;
-                tally.decoded += payload.len() as u64 + 32;
+                tally.add(1, payload.len() as u64 + 32);
                 continue;
             }
             _ => continue,
@@ -158,8 +167,7 @@ fn scan_contents(bytes: &[u8], tally: &mut Tally) -> Result<(), String> {
             (2, _) => count_varints(payload),
             _ => 1,
         };
-        tally.elements += count;
-        tally.decoded += count * size;
+        tally.add(count, count.saturating_mul(size));
     }
     Ok(())
 }
@@ -187,13 +195,13 @@ fn scan_input(bytes: &[u8], limits: &RequestLimits, tally: &mut Tally) -> Result
             5 => scan_contents(payload, tally)?,
             _ => {}
         }
-        tally.decoded += payload.len() as u64;
+        tally.add(0, payload.len() as u64);
     }
     check_parameters(parameters, limits, "an input")?;
     if dims > 0 {
-        tally.elements = tally.elements.saturating_add(shape_elements);
+        tally.add(shape_elements, 0);
     }
-    tally.decoded += ENTRY_OVERHEAD + dims * 8;
+    tally.add(0, ENTRY_OVERHEAD.saturating_add(dims.saturating_mul(8)));
     Ok(())
 }
 
@@ -237,15 +245,15 @@ pub fn check_infer_request(message: &[u8], limits: &RequestLimits) -> Result<(),
                     p += u64::from(n == 2);
                 }
                 check_parameters(p, limits, "an output")?;
-                tally.decoded += ENTRY_OVERHEAD;
+                tally.add(0, ENTRY_OVERHEAD);
             }
             7 => {
                 raw += 1;
-                tally.decoded += payload.len() as u64 + 32;
+                tally.add(0, payload.len() as u64 + 32);
             }
             _ => {}
         }
-        tally.decoded += payload.len() as u64;
+        tally.add(0, payload.len() as u64);
     }
     check_parameters(parameters, limits, "the request")?;
     if raw > limits.max_inputs as u64 {
@@ -256,7 +264,7 @@ pub fn check_infer_request(message: &[u8], limits: &RequestLimits) -> Result<(),
             "--max-request-inputs",
         ));
     }
-    tally.decoded += parameters * ENTRY_OVERHEAD;
+    tally.add(0, parameters.saturating_mul(ENTRY_OVERHEAD));
     if tally.elements > limits.max_elements {
         return Err(over(
             "tensor elements",

@@ -72,7 +72,10 @@ pub fn decode_raw_request(
         let size = spec.datatype.size().unwrap_or(1);
         let row = fixed.saturating_mul(size);
         if let Some(axis) = variable {
-            shape[axis] = body.len() / row;
+            // A row of no bytes (a 0 among the fixed dimensions) has no count to deduce:
+            // 0 rows, so a non-empty body is refused as a size mismatch below (the
+            // http_raw fuzz target found the division by zero; seed `zero-sized-row`).
+            shape[axis] = body.len().checked_div(row).unwrap_or(0);
         }
         let expected = shape.iter().product::<usize>().saturating_mul(size);
         if body.len() != expected {

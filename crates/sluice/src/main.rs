@@ -430,6 +430,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--model-memory-budget must be at least 1 byte"
     );
     let security = security::Security::from_args(&args.security)?;
+    if let Some(budget) = &security.body_budget {
+        anyhow::ensure!(
+            budget.total() >= args.max_body_bytes && budget.total() >= args.grpc_max_message_bytes,
+            "--max-inflight-body-bytes ({}) must be at least --max-body-bytes ({}) and \
+             --grpc-max-message-bytes ({}), or 0 for no bound",
+            budget.total(),
+            args.max_body_bytes,
+            args.grpc_max_message_bytes
+        );
+    }
     let cache = sluice_runtime::CacheConfig::parse(args.cache_config.as_slice())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_redis_secrets(
@@ -546,6 +556,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_body_bytes: args.max_body_bytes,
                 log_control: Some(logs.control.clone()),
                 auth: security.http_auth.clone(),
+                body_budget: security.body_budget.clone(),
             },
         );
         let grpc = sluice_server::grpc_service(
@@ -554,6 +565,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_message_bytes: args.grpc_max_message_bytes,
                 log_control: Some(logs.control.clone()),
                 auth: security.grpc_auth.clone(),
+                body_budget: security.body_budget.clone(),
                 limits: sluice_server::GrpcLimits {
                     max_connections: args.grpc_max_connections,
                     first_byte_timeout: (args.http_header_read_timeout > 0.0)

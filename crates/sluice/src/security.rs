@@ -120,6 +120,15 @@ pub struct SecurityArgs {
     /// encoded message before decoding it).
     #[arg(long, env = "SLUICE_MAX_REQUEST_DECODED_BYTES", default_value_t = 1 << 30)]
     max_request_decoded_bytes: u64,
+
+    /// Bytes of request bodies all requests in flight may hold together, HTTP and
+    /// gRPC (bodies as sent, held until each request is answered); a request that
+    /// would pass it is refused at once with 503 / RESOURCE_EXHAUSTED, so many
+    /// concurrent large bodies cannot exhaust memory. At least --max-body-bytes and
+    /// --grpc-max-message-bytes (0: no bound).
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_BODY_BYTES",
+          default_value_t = sluice_server::DEFAULT_BODY_BUDGET_BYTES)]
+    max_inflight_body_bytes: usize,
 }
 
 /// What the security flags resolve to.
@@ -131,6 +140,8 @@ pub struct Security {
     pub http_auth: Option<Arc<AuthPolicy>>,
     pub grpc_auth: Option<Arc<AuthPolicy>>,
     pub exit_timeout: Duration,
+    /// `--max-inflight-body-bytes` (`None`: no bound).
+    pub body_budget: Option<sluice_server::BodyBudget>,
 }
 
 impl Security {
@@ -270,6 +281,8 @@ impl Security {
             http_auth,
             grpc_auth,
             exit_timeout: Duration::from_secs_f64(args.exit_timeout_secs),
+            body_budget: (args.max_inflight_body_bytes > 0)
+                .then(|| sluice_server::BodyBudget::new(args.max_inflight_body_bytes)),
         })
     }
 

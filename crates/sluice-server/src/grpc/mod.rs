@@ -48,6 +48,9 @@ pub struct GrpcConfig {
     pub auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
     /// Bounds on connections and HTTP/2 streams.
     pub limits: GrpcLimits,
+    /// Request-body bytes all calls in flight may hold, shared with HTTP (`None`: no
+    /// bound); see [`crate::BodyBudget`].
+    pub body_budget: Option<crate::BodyBudget>,
 }
 
 impl Default for GrpcConfig {
@@ -57,6 +60,7 @@ impl Default for GrpcConfig {
             log_control: None,
             auth: None,
             limits: GrpcLimits::default(),
+            body_budget: None,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct GrpcService {
     reporter: HealthReporter,
     auth: Option<std::sync::Arc<crate::auth::AuthPolicy>>,
     limits: GrpcLimits,
+    body_budget: Option<crate::BodyBudget>,
 }
 
 /// Builds the inference and health services over `runtime`, binding nothing.
@@ -113,6 +118,7 @@ pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
     let limit = config.max_message_bytes;
     let auth = config.auth.clone();
     let limits = config.limits.clone();
+    let body_budget = config.body_budget.clone();
     let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
     let inference = GrpcInferenceServiceServer::new(Inference {
         runtime: runtime.clone(),
@@ -135,6 +141,7 @@ pub fn grpc_service(runtime: Runtime, config: GrpcConfig) -> GrpcService {
         reporter,
         auth,
         limits,
+        body_budget,
     }
 }
 
@@ -168,6 +175,7 @@ pub async fn serve_grpc_with(
         reporter,
         auth,
         limits,
+        body_budget,
     } = service;
     let mut ready = runtime.ready();
     set_health(&reporter, ready).await;
@@ -207,6 +215,7 @@ pub async fn serve_grpc_with(
         .layer(tower::util::option_layer(
             auth.map(crate::auth::GrpcAuthLayer),
         ))
+        .layer(crate::body_budget::GrpcBudgetLayer(body_budget))
         .layer(tower::util::MapRequestLayer::new(
             move |request: http::Request<tonic::body::Body>| {
                 guard::guard_request(request, max_message_bytes)
