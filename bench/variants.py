@@ -2,37 +2,49 @@
 latency of a request larger than a batch split across instances.
 
 A family of two generated MLP variants of very different cost (stated accuracies
-0.80 and 0.70; the numbers are the family's, not measured) is profiled with
-`sluice profile` (which writes each variant's profile.json, the server's seed), then
-served; the same Poisson arrival schedule, rising from 20 % to 150 % of the accurate
-variant's measured capacity and falling again, is sent three times: always to the
-accurate variant, always to the fast one, and to the family with a latency objective
-(Sluice's choice). Per load step: SLO attainment (answered within the objective,
-measured from the scheduled arrival, so no coordinated omission), mean accuracy
-served, goodput (answers within the objective per second).
+0.80 and 0.70; the numbers are the family's, not measured): "accurate"
+(256→4096→4096→4096→10, about 35 M weights, run one request at a time) and "fast"
+(256→64→10, dynamic batching). `sluice profile` measures both first (the server
+seeds its schedulers with the profiles). Then, **in the same server and just before
+each policy's load**, a closed loop measures the accurate variant's capacity
+(answers/s with a few requests always in flight); the load steps are multiples of
+the first of these measurements (default 0.3×, 1×, 2×, 4×, 2×, 1×, 0.3×), so the
+accurate variant is truly overrun at the top whatever the machine's contention, and
+the later measurements show how far the capacity drifted during the run. The same
+Poisson arrival schedule is sent three times: always to the accurate variant, always
+to the fast one, and to the family with `latency_objective_ms` (Sluice's choice).
+The objective is 4 × the accurate variant's service time (1 / capacity).
+
+Per load step: SLO attainment (answered within the objective, counted from the
+scheduled arrival, so no coordinated omission; errors and 429s count as misses),
+mean accuracy served (over answered requests), the share answered by the accurate
+variant, and 429s. After the family's run the server's own counts of variant
+choices (`v2/models/fam/stats`, `/metrics` `sluice_variant_choices_total`) are read
+and compared with what the client saw.
 
 Then a model with `sluice_split_requests` answers a 4096-row request on 2 instances,
 compared with the same rows in one run (the same model with max_batch_size 4096).
 
     python bench/variants.py --bin target/release/sluice
 
-The server is pinned to CPU 0 and the load generator to the rest (`taskset`); on a
-2-core shared machine the absolute numbers are noisy, the comparison within one run
-is the result.
+The server is pinned to CPU 0 and the load generator (one asyncio loop, aiohttp) to
+CPU 1 (`taskset`); on a 2-core shared machine the absolute numbers are noisy, the
+comparison within one run is the result.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import onnx
 import requests
@@ -43,6 +55,8 @@ import serverproc  # noqa: E402
 
 WIDTH = 256
 ACCURACY = {"accurate": 0.80, "fast": 0.70}
+BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, WIDTH], "datatype": "FP32",
+                               "data": [0.5] * WIDTH}]})
 
 
 def mlp(name, hidden, layers):
@@ -88,109 +102,185 @@ def poisson_schedule(steps, seconds, seed=1):
     return out
 
 
-def run_load(base, model, schedule, objective_ms, params, workers=96):
-    body = {"inputs": [{"name": "x", "shape": [1, WIDTH], "datatype": "FP32", "data": [0.5] * WIDTH}]}
+async def post(session, url, data):
+    """(status, variant named by the answer or None)."""
+    async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+        body = await r.read()
+        if r.status != 200:
+            return r.status, None
+        return 200, json.loads(body).get("parameters", {}).get("sluice_variant")
+
+
+async def capacity(base, model, seconds, clients=4):
+    """Answers/s of `model` with `clients` requests always in flight (a closed loop)."""
+    url = f"{base}/v2/models/{model}/infer"
+    done = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        for _ in range(clients):  # warm connections and the engine
+            await post(s, url, BODY)
+        stop = time.monotonic() + seconds
+
+        async def loop():
+            nonlocal done
+            while time.monotonic() < stop:
+                status, _ = await post(s, url, BODY)
+                done += status == 200
+        t0 = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        return done / (time.monotonic() - t0)
+
+
+async def open_loop(base, model, schedule, params):
+    """Sends each request at its scheduled time; returns per request
+    (status, latency ms from the scheduled arrival or None, variant)."""
+    body = json.loads(BODY)
     if params:
         body["parameters"] = params
     data = json.dumps(body)
+    url = f"{base}/v2/models/{model}/infer"
     results = [None] * len(schedule)
-    local = threading.local()
+    conn = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+        start = time.monotonic() + 0.5
 
-    def send(ix, at, start):
-        s = getattr(local, "s", None) or requests.Session()
-        local.s = s
-        delay = start + at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        try:
-            r = s.post(f"{base}/v2/models/{model}/infer", data=data, timeout=30,
-                       headers={"Content-Type": "application/json"})
-            done = time.monotonic()
-            variant = model
-            if r.status_code == 200:
-                variant = r.json().get("parameters", {}).get("sluice_variant", model)
-            results[ix] = (r.status_code, (done - start - at) * 1e3, variant)
-        except requests.RequestException:
-            results[ix] = (0, None, None)
-
-    start = time.monotonic() + 0.5
-    with ThreadPoolExecutor(workers) as pool:
-        for ix, (at, _) in enumerate(schedule):
-            pool.submit(send, ix, at, start)
+        async def one(ix, at):
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                status, variant = await post(s, url, data)
+                latency = (time.monotonic() - start - at) * 1e3
+                results[ix] = (status, latency, variant or model)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                results[ix] = (0, None, None)
+        await asyncio.gather(*(one(ix, at) for ix, (at, _) in enumerate(schedule)))
     return results
 
 
-def summarize(schedule, results, steps, seconds, objective_ms):
+def summarize(schedule, results, fractions, seconds, objective_ms):
     rows = []
-    for i, rate in enumerate(steps):
+    for i, f in enumerate(fractions):
         mine = [r for (_, s), r in zip(schedule, results) if s == i]
         ok = [r for r in mine if r[0] == 200 and r[1] is not None]
         met = [r for r in ok if r[1] <= objective_ms]
         acc = [ACCURACY[r[2]] for r in ok]
-        rows.append({"rate": rate, "sent": len(mine), "attainment": len(met) / max(1, len(mine)),
+        rows.append({"fraction": f, "sent": len(mine), "answered": len(ok),
+                     "attainment": len(met) / max(1, len(mine)),
                      "mean_accuracy": float(np.mean(acc)) if acc else None,
+                     "share_accurate": sum(r[2] == "accurate" for r in ok) / max(1, len(ok)),
+                     "rejected_429": sum(r[0] == 429 for r in mine),
+                     "p99_ms": float(np.percentile([r[1] for r in ok], 99)) if ok else None,
                      "goodput": len(met) / seconds})
     return rows
+
+
+def server_counts(base, metrics_port):
+    """The server's own variant choice counts: from the statistics and from /metrics."""
+    stats = requests.get(f"{base}/v2/models/fam/stats", timeout=10).json()
+    row = stats["model_stats"][0]
+    from_stats = {c["variant"]: c["count"] for c in row.get("variant_choices", [])}
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    from_metrics = {}
+    for m in re.finditer(r'^sluice_variant_choices_total\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("model") == "fam":
+            from_metrics[labels["variant"]] = int(float(m.group(2)))
+    return {"stats": from_stats, "metrics": from_metrics}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/sluice")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per load step")
+    ap.add_argument("--capacity-seconds", type=float, default=4.0,
+                    help="seconds of the closed loop that measures the accurate variant's capacity")
+    ap.add_argument("--fractions", default="0.3,1,2,4,2,1,0.3",
+                    help="load steps as multiples of the measured capacity")
+    ap.add_argument("--skip-split", action="store_true")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     binary = Path(args.bin).resolve()
+    if (os.cpu_count() or 1) >= 2:
+        # The load generator on CPU 1; the server (and `sluice profile`) on CPU 0.
+        os.sched_setaffinity(0, {1})
+    fractions = [float(f) for f in args.fractions.split(",")]
     work = Path(tempfile.mkdtemp(prefix="sluice-variants-"))
     repo = work / "models"
-    dyn = "dynamic_batching { }\n"
-    write_model(repo, "accurate", mlp("accurate", 4096, 3), 8, dyn)
-    write_model(repo, "fast", mlp("fast", 64, 1), 8, dyn)
+    # The accurate variant runs one request at a time (no dynamic batching): its
+    # capacity stays within what one Python load generator can overrun 4 times over.
+    write_model(repo, "accurate", mlp("accurate", 4096, 3), 8)
+    write_model(repo, "fast", mlp("fast", 64, 1), 8, "dynamic_batching { }\n")
     params = "".join(f'parameters: {{ key: "variant.{m}" value: {{ string_value: "accuracy={a}" }} }}\n'
                      for m, a in ACCURACY.items())
     (repo / "fam").mkdir()
     (repo / "fam" / "config.pbtxt").write_text(f'name: "fam"\nplatform: "sluice_family"\n{params}')
     prof = subprocess.run(["taskset", "-c", "0", str(binary), "profile", "--model-repository", str(repo),
                            "--model", "accurate", "--model", "fast", "--ort-library", "off",
-                           "--seconds-per-point", "1"], capture_output=True, text=True, check=True)
+                           "--seconds-per-point", "0.5"], capture_output=True, text=True, check=True)
     print(prof.stdout)
-    profiles = {m: json.loads((repo / m / "profile.json").read_text()) for m in ACCURACY}
-    capacity = max(b["throughput_per_s"] for b in profiles["accurate"]["batches"])
-    p50_1 = profiles["accurate"]["batches"][0]["latency_ms"]["p50"]
-    objective = max(5.0, round(4 * p50_1, 1))
-    fractions = [0.2, 0.6, 1.0, 1.5, 1.0, 0.6, 0.2]
-    steps = [f * capacity for f in fractions]
-    schedule = poisson_schedule(steps, args.seconds)
-    cpus = os.cpu_count() or 2
-    proc, ports = serverproc.start(binary, repo, cpus="0")
+    proc, ports = serverproc.start(binary, repo, "--metrics-port", "0", cpus="0")
     base = f"http://127.0.0.1:{ports['HTTP']}"
-    out = {"capacity_rows_per_s": capacity, "objective_ms": objective, "fractions": fractions,
-           "seconds_per_step": args.seconds, "cpus": cpus, "policies": {}}
+    out = {"fractions": fractions, "seconds_per_step": args.seconds, "cpus": os.cpu_count(),
+           "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+           "policies": {}, "capacities": {}}
     try:
-        for policy, model, p in [("always-accurate", "accurate", None), ("always-fast", "fast", None),
-                                 ("sluice", "fam", {"latency_objective_ms": objective})]:
-            results = run_load(base, model, schedule, objective, p)
-            out["policies"][policy] = summarize(schedule, results, steps, args.seconds, objective)
-            time.sleep(1.0)
+        cap = asyncio.run(capacity(base, "accurate", args.capacity_seconds))
+        out["capacities"]["before the first policy"] = cap
+        objective = max(5.0, round(4 * 1e3 / cap, 1))
+        steps = [f * cap for f in fractions]
+        schedule = poisson_schedule(steps, args.seconds)
+        out.update(capacity_rows_per_s=cap, objective_ms=objective, rates=steps)
+        print(f"accurate capacity {cap:.1f}/s, objective {objective} ms, rates "
+              + ", ".join(f"{r:.0f}" for r in steps), flush=True)
+        for i, (policy, model, p) in enumerate([
+                ("sluice", "fam", {"latency_objective_ms": objective}),
+                ("always-accurate", "accurate", None), ("always-fast", "fast", None)]):
+            if i > 0:
+                # Let the previous policy's backlog drain, then measure again.
+                time.sleep(2.0)
+                out["capacities"][f"before {policy}"] = asyncio.run(
+                    capacity(base, "accurate", args.capacity_seconds))
+            results = asyncio.run(open_loop(base, model, schedule, p))
+            out["policies"][policy] = summarize(schedule, results, fractions, args.seconds, objective)
+            if policy == "sluice":
+                seen = {}
+                for r in results:
+                    if r[0] == 200:
+                        seen[r[2]] = seen.get(r[2], 0) + 1
+                out["variant_counts"] = {"client": seen, **server_counts(base, ports["metrics"])}
+            print(f"{policy} done", flush=True)
+        out["capacities"]["after the last policy"] = asyncio.run(
+            capacity(base, "accurate", args.capacity_seconds))
     finally:
         proc.terminate()
         proc.wait(30)
-    print(f"accurate capacity {capacity:.0f} rows/s, objective {objective} ms, "
-          f"{args.seconds:.0f} s per step")
-    print(f"{'load':>6} | " + " | ".join(f"{p:^30}" for p in out["policies"]))
-    print(f"{'':>6} | " + " | ".join(f"{'attain':>8} {'acc':>6} {'goodput':>8}    " for _ in out["policies"]))
-    for i, f in enumerate(fractions):
-        cells = []
-        for rows in out["policies"].values():
-            r = rows[i]
-            acc = "-" if r["mean_accuracy"] is None else f"{r['mean_accuracy']:.3f}"
-            cells.append(f"{r['attainment']:>8.3f} {acc:>6} {r['goodput']:>8.1f}    ")
-        print(f"{f:>5.0%} | " + " | ".join(cells))
-    out["split"] = split_bench(binary, work)
-    print(f"split: 4096 rows on 2 instances in chunks of 256: {out['split']['split_ms']:.1f} ms; "
-          f"one run of 4096 rows: {out['split']['one_run_ms']:.1f} ms; "
-          f"ratio {out['split']['split_ms'] / out['split']['one_run_ms']:.2f}")
+    out["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print_table(out)
+    if not args.skip_split:
+        out["split"] = split_bench(binary, work)
+        print(f"split: 4096 rows on 2 instances in chunks of 256: {out['split']['split_ms']:.1f} ms; "
+              f"one run of 4096 rows: {out['split']['one_run_ms']:.1f} ms; "
+              f"ratio {out['split']['split_ms'] / out['split']['one_run_ms']:.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+def print_table(out):
+    print(out["uptime_before"])
+    print("accurate capacity (answers/s): " + "; ".join(f"{k} {v:.1f}" for k, v in out["capacities"].items()))
+    print(f"objective {out['objective_ms']} ms, {out['seconds_per_step']:.0f} s per step")
+    names = list(out["policies"])
+    print("| load (× capacity) | offered/s | " + " | ".join(
+        f"{n}: attainment / mean accuracy / share accurate / 429s" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for i, (f, rate) in enumerate(zip(out["fractions"], out["rates"])):
+        cells = []
+        for n in names:
+            r = out["policies"][n][i]
+            acc = "-" if r["mean_accuracy"] is None else f"{r['mean_accuracy']:.3f}"
+            cells.append(f"{r['attainment']:.3f} / {acc} / {r['share_accurate']:.2f} / {r['rejected_429']}")
+        print(f"| {f:g}× | {rate:.0f} | " + " | ".join(cells) + " |")
+    print("variant choices (client / stats / metrics):", json.dumps(out["variant_counts"]))
 
 
 def split_bench(binary, work, reps=10):

@@ -27,6 +27,8 @@
 //!   with `unload_dependents`), and the memory budget never evicts one.
 
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

@@ -94,6 +94,9 @@ pub struct State<T> {
     latency: LatencyModel,
     /// What the adaptive hold learns (only fed when the delay is adaptive).
     hold: Hold,
+    /// Batches taken by [`State::next`] and not yet recorded: their rows and when
+    /// they started (a prediction counts the rest of their runs as work ahead).
+    running: Vec<(usize, Instant)>,
 }
 
 impl<T: Pending> State<T> {
@@ -109,6 +112,7 @@ impl<T: Pending> State<T> {
             closing: false,
             latency,
             hold: Hold::default(),
+            running: Vec::new(),
         }
     }
 
@@ -235,6 +239,11 @@ impl<T: Pending> State<T> {
     /// [`State::next`], now finished).
     pub fn record(&mut self, rows: usize, elapsed: Duration) {
         self.latency.observe(rows, elapsed);
+        // The oldest running batch of that size is the one that ended (batches of one
+        // size are alike to a prediction).
+        if let Some(ix) = self.running.iter().position(|&(r, _)| r == rows) {
+            self.running.remove(ix);
+        }
     }
 
     /// Marks the end of a run (its answers are going out now): the adaptive hold counts
@@ -309,7 +318,14 @@ impl<T: Pending> State<T> {
                 return step;
             }
         };
-        step.batch = Some(self.queues.take(count));
+        let batch = self.queues.take(count);
+        // Bounded by the instances in a pool; a caller that never records (a test of
+        // batch forming) drops the oldest.
+        if self.running.len() >= self.instances.max(1) * 4 {
+            self.running.remove(0);
+        }
+        self.running.push((batch.iter().map(|e| e.rows).sum(), now));
+        step.batch = Some(batch);
         step
     }
 

@@ -34,10 +34,36 @@ impl<T: Pending> State<T> {
     }
 
     /// How long after `now` a request of `rows` rows at the default priority level
-    /// would likely be answered: the rows queued ahead drain at the best throughput
-    /// learned times the instances, then its own run. `None` before anything is known
-    /// of the engine's latency.
+    /// would likely be answered: when every instance is busy, the soonest of their
+    /// runs to end (its learned latency less the time it has run) ends first; then the
+    /// rows queued ahead drain at the best throughput learned times the instances,
+    /// then its own run. `None` before anything is known of the engine's latency.
     pub fn predicted_answer(&self, rows: usize, now: Instant) -> Option<Prediction> {
+        let prediction = self.queued_answer(rows, now)?;
+        Some(Prediction {
+            wait: prediction.wait + self.busy_for(now),
+            run: prediction.run,
+        })
+    }
+
+    /// How long until an instance is free: zero while one is idle, else the least
+    /// rest of a running batch's learned latency.
+    fn busy_for(&self, now: Instant) -> Duration {
+        if self.running.len() < self.instances {
+            return Duration::ZERO;
+        }
+        self.running
+            .iter()
+            .map(|&(rows, started)| {
+                let run = self.latency.estimate(rows).unwrap_or_default();
+                run.saturating_sub(now.saturating_duration_since(started))
+            })
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// The prediction of the queue alone (as if an instance were free now).
+    fn queued_answer(&self, rows: usize, now: Instant) -> Option<Prediction> {
         let max_batch = match self.config.batching {
             Batching::Off => rows.max(1),
             Batching::Dynamic(_) => self.config.max_batch_size.max(1),
@@ -131,6 +157,29 @@ mod tests {
         assert!((learned - 0.0084).abs() < 1e-9, "{learned}");
         s.seed_latency(1, ms(50));
         assert_eq!(total(&s, 1).unwrap().as_secs_f64(), learned);
+    }
+
+    #[test]
+    fn a_run_in_progress_on_every_instance_delays_the_start_by_its_rest() {
+        let t0 = Instant::now();
+        for instances in [1, 2] {
+            let mut s = state(4, instances);
+            s.seed_latency(1, ms(10));
+            s.seed_latency(4, ms(20));
+            let wait = |s: &State<Item>, at| s.predicted_answer(1, at).unwrap().wait;
+            s.enqueue(Item, 1, JobOptions::default(), t0).ok().unwrap();
+            assert!(s.next(t0).batch.is_some(), "the batch starts");
+            // One instance: the new request waits for the rest of the running one.
+            // Two: the other is free, nothing to wait for.
+            let want = if instances == 1 { ms(10) } else { ms(0) };
+            assert_eq!(wait(&s, t0), want, "{instances} instances");
+            assert_eq!(wait(&s, t0 + ms(4)), want.saturating_sub(ms(4)));
+            // Past its learned latency it is about to end: no wait is counted.
+            assert_eq!(wait(&s, t0 + ms(30)), ms(0));
+            // Ended: nothing is running.
+            s.record(1, ms(10));
+            assert_eq!(wait(&s, t0), ms(0));
+        }
     }
 
     #[test]
