@@ -88,6 +88,21 @@ impl Loaded {
     }
 }
 
+impl BuildContext<'_> {
+    /// The [`Served::identity`] of a version run by `backend`: its digest when its
+    /// answers are cached, or when any version's may be keyed by it (a shared cache,
+    /// where a caching ensemble keys by its steps); else 0.
+    pub fn identity(&self, config: &ModelConfig, backend: &str, version: &ModelVersion) -> u128 {
+        match (
+            config.response_cache_enabled() || self.shared_cache,
+            version.model_file.parent(),
+        ) {
+            (true, Some(dir)) => crate::cache::identity(config, backend, dir),
+            _ => 0,
+        }
+    }
+}
+
 /// Settings a load needs from the runtime config.
 pub(crate) struct BuildContext<'a> {
     pub backends: &'a Backends,
@@ -200,13 +215,7 @@ pub(crate) fn load_version(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         cache_enabled: config.response_cache_enabled(),
         split: crate::split::enabled(config)?,
-        identity: match (
-            config.response_cache_enabled() || cx.shared_cache,
-            version.model_file.parent(),
-        ) {
-            (true, Some(dir)) => crate::cache::identity(config, backend.name(), dir),
-            _ => 0,
-        },
+        identity: cx.identity(config, backend.name(), version),
         ensemble: None,
         factory: Some(factory),
     })

@@ -220,13 +220,7 @@ impl Runtime {
             // The ensemble's own part of a shared cache's key: its config (the graph)
             // and whatever its version folder holds; the steps' loads are added per
             // request (`Runtime::ensemble_scope`).
-            identity: match (
-                config.response_cache_enabled() || cx.shared_cache,
-                version.model_file.parent(),
-            ) {
-                (true, Some(dir)) => crate::cache::identity(config, PLATFORM, dir),
-                _ => 0,
-            },
+            identity: cx.identity(config, PLATFORM, version),
             ensemble: Some(Arc::new(ensemble)),
             factory: None,
             split: false,
