@@ -2,11 +2,11 @@
 """Ensembles against their steps alone, in one run, with `sluice bench` (closed loop).
 
     cargo build --release --workspace                     # target/release/sluice
-    .venv/bin/python bench/ensemble.py [--seconds 5]
+    .venv/bin/python bench/ensemble.py [--seconds 5] [--width 512 --layers 8]
 
 Models (generated here, tract engine, one intra-op thread each):
-  heavy: y = tanh(... tanh(x @ W1) ... @ W6), x FP32 [512], 8 layers of 512x512: the
-         CPU-heavy step; 2 instances, dynamic batching (max 16).
+  heavy: y = tanh(... tanh(x @ W1) ... @ W8), x FP32 [512], 8 layers of 512x512 (or
+         --layers of --width): the CPU-heavy step; 2 instances, dynamic batching (max 16).
   heavy2: the same graph with other weights (the second branch).
   light: softmax over [512] (the built-in `sluice_postprocess`), 1 instance, batching.
 Ensembles:
@@ -99,10 +99,14 @@ def bench(url, model, seconds, *args):
 
 
 def main():
+    global D, LAYERS
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--cpus", default="0,1")
+    ap.add_argument("--width", type=int, default=D, help="the heavy step's layer width")
+    ap.add_argument("--layers", type=int, default=LAYERS, help="the heavy step's layer count")
     args = ap.parse_args()
+    D, LAYERS = args.width, args.layers
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         make_repo(repo)
@@ -119,7 +123,8 @@ def main():
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"closed loop, {args.seconds:g} s per run, server on CPUs {args.cpus}")
+    print(f"closed loop, {args.seconds:g} s per run, server on CPUs {args.cpus}, heavy step "
+          f"{LAYERS} layers of {D}x{D}")
     print(f"{'run':<16} {'heavy req/s':>12} {'light req/s':>12} {'chain req/s':>12} {'fraction':>9} "
           f"{'chain p99':>10} {'sum p99':>9} {'ratio':>6}")
     for label in closed["chain"]:

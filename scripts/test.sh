@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds since the start, so a slow step shows in CI's log.
+step() { printf '\n==> %s (%ds in)\n' "$*" "$SECONDS"; }
 
 # The cargo-fuzz targets (fuzz/, docs/security.md) need a nightly toolchain: checked
 # first, so that a machine without one fails at once with the reason, not after the
@@ -80,6 +81,27 @@ fi
 step "cargo build"
 cargo build --release --workspace
 
+# The fuzz targets (fuzz/, docs/security.md) build and run in the background beside the
+# Rust tests and both end-to-end passes, on the CPU those leave idle: cargo-fuzz's
+# install when it is missing, the nightly build of fuzz/, then every fuzz target for
+# FUZZ_SECONDS from its seed corpus (scripts/fuzz.sh); a crash, a timeout or an
+# out-of-memory fails the suite. It runs in its own process group, stopped with the
+# script if a step fails.
+fuzz_job=""
+if [ -z "${SKIP_FUZZ:-}" ]; then
+  mkdir -p fuzz/work
+  fuzz_log=fuzz/work/test-suite.log
+  step "fuzz targets in the background (scripts/fuzz.sh $FUZZ_SECONDS, log in $fuzz_log)"
+  set -m
+  (
+    { command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2; } &&
+      scripts/fuzz.sh "$FUZZ_SECONDS"
+  ) >"$fuzz_log" 2>&1 &
+  fuzz_job=$!
+  set +m
+  trap '[ -z "$fuzz_job" ] || kill -- "-$fuzz_job" 2>/dev/null || true' EXIT
+fi
+
 step "cargo test"
 cargo test --release --workspace
 
@@ -94,27 +116,17 @@ SLUICE_BIN="$PWD/target/release/sluice" .venv/bin/python -m pytest -q tests/pyth
 
 # The same suite again with every core kept busy by another process: no test may depend
 # on the machine being fast or idle (tests hold work in flight with execution gates).
-# One of the busy neighbours is the fuzz step: cargo-fuzz's install when it is missing,
-# the nightly build of fuzz/, then every fuzz target for FUZZ_SECONDS from its seed
-# corpus (scripts/fuzz.sh); a crash, a timeout or an out-of-memory fails the suite. It
-# uses a core the busy loops would waste, so it adds time only when it outlasts this
-# pass.
-if [ -z "${SKIP_FUZZ:-}" ]; then
-  mkdir -p fuzz/work
-  fuzz_log=fuzz/work/test-suite.log
-  fuzz_cmd="{ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2; }"
-  fuzz_cmd="$fuzz_cmd && scripts/fuzz.sh $FUZZ_SECONDS"
-  step "python end-to-end tests again, every core saturated (scripts/saturated.sh), beside the fuzz targets (${FUZZ_SECONDS}s each, log in $fuzz_log)"
+step "python end-to-end tests again, every core saturated (scripts/saturated.sh)"
+SLUICE_BIN="$PWD/target/release/sluice" scripts/saturated.sh .venv/bin/python -m pytest -q tests/python
+
+if [ -n "$fuzz_job" ]; then
+  step "fuzz targets (scripts/fuzz.sh $FUZZ_SECONDS): waiting for the background job"
   fuzz_status=0
-  SATURATED_NEIGHBOUR="($fuzz_cmd) >$fuzz_log 2>&1" SLUICE_BIN="$PWD/target/release/sluice" \
-    scripts/saturated.sh .venv/bin/python -m pytest -q tests/python || fuzz_status=$?
-  step "fuzz targets (scripts/fuzz.sh $FUZZ_SECONDS)"
+  wait "$fuzz_job" || fuzz_status=$?
+  fuzz_job=""
   # The build's progress lines are left out; the targets' summary and any failure stay.
   grep -v '^ *\(Compiling\|Downloaded\|Downloading\|Updating\|Locking\|Adding\) ' "$fuzz_log" || true
   [ "$fuzz_status" = 0 ] || exit "$fuzz_status"
-else
-  step "python end-to-end tests again, every core saturated (scripts/saturated.sh)"
-  SLUICE_BIN="$PWD/target/release/sluice" scripts/saturated.sh .venv/bin/python -m pytest -q tests/python
 fi
 
 if [ -n "${SKIP_FUZZ:-}" ]; then

@@ -589,6 +589,74 @@ def test_steps_are_loaded_with_and_kept_for_their_ensembles(server, http):
     assert not http.is_model_ready("e_var") and http.is_model_ready("ea")
 
 
+def test_a_step_reloaded_with_other_inputs_makes_its_ensemble_unavailable_until_it_fits(tmp_path):
+    """Triton reloads an ensemble's dependents with a composing model: a step that loads
+    again with inputs the ensemble no longer maps makes the ensemble unavailable, with
+    the reason, at that moment (not at each request); the step and every other model
+    serve on; once the step fits again, the ensemble loads again by itself."""
+    plus_model(tmp_path, "r_step", 1, batching=True)
+    plus_model(tmp_path, "r_other", 5, batching=True)
+    ensemble(tmp_path, "e_recheck", ["IN"], ["OUT"], [step("r_step", {"x": "IN"}, {"y": "OUT"})])
+    original = (tmp_path / "r_step" / "config.pbtxt").read_text()
+    s = Server(tmp_path, "--model-control-mode", "explicit", "--load-model", "*")
+    x = RNG.normal(size=(2, W)).astype(np.float32)
+
+    def load(model):
+        r = requests.post(f"{s.base}/v2/repository/models/{model}/load", timeout=60)
+        assert r.status_code == 200, r.text
+
+    def rows():
+        return index(s)
+
+    try:
+        r = post(s, "e_recheck", "IN", x)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(x.shape), x + 1,
+                                   rtol=1e-6)
+        # r_step now takes "v" (a new model file and config): the ensemble maps "x".
+        const = helper.make_tensor("k", TensorProto.FLOAT, [1], [100.0])
+        graph = helper.make_graph([helper.make_node("Add", ["v", "k"], ["y"])], "r_step",
+                                  [helper.make_tensor_value_info("v", TensorProto.FLOAT, [-1, W])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, W])], [const])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / "r_step" / "1" / "model.onnx"))
+        (tmp_path / "r_step" / "config.pbtxt").write_text(original.replace('name: "x"', 'name: "v"'))
+        load("r_step")
+        row = rows()["e_recheck"]
+        assert row["state"] == "UNAVAILABLE", row
+        for part in ["a step of this ensemble changed", "'r_step'", "'x'"]:
+            assert part in row.get("reason", ""), (part, row)
+        r = post(s, "e_recheck", "IN", x)
+        assert r.status_code in (400, 503), r.text
+        assert "a step of this ensemble changed" in r.json()["error"], r.text
+        # The step serves with its new input; the other model is untouched.
+        r = post(s, "r_step", "v", x)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(x.shape), x + 100,
+                                   rtol=1e-6)
+        r = post(s, "r_other", "x", x)
+        assert r.status_code == 200, r.text
+        # The step fits again (back to "x", y = x + 7): the ensemble loads by itself.
+        plus_model_file = tmp_path / "r_step" / "1" / "model.onnx"
+        graph = helper.make_graph([helper.make_node("Add", ["x", "k"], ["y"])], "r_step",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, W])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, W])],
+                                  [helper.make_tensor("k", TensorProto.FLOAT, [1], [7.0])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(plus_model_file))
+        (tmp_path / "r_step" / "config.pbtxt").write_text(original)
+        load("r_step")
+        assert rows()["e_recheck"]["state"] == "READY", rows()["e_recheck"]
+        r = post(s, "e_recheck", "IN", x)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(x.shape), x + 7,
+                                   rtol=1e-6)
+    finally:
+        assert s.stop() == 0, s.log()[-3000:]
+
+
 def test_refused_ensembles_name_the_step_and_tensor_and_others_serve(server, http):
     rows = index(server)
     for name, parts in REFUSED.items():

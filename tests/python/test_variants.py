@@ -246,11 +246,17 @@ def test_a_queue_past_the_objective_is_rejected_early(served, repo):
            "parameters": {"latency_objective_ms": 50}}
     threads = []
     try:
+        # 40 ms per run. A prediction counts the rest of the run in progress (its
+        # learned 40 ms less the time it has run): held past 40 ms, that rest is zero,
+        # so the 2nd waits no work and the 3rd one run (40 ms, within 50 ms), whatever
+        # the machine's speed (the sleep only makes sure of a lower bound).
         for queued in range(3):
             t = threading.Thread(target=lambda: infer(served, "late", one))
             t.start()
             threads.append(t)
             wait_for_queue(served, "late_gated", running=1, queued=queued)
+            if queued == 0:
+                time.sleep(SEEDS["late_gated"] / 1e3 + 0.01)
         # Two runs of 40 ms ahead: the queue alone outlasts 50 ms, and there is no
         # faster variant.
         err = infer(served, "late", one, status=429)

@@ -213,6 +213,7 @@ impl Runtime {
         if let Some((old, carried)) = old {
             drain(&old, &carried);
         }
+        self.recheck_dependents(name);
         Ok(())
     }
 

@@ -56,6 +56,29 @@ fn request(seed: u8, cache: CacheControl) -> InferRequest {
     }
 }
 
+/// Same names, types and shapes, and FP32 values within 1e-5 (relative) of each other.
+fn assert_close(a: &[Tensor], b: &[Tensor]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(
+            (&x.name, x.datatype, &x.shape),
+            (&y.name, y.datatype, &y.shape)
+        );
+        let floats = |t: &Tensor| -> Vec<f32> {
+            t.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for (u, v) in floats(x).into_iter().zip(floats(y)) {
+            assert!(
+                (u - v).abs() <= 1e-5 * u.abs().max(v.abs()).max(1.0),
+                "{u} vs {v}"
+            );
+        }
+    }
+}
+
 fn executions(rt: &Runtime, name: &str) -> u64 {
     rt.stats(Some(name), None).unwrap()[0]
         .stats
@@ -79,8 +102,11 @@ async fn hits_equal_the_uncached_answer_and_never_run_the_model() {
         .infer("cached", None, request(1, CacheControl::Use))
         .await
         .unwrap();
-    assert_eq!(miss.outputs, uncached.outputs);
-    assert_eq!(hit.outputs, uncached.outputs);
+    // The same model answers a hit with the very bytes it computed.
+    assert_eq!(hit.outputs, miss.outputs);
+    // Another model with the same weights may run another of tract's batch plans (each
+    // picked by a timed measurement at load), whose sums round differently.
+    assert_close(&miss.outputs, &uncached.outputs);
     assert_eq!(executions(&rt, "cached"), 1);
     let s = &rt.stats(Some("cached"), None).unwrap()[0].stats;
     assert_eq!(s.cache_hit.get().0, 1);

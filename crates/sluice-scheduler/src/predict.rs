@@ -15,6 +15,11 @@ impl InstancePool {
         self.shared.lock().predicted_answer(rows, Instant::now())
     }
 
+    /// An instance is free and nothing is queued: a request sent now would run at once.
+    pub fn idle(&self) -> bool {
+        self.shared.lock().idle()
+    }
+
     /// Rows waiting ahead of a new request at the default priority level.
     pub fn rows_ahead(&self) -> usize {
         self.shared.lock().rows_ahead()

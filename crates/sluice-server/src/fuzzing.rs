@@ -704,27 +704,6 @@ mod roundtrip {
         Some(c)
     }
 
-    /// Equal, except that an FP64 element may differ in its last bits: serde_json
-    /// without its `float_roundtrip` feature parses floats best-effort (documented;
-    /// about 2x faster), and a 17-digit FP64 of large exponent comes back a few ULP
-    /// off (seen: 2). A known defect, kept visible here (the fix is that feature, at
-    /// the cost of a rebuild of everything that uses serde_json); all else is exact.
-    fn same_within_json_float_parse(a: &Tensor, b: &Tensor) -> bool {
-        if a.datatype != DataType::F64 || a.name != b.name || a.shape != b.shape {
-            return a == b;
-        }
-        a.data.len() == b.data.len()
-            && a.data
-                .chunks_exact(8)
-                .zip(b.data.chunks_exact(8))
-                .all(|(x, y)| {
-                    let x = f64::from_le_bytes(x.try_into().unwrap());
-                    let y = f64::from_le_bytes(y.try_into().unwrap());
-                    x.to_bits() == y.to_bits()
-                        || (x - y).abs() <= 8.0 * f64::EPSILON * x.abs().max(y.abs())
-                })
-    }
-
     fn through_grpc(message: ModelInferRequest) -> Tensor {
         let wire = message.encode_to_vec();
         crate::limits::check_infer_request(&wire, &crate::limits::current()).unwrap();
@@ -741,7 +720,8 @@ mod roundtrip {
             let encoded = encode_response(&answer(&t), &OutputPlan::default()).unwrap();
             prop_assert!(encoded.binary.is_empty());
             let back = decoded_input(as_request(&encoded.json), None);
-            prop_assert!(same_within_json_float_parse(&back, &t), "{back:?} != {t:?}");
+            // Bit-exact, FP64 too: serde_json parses with `float_roundtrip`.
+            prop_assert_eq!(back, t);
         }
 
         #[test]

@@ -87,6 +87,9 @@ pub(crate) fn composing_in_use<'a>(
         .collect()
 }
 
+/// How the reason of an ensemble made unavailable by a step's reload begins.
+const STEP_CHANGED: &str = "a step of this ensemble changed:";
+
 thread_local! {
     /// The ensembles whose composing models this thread is loading (a guard against
     /// ensembles that contain each other).
@@ -263,6 +266,64 @@ impl Runtime {
             h.update(&part.to_le_bytes());
         }
         Some(h.digest128())
+    }
+
+    /// After `name` loaded (or reloaded): checks again, against what their steps serve
+    /// now, the ensembles that use it as a step, as Triton reloads a model's dependents.
+    /// A serving ensemble whose graph no longer checks (the step's inputs or outputs
+    /// changed) is unloaded and marked unavailable with the reason, rather than failing
+    /// each request at that step; one unavailable for that reason loads again once its
+    /// graph checks. Called without the loader lock.
+    pub(crate) fn recheck_dependents(&self, name: &str) {
+        let mut serving = Vec::new();
+        let mut broken = Vec::new();
+        for (n, e) in self.models().iter() {
+            if n == name {
+                continue;
+            }
+            if let Some(ensemble) = e.serving().and_then(|l| of(l)) {
+                if ensemble.composing().contains(name) {
+                    let config = e.serving().map(|l| Arc::clone(&l.config));
+                    serving.push((n.clone(), config));
+                }
+            } else if e.reason().starts_with(STEP_CHANGED)
+                && e.shell.as_ref().is_some_and(|shell| {
+                    sluice_core::ensemble::EnsembleScheduling::from_config(&shell.config)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.step.iter().any(|st| st.model_name == name))
+                })
+            {
+                broken.push(n.clone());
+            }
+        }
+        for (ensemble, config) in serving {
+            let Some(config) = config else { continue };
+            let Err(e) = EnsembleGraph::build(&config, |step| self.composing_config(step)) else {
+                continue;
+            };
+            let reason = format!(
+                "{STEP_CHANGED} '{name}' loaded again and the ensemble no longer fits it: {}; \
+                 it loads again once its steps fit",
+                e.message()
+            );
+            tracing::error!(model = %ensemble, step = name, reason = %reason, "ensemble is unavailable");
+            if self.unload_now(&ensemble, false).is_ok() {
+                if let Some(entry) = self.models_mut().get_mut(&ensemble) {
+                    if entry.serving().is_none() {
+                        entry.state =
+                            crate::entry::State::Absent(crate::entry::Absent::Failed(reason));
+                    }
+                }
+                self.notify();
+            }
+        }
+        for ensemble in broken {
+            tracing::info!(model = %ensemble, step = name, "a step of an unavailable ensemble loaded: loading it again");
+            if let Err(e) = self.load_now(&ensemble, &LoadOptions::default()) {
+                tracing::error!(model = %ensemble, reason = %e, "ensemble is still unavailable");
+            }
+        }
     }
 
     /// Refuses the explicit unload of a model that a serving ensemble uses as a step.

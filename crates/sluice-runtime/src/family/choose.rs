@@ -1,7 +1,8 @@
 //! The choice of a variant for one request, as a pure function of what each
 //! variant's queue predicts, and the record of variants that ran slower than
 //! predicted (INFaaS avoids a variant whose answer took more than 2.5 times its
-//! prediction, e.g. under a noisy neighbour, until it recovers).
+//! prediction, e.g. under a noisy neighbour, until it recovers), with the probes that
+//! find out when it has.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,23 @@ pub(crate) struct Candidate {
     pub predicted: Option<sluice_scheduler::Prediction>,
     /// Above 1 while the variant is avoided: how much slower than predicted it ran.
     pub slowdown: f64,
+    /// Avoided, but idle and due for a probe ([`Health::probe_due`]): this request may
+    /// go to it at its unscaled prediction, to learn whether it has recovered.
+    pub probe: bool,
 }
 
 impl Candidate {
+    fn slowdown(&self) -> f64 {
+        if self.probe {
+            1.0
+        } else {
+            self.slowdown.max(1.0)
+        }
+    }
+
     fn expected(&self) -> Duration {
-        self.predicted.map_or(Duration::ZERO, |p| {
-            p.total().mul_f64(self.slowdown.max(1.0))
-        })
+        self.predicted
+            .map_or(Duration::ZERO, |p| p.total().mul_f64(self.slowdown()))
     }
 }
 
@@ -67,11 +78,12 @@ pub(crate) fn choose(candidates: &[Candidate], ask: Ask) -> Choice {
         (false, _) => ready,
     };
     let Some(objective) = ask.latency else {
-        // No objective: the most accurate one that is not avoided, else the least slowed.
+        // No objective: the most accurate one that is not avoided (or is probed), else
+        // the least slowed.
         return Choice::Run(
             pool.iter()
                 .copied()
-                .find(|&i| candidates[i].slowdown <= 1.0)
+                .find(|&i| candidates[i].slowdown() <= 1.0)
                 .unwrap_or_else(|| fastest(candidates, &pool)),
         );
     };
@@ -82,9 +94,9 @@ pub(crate) fn choose(candidates: &[Candidate], ask: Ask) -> Choice {
         return Choice::Run(i);
     }
     let i = fastest(candidates, &pool);
-    let wait = candidates[i].predicted.map_or(Duration::ZERO, |p| {
-        p.wait.mul_f64(candidates[i].slowdown.max(1.0))
-    });
+    let wait = candidates[i]
+        .predicted
+        .map_or(Duration::ZERO, |p| p.wait.mul_f64(candidates[i].slowdown()));
     if wait > objective {
         Choice::TooLate { fastest: i, wait }
     } else {
@@ -101,6 +113,14 @@ fn fastest(candidates: &[Candidate], pool: &[usize]) -> usize {
 }
 
 /// How a variant has kept its predictions lately.
+///
+/// An avoided variant gets no requests, so nothing would show that it has recovered
+/// before its avoidance ends (up to 30 s): a load that falls would stay on the faster,
+/// less accurate variants that long. So while it is avoided, one request at a time, at
+/// most one per [`Self::PROBE_INTERVAL`], may go to it when it is idle (nothing queued,
+/// nothing running) and its unscaled prediction is in time: a probe. An answer in time
+/// clears the avoidance; a slow one is another strike. Its cost is bounded: at most one
+/// request per interval answers late.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Health {
     /// Slow answers in a row.
@@ -108,6 +128,8 @@ pub(crate) struct Health {
     /// Avoided until then, with predictions scaled by `slowdown`.
     until: Option<Instant>,
     slowdown: f64,
+    /// No probe before then: the last slow answer or probe plus the interval.
+    next_probe: Option<Instant>,
 }
 
 impl Health {
@@ -118,6 +140,8 @@ impl Health {
     /// The first avoidance lasts this long; each slow answer in a row doubles it.
     const FIRST_AVOIDANCE: Duration = Duration::from_secs(1);
     const LONGEST_AVOIDANCE: Duration = Duration::from_secs(30);
+    /// At most one probe of an avoided variant per this long.
+    pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
     /// Records an answer that took `actual` where `predicted` was expected.
     pub(crate) fn observe(&mut self, predicted: Duration, actual: Duration, now: Instant) {
@@ -133,6 +157,23 @@ impl Health {
             .min(Self::LONGEST_AVOIDANCE);
         self.until = Some(now + avoid);
         self.slowdown = actual.as_secs_f64() / predicted.as_secs_f64().max(1e-9);
+        self.next_probe = Some(now + Self::PROBE_INTERVAL);
+    }
+
+    /// Whether a probe may go to it now (it is avoided and none went for an interval);
+    /// the caller also checks that the variant is idle.
+    pub(crate) fn probe_due(&self, now: Instant) -> bool {
+        self.slowdown(now) > 1.0 && self.next_probe.is_none_or(|t| now >= t)
+    }
+
+    /// Takes the probe due now: true once per interval (the request that gets it goes
+    /// to the variant), false when another request took it first.
+    pub(crate) fn take_probe(&mut self, now: Instant) -> bool {
+        if !self.probe_due(now) {
+            return false;
+        }
+        self.next_probe = Some(now + Self::PROBE_INTERVAL);
+        true
     }
 
     /// How much slower than predicted to expect it now: 1 unless it is avoided.
@@ -162,6 +203,7 @@ mod tests {
                 run: ms(run_ms),
             }),
             slowdown: 1.0,
+            probe: false,
         }
     }
 
@@ -255,5 +297,50 @@ mod tests {
         h.observe(ms(10), ms(50), t0 + ms(3000));
         h.observe(ms(10), ms(12), t0 + ms(3001));
         assert_eq!(h.slowdown(t0 + ms(3002)), 1.0);
+    }
+
+    #[test]
+    fn an_avoided_variant_is_probed_once_per_interval_when_idle_and_cleared_by_a_fast_answer() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        assert!(!h.probe_due(t0), "a healthy variant needs no probe");
+        // Three slow answers in a row: avoided for 4 s, three times slower.
+        h.observe(ms(10), ms(30), t0);
+        h.observe(ms(10), ms(30), t0 + ms(10));
+        h.observe(ms(10), ms(30), t0 + ms(20));
+        assert_eq!(h.slowdown(t0 + ms(500)), 3.0);
+        // No probe within an interval of the last slow answer.
+        assert!(!h.probe_due(t0 + ms(500)));
+        let due = t0 + ms(20) + Health::PROBE_INTERVAL;
+        assert!(h.probe_due(due));
+        // Avoided still (the window is 4 s), but the probe makes it a candidate at its
+        // own prediction.
+        let mut set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        set[0].slowdown = h.slowdown(due);
+        assert_eq!(set[0].slowdown, 3.0);
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+        assert_eq!(choose(&set, ask(None, None)), Choice::Run(1));
+        set[0].probe = true;
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
+        assert_eq!(choose(&set, ask(None, None)), Choice::Run(0));
+        // A probe still has to be in time by its own prediction.
+        assert_eq!(choose(&set, ask(Some(30), None)), Choice::Run(1));
+        // One request takes it; the next finds none due until an interval later.
+        assert!(h.take_probe(due));
+        assert!(!h.take_probe(due));
+        assert!(!h.probe_due(due + Health::PROBE_INTERVAL - ms(1)));
+        assert!(h.probe_due(due + Health::PROBE_INTERVAL));
+        // The probe's answer was slow: a fourth strike (8 s), the next probe an interval on.
+        let slow = due + ms(40);
+        h.observe(ms(10), ms(40), slow);
+        assert_eq!(h.slowdown(slow + ms(7999)), 4.0);
+        assert!(!h.probe_due(slow + ms(999)));
+        assert!(h.probe_due(slow + Health::PROBE_INTERVAL));
+        // A probe answered in time clears the avoidance at once.
+        let fast = slow + Health::PROBE_INTERVAL;
+        assert!(h.take_probe(fast));
+        h.observe(ms(10), ms(11), fast + ms(11));
+        assert_eq!(h.slowdown(fast + ms(12)), 1.0);
+        assert!(!h.probe_due(fast + ms(12)));
     }
 }

@@ -48,33 +48,52 @@ impl Runtime {
             1
         };
         let now = Instant::now();
-        let candidates: Vec<Candidate> = family
+        let mut candidates: Vec<Candidate> = family
             .spec
             .variants
             .iter()
             .zip(&family.health)
             .map(|(v, health)| {
-                let slowdown = health
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .slowdown(now);
+                let (slowdown, probe_due) = {
+                    let health = health.lock().unwrap_or_else(PoisonError::into_inner);
+                    (health.slowdown(now), health.probe_due(now))
+                };
                 match self.lookup(&v.model, v.version) {
-                    Lookup::Ready(served, _) => Candidate {
-                        accuracy: v.accuracy,
-                        ready: true,
-                        predicted: served.pool.predicted_answer(rows),
-                        slowdown,
-                    },
+                    Lookup::Ready(served, _) => {
+                        let predicted = served.pool.predicted_answer(rows);
+                        Candidate {
+                            accuracy: v.accuracy,
+                            ready: true,
+                            predicted,
+                            slowdown,
+                            // Probed only when idle, so a probe's answer is its run.
+                            probe: probe_due && served.pool.idle(),
+                        }
+                    }
                     Lookup::Wait | Lookup::Start | Lookup::Fail(_) => Candidate {
                         accuracy: v.accuracy,
                         ready: false,
                         predicted: None,
                         slowdown,
+                        probe: false,
                     },
                 }
             })
             .collect();
-        let chosen = match choose::choose(&candidates, ask) {
+        let mut choice = choose::choose(&candidates, ask);
+        if let Choice::Run(i) = choice {
+            // A probe goes to one request: another may have taken it since.
+            if candidates[i].probe
+                && !family.health[i]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take_probe(now)
+            {
+                candidates[i].probe = false;
+                choice = choose::choose(&candidates, ask);
+            }
+        }
+        let chosen = match choice {
             Choice::Run(i) => i,
             Choice::NoneAccurate => {
                 family.stats.record(Outcome::Invalid, arrived.elapsed());

@@ -92,6 +92,11 @@ impl<T: Pending> State<T> {
         }
     }
 
+    /// An instance is free and nothing is queued: a request sent now would run at once.
+    pub fn idle(&self) -> bool {
+        self.running.len() < self.instances && self.queues.len() == 0
+    }
+
     /// Rows queued at the default priority level and above.
     pub fn rows_ahead(&self) -> usize {
         let ix = self.config.default_level.saturating_sub(1);
@@ -167,8 +172,13 @@ mod tests {
             s.seed_latency(1, ms(10));
             s.seed_latency(4, ms(20));
             let wait = |s: &State<Item>, at| s.predicted_answer(1, at).unwrap().wait;
+            assert!(s.idle());
             s.enqueue(Item, 1, JobOptions::default(), t0).ok().unwrap();
+            assert!(!s.idle(), "queued");
             assert!(s.next(t0).batch.is_some(), "the batch starts");
+            // Idle while an instance is free (two), not while every one runs (one),
+            // even past the run's learned latency (wait is then zero).
+            assert_eq!(s.idle(), instances == 2);
             // One instance: the new request waits for the rest of the running one.
             // Two: the other is free, nothing to wait for.
             let want = if instances == 1 { ms(10) } else { ms(0) };
@@ -176,9 +186,11 @@ mod tests {
             assert_eq!(wait(&s, t0 + ms(4)), want.saturating_sub(ms(4)));
             // Past its learned latency it is about to end: no wait is counted.
             assert_eq!(wait(&s, t0 + ms(30)), ms(0));
+            assert_eq!(s.idle(), instances == 2);
             // Ended: nothing is running.
             s.record(1, ms(10));
             assert_eq!(wait(&s, t0), ms(0));
+            assert!(s.idle());
         }
     }
 
