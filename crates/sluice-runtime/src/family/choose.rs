@@ -4,6 +4,7 @@
 //! prediction, e.g. under a noisy neighbour, until it recovers), with the probes that
 //! find out when it has.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// What the choice knows of one variant now. The list is ordered most accurate
@@ -21,6 +22,10 @@ pub(crate) struct Candidate {
     /// Avoided, but idle and due for a probe ([`Health::probe_due`]): this request may
     /// go to it at its unscaled prediction, to learn whether it has recovered.
     pub probe: bool,
+    /// At least 1: how much longer than predicted its recent answers took, at the
+    /// quantile the objective is met at ([`Health::margin`]); a variant is in time when
+    /// its prediction times this is.
+    pub margin: f64,
 }
 
 impl Candidate {
@@ -33,8 +38,14 @@ impl Candidate {
     }
 
     fn expected(&self) -> Duration {
+        // A probe tests the variant at its own prediction.
+        let scale = if self.probe {
+            1.0
+        } else {
+            self.slowdown().max(self.margin)
+        };
         self.predicted
-            .map_or(Duration::ZERO, |p| p.total().mul_f64(self.slowdown()))
+            .map_or(Duration::ZERO, |p| p.total().mul_f64(scale))
     }
 }
 
@@ -121,8 +132,21 @@ fn fastest(candidates: &[Candidate], pool: &[usize]) -> usize {
 /// nothing running) and its unscaled prediction is in time: a probe. An answer in time
 /// clears the avoidance; a slow one is another strike. Its cost is bounded: at most one
 /// request per interval answers late.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// Predictions are means, and a variant kept at the edge of an objective by its mean
+/// misses it about half the time. So each variant also keeps the ratio of actual to
+/// predicted time of its answers in the last [`Self::WINDOW`], and a candidate is in
+/// time only when its prediction times the [`Self::QUANTILE`] of those ratios is: the
+/// margin the machine's noise and the queue's variance have shown lately. With fewer
+/// than [`Self::MIN_SAMPLES`] recent answers the margin is 1 (unknown: its next
+/// answers teach it), so a variant not chosen for a while is tried at its plain
+/// prediction again.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Health {
+    /// Recent answers: when, and actual / predicted time.
+    ratios: VecDeque<(Instant, f64)>,
+    /// The margin as last computed, and when.
+    margin: Option<(Instant, f64)>,
     /// Slow answers in a row.
     strikes: u32,
     /// Avoided until then, with predictions scaled by `slowdown`.
@@ -142,13 +166,30 @@ impl Health {
     const LONGEST_AVOIDANCE: Duration = Duration::from_secs(30);
     /// At most one probe of an avoided variant per this long.
     pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+    /// The margin is the ratio of actual to predicted time at this quantile...
+    const QUANTILE: f64 = 0.99;
+    /// ...of the answers in this window...
+    const WINDOW: Duration = Duration::from_secs(10);
+    /// ...when at least this many are in it; it is recomputed at most this often.
+    const MIN_SAMPLES: usize = 10;
+    const MARGIN_REFRESH: Duration = Duration::from_millis(100);
+    /// The ratios kept (the newest); a prediction under 1 ms counts as 1 ms in them.
+    const MAX_SAMPLES: usize = 512;
 
     /// Records an answer that took `actual` where `predicted` was expected.
     pub(crate) fn observe(&mut self, predicted: Duration, actual: Duration, now: Instant) {
+        if self.ratios.len() == Self::MAX_SAMPLES {
+            self.ratios.pop_front();
+        }
+        let ratio = actual.as_secs_f64() / predicted.max(Self::SLACK).as_secs_f64();
+        self.ratios.push_back((now, ratio));
         let slow = actual.as_secs_f64() > Self::SLOW_FACTOR * predicted.as_secs_f64()
             && actual.saturating_sub(predicted) > Self::SLACK;
         if !slow {
-            *self = Health::default();
+            self.strikes = 0;
+            self.until = None;
+            self.slowdown = 0.0;
+            self.next_probe = None;
             return;
         }
         self.strikes = self.strikes.saturating_add(1);
@@ -158,6 +199,33 @@ impl Health {
         self.until = Some(now + avoid);
         self.slowdown = actual.as_secs_f64() / predicted.as_secs_f64().max(1e-9);
         self.next_probe = Some(now + Self::PROBE_INTERVAL);
+    }
+
+    /// How much longer than predicted to allow for now (at least 1; see the type).
+    pub(crate) fn margin(&mut self, now: Instant) -> f64 {
+        if let Some((at, margin)) = self.margin {
+            if now.saturating_duration_since(at) < Self::MARGIN_REFRESH {
+                return margin;
+            }
+        }
+        while self
+            .ratios
+            .front()
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) > Self::WINDOW)
+        {
+            self.ratios.pop_front();
+        }
+        let margin = if self.ratios.len() < Self::MIN_SAMPLES {
+            1.0
+        } else {
+            let mut r: Vec<f64> = self.ratios.iter().map(|&(_, r)| r).collect();
+            r.sort_by(f64::total_cmp);
+            // Nearest rank.
+            let rank = (Self::QUANTILE * r.len() as f64).ceil() as usize;
+            r[rank.clamp(1, r.len()) - 1].max(1.0)
+        };
+        self.margin = Some((now, margin));
+        margin
     }
 
     /// Whether a probe may go to it now (it is avoided and none went for an interval);
@@ -204,6 +272,7 @@ mod tests {
             }),
             slowdown: 1.0,
             probe: false,
+            margin: 1.0,
         }
     }
 
@@ -342,5 +411,57 @@ mod tests {
         h.observe(ms(10), ms(11), fast + ms(11));
         assert_eq!(h.slowdown(fast + ms(12)), 1.0);
         assert!(!h.probe_due(fast + ms(12)));
+    }
+
+    #[test]
+    fn the_margin_is_the_recent_answers_ratio_at_the_quantile_and_forgets_old_ones() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        // Too few answers to tell: no margin.
+        for i in 0..9 {
+            h.observe(ms(10), ms(20), t0 + ms(i));
+        }
+        assert_eq!(h.margin(t0 + ms(10)), 1.0);
+        // 100 answers: 98 on time, two at twice their prediction: the 99th percentile
+        // (nearest rank 99 of 100) is 2.
+        let mut h = Health::default();
+        for i in 0..98 {
+            h.observe(ms(10), ms(10), t0 + ms(i));
+        }
+        h.observe(ms(10), ms(20), t0 + ms(98));
+        h.observe(ms(10), ms(20), t0 + ms(99));
+        assert_eq!(h.margin(t0 + ms(100)), 2.0);
+        // Cached for a refresh interval, then recomputed; answers faster than predicted
+        // never make it below 1.
+        for i in 0..400 {
+            h.observe(ms(10), ms(5), t0 + ms(100 + i));
+        }
+        assert_eq!(
+            h.margin(t0 + ms(150)),
+            2.0,
+            "recomputed within the refresh interval"
+        );
+        assert_eq!(h.margin(t0 + ms(600)), 1.0);
+        // Past the window they are forgotten: no margin until new answers come.
+        for i in 0..20 {
+            h.observe(ms(10), ms(40), t0 + ms(700 + i));
+        }
+        assert_eq!(h.margin(t0 + ms(800)), 4.0);
+        assert_eq!(h.margin(t0 + ms(800) + Health::WINDOW + ms(100)), 1.0);
+        // Slow answers (here 4x) still avoid the variant; one on time ends that, not
+        // the margin it has shown.
+        assert!(h.slowdown(t0 + ms(800)) > 1.0);
+        h.observe(ms(10), ms(10), t0 + ms(900));
+        assert_eq!(h.slowdown(t0 + ms(900)), 1.0);
+
+        // In the choice: the accurate variant predicted at 40 ms meets 100 ms alone, not
+        // with a margin of 3; a probe goes at its own prediction.
+        let mut set = [c(0.9, 0, 40), c(0.7, 0, 2)];
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
+        set[0].margin = 3.0;
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(1));
+        assert_eq!(choose(&set, ask(Some(130), None)), Choice::Run(0));
+        set[0].probe = true;
+        assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
     }
 }

@@ -54,9 +54,13 @@ impl Runtime {
             .iter()
             .zip(&family.health)
             .map(|(v, health)| {
-                let (slowdown, probe_due) = {
-                    let health = health.lock().unwrap_or_else(PoisonError::into_inner);
-                    (health.slowdown(now), health.probe_due(now))
+                let (slowdown, probe_due, margin) = {
+                    let mut health = health.lock().unwrap_or_else(PoisonError::into_inner);
+                    (
+                        health.slowdown(now),
+                        health.probe_due(now),
+                        health.margin(now),
+                    )
                 };
                 match self.lookup(&v.model, v.version) {
                     Lookup::Ready(served, _) => {
@@ -68,6 +72,7 @@ impl Runtime {
                             slowdown,
                             // Probed only when idle, so a probe's answer is its run.
                             probe: probe_due && served.pool.idle(),
+                            margin,
                         }
                     }
                     Lookup::Wait | Lookup::Start | Lookup::Fail(_) => Candidate {
@@ -76,6 +81,7 @@ impl Runtime {
                         predicted: None,
                         slowdown,
                         probe: false,
+                        margin,
                     },
                 }
             })
