@@ -421,3 +421,51 @@ def test_profile_measures_every_batch_size_and_writes_json_and_plots(tmp_path):
         assert wait_until(lambda: "seeded from the model's profile" in s.log(), timeout=10), s.log()
     finally:
         s.stop()
+
+
+def test_profile_over_the_wire_measures_a_running_server(tmp_path):
+    """`sluice profile --url`: the same profile from a running server (its config,
+    index and infer endpoints), every measured request really served by it."""
+    from conftest import Server
+    repo = tmp_path / "repo"
+    variant(repo, "m", 2.0, max_batch=4, extra='parameters: { key: "accuracy" value: { string_value: "0.8" } }\n')
+    s = Server(repo)
+
+    def counts():
+        st = requests.get(f"{s.base}/v2/models/m/stats", timeout=10).json()["model_stats"][0]
+        return int(st["inference_stats"]["success"]["count"]), int(st["inference_count"])
+
+    try:
+        before = counts()
+        out = tmp_path / "m.json"
+        run = subprocess.run(
+            [str(BIN), "profile", "--url", s.base, "--model", "m", "--seconds-per-point", "0.2",
+             "--output", str(out)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        p = json.loads(out.read_text())
+        assert p["format"] == "sluice-profile/1" and p["model"] == "m" and p["version"] == "1"
+        assert [b["batch_size"] for b in p["batches"]] == [1, 2, 4]
+        for b in p["batches"]:
+            lat = b["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p99"]
+            assert b["throughput_per_s"] > 0
+        # From the server's config and repository index.
+        assert p["accuracy"] == 0.8 and p["instances"] == 1
+        assert p["load_time_s"] > 0 and p["memory_bytes"] > 0
+        assert "p50 ms" in run.stdout and (tmp_path / "m.svg").exists()
+        # Two points per batch size (one client, then two), each at least one request of
+        # that many rows, all answered by the server.
+        after = counts()
+        assert after[0] - before[0] >= 6 and after[1] - before[1] >= 2 * (1 + 2 + 4), (before, after)
+        # A model the server does not have: the reason, and nothing written.
+        bad = subprocess.run([str(BIN), "profile", "--url", s.base, "--model", "nope",
+                              "--output", str(tmp_path / "nope.json")],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "nope" in bad.stderr, bad.stderr
+        assert not (tmp_path / "nope.json").exists()
+        # In process or over the wire, not both.
+        both = subprocess.run([str(BIN), "profile", "--url", s.base, "--model-repository", str(repo),
+                               "--model", "m"], capture_output=True, text=True, timeout=60)
+        assert both.returncode != 0 and "--url" in both.stderr, both.stderr
+    finally:
+        s.stop()

@@ -89,6 +89,22 @@ impl HttpClient {
         Ok(body)
     }
 
+    /// `GET {base}/{path}` or, with a body, `POST`: the answer's JSON.
+    pub async fn json(&self, path: &str, body: Option<&Value>) -> Result<Value> {
+        let builder = match body {
+            Some(_) => {
+                hyper::Request::post(self.uri(path)?).header("content-type", "application/json")
+            }
+            None => hyper::Request::get(self.uri(path)?),
+        };
+        let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| Error::Address(e.to_string()))?;
+        let answer = self.send(request).await?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Decode(format!("{path}: {e}")))
+    }
+
     pub async fn model_metadata(
         &self,
         model: &str,

@@ -229,6 +229,22 @@ impl Client {
         })
     }
 
+    /// Any JSON endpoint of an HTTP server: `GET {path}`, or `POST {path}` with `body`
+    /// (e.g. Triton's `v2/models/{m}/config` and `v2/repository/index`). HTTP only: a
+    /// gRPC client answers [`Error::Address`].
+    pub async fn json(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        match &self.inner {
+            Inner::Http(c) => c.json(path, body).await,
+            Inner::Grpc(_) => Err(Error::Address(format!(
+                "{path} is asked over HTTP; this client speaks gRPC"
+            ))),
+        }
+    }
+
     /// The model's inputs and outputs (`GET v2/models/{m}[/versions/{v}]` or `ModelMetadata`).
     pub async fn model_metadata(
         &self,

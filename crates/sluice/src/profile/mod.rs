@@ -13,10 +13,12 @@
 //! Key decision: the measurement goes through `Runtime::infer`, exactly the path a
 //! server request takes after decoding, so the figures include queueing and
 //! batching as served (not the raw engine, which `sluice-engine-bench` measures),
-//! and the numbers seed a scheduler that sees the same path. Measuring a remote
-//! server over the wire is `sluice bench`'s job.
+//! and the numbers seed a scheduler that sees the same path. With `--url` it measures
+//! a running server over the wire instead (module `remote`, through `sluice bench`'s
+//! load generator), for a server that is already deployed or is not Sluice.
 
 mod measure;
+mod remote;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -30,9 +32,16 @@ pub use measure::Settings;
 /// Flags of `sluice profile`.
 #[derive(clap::Args, Debug)]
 pub struct ProfileArgs {
-    /// The model repository.
-    #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
-    model_repository: PathBuf,
+    /// The model repository (measured in this process).
+    #[arg(long, env = "SLUICE_MODEL_REPOSITORY", required_unless_present_any = ["url", "profile"])]
+    model_repository: Option<PathBuf>,
+    /// Measure a running server over HTTP instead (`host:port` or `http://host:port`):
+    /// Sluice, Triton or any KServe v2 server with Triton's config extension.
+    #[arg(long, conflicts_with_all = ["model_repository", "instances", "shape"])]
+    url: Option<String>,
+    /// How requests travel with `--url`.
+    #[arg(long, value_enum, default_value_t = RemoteProtocol::HttpBinary, requires = "url")]
+    protocol: RemoteProtocol,
     /// A model to profile (repeat for several; a comparison table follows).
     #[arg(long = "model", required_unless_present = "profile")]
     models: Vec<String>,
@@ -56,7 +65,8 @@ pub struct ProfileArgs {
     #[arg(long)]
     shape: Vec<String>,
     /// Where to write the profile: a file (one model) or a folder (several). Default:
-    /// `profile.json` in each model's folder, where the server reads it.
+    /// `profile.json` in each model's folder, where the server reads it (with `--url`:
+    /// `<model>.profile.json` in the current folder).
     #[arg(long)]
     output: Option<PathBuf>,
     /// Where to write the accuracy-vs-latency plot of several models (SVG).
@@ -73,6 +83,13 @@ pub struct ProfileArgs {
     default_backend: String,
     #[command(flatten)]
     engines: crate::engines::EngineArgs,
+}
+
+/// The protocols `--url` measures over.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum RemoteProtocol {
+    HttpBinary,
+    HttpJson,
 }
 
 pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
@@ -96,16 +113,34 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         hardware_class: args.hardware_class.clone(),
     };
     let mut profiles = Vec::new();
-    if !args.models.is_empty() {
+    if let (Some(url), false) = (&args.url, args.models.is_empty()) {
+        let protocol = match args.protocol {
+            RemoteProtocol::HttpBinary => sluice_client::Protocol::HttpBinary,
+            RemoteProtocol::HttpJson => sluice_client::Protocol::HttpJson,
+        };
+        for model in &args.models {
+            let profile = remote::measure(url, protocol, model, &settings)
+                .with_context(|| format!("profiling model '{model}' at {url}"))?;
+            let path = match &args.output {
+                Some(o) if o.is_dir() => o.join(format!("{model}.profile.json")),
+                Some(o) => o.clone(),
+                None => PathBuf::from(format!("{model}.profile.json")),
+            };
+            write(&path, &profile)?;
+            println!("{}", report::table(&profile));
+            println!("profile: {}", path.display());
+            profiles.push(profile);
+        }
+    } else if let (Some(repository), false) = (&args.model_repository, args.models.is_empty()) {
         let backends = crate::engines::backends(&args.engines, &args.default_backend)?;
-        let runtime = start(&args, backends)?;
+        let runtime = start(&args, repository, backends)?;
         for model in &args.models {
             let profile = measure::measure(&runtime, model, &settings)
                 .with_context(|| format!("profiling model '{model}'"))?;
             let path = match &args.output {
                 Some(o) if o.is_dir() => o.join(format!("{model}.profile.json")),
                 Some(o) => o.clone(),
-                None => args.model_repository.join(model).join("profile.json"),
+                None => repository.join(model).join("profile.json"),
             };
             write(&path, &profile)?;
             println!("{}", report::table(&profile));
@@ -134,9 +169,13 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
 }
 
 /// A runtime over the repository that loads nothing until asked (explicit mode).
-pub fn start(args: &ProfileArgs, backends: sluice_runtime::Backends) -> anyhow::Result<Runtime> {
+pub fn start(
+    args: &ProfileArgs,
+    repository: &Path,
+    backends: sluice_runtime::Backends,
+) -> anyhow::Result<Runtime> {
     let config = RuntimeConfig {
-        repository: args.model_repository.clone(),
+        repository: repository.to_path_buf(),
         repository_options: crate::sluice_repository_options(4),
         default_backend: args.default_backend.clone(),
         intra_op_threads: args.intra_op_threads,
