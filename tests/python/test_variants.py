@@ -386,6 +386,19 @@ def test_a_failing_chunk_fails_the_whole_request(split_server):
 
 # ---- sluice profile ----------------------------------------------------------------------
 
+def measured_profile(path, model, batch_sizes):
+    """The profile JSON at `path`: version 1 of `model`, a latency and a throughput at
+    each of `batch_sizes`."""
+    p = json.loads(path.read_text())
+    assert p["format"] == "sluice-profile/1" and p["model"] == model and p["version"] == "1"
+    assert [b["batch_size"] for b in p["batches"]] == batch_sizes
+    for b in p["batches"]:
+        lat = b["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p99"]
+        assert b["throughput_per_s"] > 0
+    return p
+
+
 def test_profile_measures_every_batch_size_and_writes_json_and_plots(tmp_path):
     repo = tmp_path / "repo"
     variant(repo, "m", 2.0, max_batch=4, extra='parameters: { key: "accuracy" value: { string_value: "0.8" } }\n')
@@ -398,13 +411,7 @@ def test_profile_measures_every_batch_size_and_writes_json_and_plots(tmp_path):
          "--output", str(out), "--compare-plot", str(tmp_path / "compare.svg")],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    p = json.loads((out / "m.profile.json").read_text())
-    assert p["format"] == "sluice-profile/1" and p["model"] == "m" and p["version"] == "1"
-    assert [b["batch_size"] for b in p["batches"]] == [1, 2, 4]
-    for b in p["batches"]:
-        lat = b["latency_ms"]
-        assert 0 < lat["p50"] <= lat["p99"]
-        assert b["throughput_per_s"] > 0
+    p = measured_profile(out / "m.profile.json", "m", [1, 2, 4])
     assert [i["instances"] for i in p["instance_scaling"]] == [1, 2]
     assert p["accuracy"] == 0.8 and p["load_time_s"] > 0 and p["memory_bytes"] > 0
     n = json.loads((out / "n.profile.json").read_text())
@@ -442,13 +449,7 @@ def test_profile_over_the_wire_measures_a_running_server(tmp_path):
             [str(BIN), "profile", "--url", s.base, "--model", "m", "--seconds-per-point", "0.2",
              "--output", str(out)], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
-        p = json.loads(out.read_text())
-        assert p["format"] == "sluice-profile/1" and p["model"] == "m" and p["version"] == "1"
-        assert [b["batch_size"] for b in p["batches"]] == [1, 2, 4]
-        for b in p["batches"]:
-            lat = b["latency_ms"]
-            assert 0 < lat["p50"] <= lat["p99"]
-            assert b["throughput_per_s"] > 0
+        p = measured_profile(out, "m", [1, 2, 4])
         # From the server's config and repository index.
         assert p["accuracy"] == 0.8 and p["instances"] == 1
         assert p["load_time_s"] > 0 and p["memory_bytes"] > 0
