@@ -7,7 +7,9 @@ simulator's calibration against a real replica.
    (the wide 1024-4096-4096-16 MLP of `scripts/make_batching_models.py`, the example
    `cnn` and `mlp`), and `sluice bench` single-stream measures one request of B rows for
    B = 1, 2, 4, 8: p50/p99/mean per batch size -> `sluice-profile/1` JSON. The load
-   time is the time from spawn to the model answering.
+   time is the time from spawn to the model answering. `--paced-qps R` measures with
+   Poisson arrivals at R/s instead (`sluice bench --scenario server`), so each request
+   meets an idle core and cold caches, as at a lightly loaded replica.
 2. Calibration (`--calibrate`): one `cpu1` replica of `wide` (dynamic batching, no
    queue delay, max batch 8) under an open-loop Poisson load from `sluice bench
    --scenario server`, and `sluice simulate` of the same rate and length with a fixed
@@ -75,7 +77,7 @@ def bench(port, model, out, *extra, cpus="1"):
     return json.loads(report.read_text())["runs"][0]
 
 
-def profile_class(out, cls, spec, seconds):
+def profile_class(out, cls, spec, seconds, paced_qps=None):
     repo = repository(out, spec["threads"])
     t0 = time.monotonic()
     proc, ports = serverproc.start(BIN, repo, "--metrics-port", "0", cpus=spec["cpus"])
@@ -93,7 +95,15 @@ def profile_class(out, cls, spec, seconds):
         for model in MODELS:
             batches = []
             for b in BATCHES:
-                run = bench(port, model, out, "--scenario", "single-stream", "--batch-size", str(b),
+                # Back to back (single-stream), or paced: Poisson arrivals at a low rate, so
+                # that each request meets the core and caches as a lightly loaded replica's
+                # requests do (the regime `sluice simulate` is asked about).
+                if paced_qps:
+                    scenario = ["--scenario", "server", "--target-qps", str(paced_qps),
+                                "--latency-bound-ms", "60000", "--seed", str(b)]
+                else:
+                    scenario = ["--scenario", "single-stream"]
+                run = bench(port, model, out, *scenario, "--batch-size", str(b),
                             "--duration", str(seconds), "--warmup", "1",
                             cpus="1" if spec["cpus"] == "0" else "0,1")
                 lat = run["latency_ms"]
@@ -179,12 +189,14 @@ def main():
     ap.add_argument("--rate", type=float, default=None, help="calibration rate (default 60 %% of b1 capacity)")
     ap.add_argument("--calibrate-seconds", type=float, default=60.0)
     ap.add_argument("--slo-ms", type=float, default=50.0, help="a bucket bound of the server histogram")
+    ap.add_argument("--paced-qps", type=float, default=None,
+                    help="profile with Poisson arrivals at this rate instead of back to back")
     a = ap.parse_args()
     out = Path(a.out)
     (out / "profiles").mkdir(parents=True, exist_ok=True)
     for cls in a.classes.split(","):
         if cls:
-            profile_class(out, cls, CLASSES[cls], a.seconds)
+            profile_class(out, cls, CLASSES[cls], a.seconds, a.paced_qps)
     if a.calibrate:
         prof = json.loads((out / "profiles" / "wide-cpu1.json").read_text())
         rate = a.rate or round(0.6 * 1e3 / prof["batches"][0]["latency_ms"]["mean"], 1)
