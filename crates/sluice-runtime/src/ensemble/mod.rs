@@ -281,10 +281,9 @@ impl Runtime {
             if n == name {
                 continue;
             }
-            if let Some(ensemble) = e.serving().and_then(|l| of(l)) {
-                if ensemble.composing().contains(name) {
-                    let config = e.serving().map(|l| Arc::clone(&l.config));
-                    serving.push((n.clone(), config));
+            if let Some(loaded) = e.serving() {
+                if of(loaded).is_some_and(|x| x.composing().contains(name)) {
+                    serving.push((n.clone(), Arc::clone(&loaded.config)));
                 }
             } else if e.reason().starts_with(STEP_CHANGED)
                 && e.shell.as_ref().is_some_and(|shell| {
@@ -298,7 +297,6 @@ impl Runtime {
             }
         }
         for (ensemble, config) in serving {
-            let Some(config) = config else { continue };
             let Err(e) = EnsembleGraph::build(&config, |step| self.composing_config(step)) else {
                 continue;
             };
@@ -309,11 +307,10 @@ impl Runtime {
             );
             tracing::error!(model = %ensemble, step = name, reason = %reason, "ensemble is unavailable");
             if self.unload_now(&ensemble, false).is_ok() {
+                // Unloaded: the entry records the reason as a failed load would (a
+                // load that started meanwhile keeps what it serves).
                 if let Some(entry) = self.models_mut().get_mut(&ensemble) {
-                    if entry.serving().is_none() {
-                        entry.state =
-                            crate::entry::State::Absent(crate::entry::Absent::Failed(reason));
-                    }
+                    entry.load_failed(reason);
                 }
                 self.notify();
             }

@@ -38,11 +38,11 @@ impl Candidate {
     }
 
     fn expected(&self) -> Duration {
-        // A probe tests the variant at its own prediction.
+        // A probe tests the variant at its own prediction, without the margin too.
         let scale = if self.probe {
             1.0
         } else {
-            self.slowdown().max(self.margin)
+            self.slowdown.max(self.margin).max(1.0)
         };
         self.predicted
             .map_or(Duration::ZERO, |p| p.total().mul_f64(scale))
@@ -147,6 +147,13 @@ pub(crate) struct Health {
     ratios: VecDeque<(Instant, f64)>,
     /// The margin as last computed, and when.
     margin: Option<(Instant, f64)>,
+    /// The avoidance the slow answers in a row have earned (default: none).
+    avoid: Avoidance,
+}
+
+/// The avoidance of a variant that answered slowly; an answer in time resets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Avoidance {
     /// Slow answers in a row.
     strikes: u32,
     /// Avoided until then, with predictions scaled by `slowdown`.
@@ -186,19 +193,19 @@ impl Health {
         let slow = actual.as_secs_f64() > Self::SLOW_FACTOR * predicted.as_secs_f64()
             && actual.saturating_sub(predicted) > Self::SLACK;
         if !slow {
-            self.strikes = 0;
-            self.until = None;
-            self.slowdown = 0.0;
-            self.next_probe = None;
+            self.avoid = Avoidance::default();
             return;
         }
-        self.strikes = self.strikes.saturating_add(1);
+        let strikes = self.avoid.strikes.saturating_add(1);
         let avoid = Self::FIRST_AVOIDANCE
-            .saturating_mul(1 << (self.strikes - 1).min(5))
+            .saturating_mul(1 << (strikes - 1).min(5))
             .min(Self::LONGEST_AVOIDANCE);
-        self.until = Some(now + avoid);
-        self.slowdown = actual.as_secs_f64() / predicted.as_secs_f64().max(1e-9);
-        self.next_probe = Some(now + Self::PROBE_INTERVAL);
+        self.avoid = Avoidance {
+            strikes,
+            until: Some(now + avoid),
+            slowdown: actual.as_secs_f64() / predicted.as_secs_f64().max(1e-9),
+            next_probe: Some(now + Self::PROBE_INTERVAL),
+        };
     }
 
     /// How much longer than predicted to allow for now (at least 1; see the type).
@@ -220,9 +227,7 @@ impl Health {
         } else {
             let mut r: Vec<f64> = self.ratios.iter().map(|&(_, r)| r).collect();
             r.sort_by(f64::total_cmp);
-            // Nearest rank.
-            let rank = (Self::QUANTILE * r.len() as f64).ceil() as usize;
-            r[rank.clamp(1, r.len()) - 1].max(1.0)
+            sluice_autoscale::report::quantile(&r, Self::QUANTILE).map_or(1.0, |q| q.max(1.0))
         };
         self.margin = Some((now, margin));
         margin
@@ -231,7 +236,7 @@ impl Health {
     /// Whether a probe may go to it now (it is avoided and none went for an interval);
     /// the caller also checks that the variant is idle.
     pub(crate) fn probe_due(&self, now: Instant) -> bool {
-        self.slowdown(now) > 1.0 && self.next_probe.is_none_or(|t| now >= t)
+        self.slowdown(now) > 1.0 && self.avoid.next_probe.is_none_or(|t| now >= t)
     }
 
     /// Takes the probe due now: true once per interval (the request that gets it goes
@@ -240,14 +245,14 @@ impl Health {
         if !self.probe_due(now) {
             return false;
         }
-        self.next_probe = Some(now + Self::PROBE_INTERVAL);
+        self.avoid.next_probe = Some(now + Self::PROBE_INTERVAL);
         true
     }
 
     /// How much slower than predicted to expect it now: 1 unless it is avoided.
     pub(crate) fn slowdown(&self, now: Instant) -> f64 {
-        match self.until {
-            Some(until) if now < until => self.slowdown.max(1.0),
+        match self.avoid.until {
+            Some(until) if now < until => self.avoid.slowdown.max(1.0),
             _ => 1.0,
         }
     }

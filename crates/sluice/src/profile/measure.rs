@@ -187,13 +187,17 @@ fn with_instances(config: &ModelConfig, count: u32) -> anyhow::Result<LoadOption
     })
 }
 
+/// The accuracy the model's own config states (`parameters: accuracy`).
+pub fn config_accuracy(config: &ModelConfig) -> Option<f64> {
+    config
+        .parameter("accuracy")
+        .and_then(|a| a.trim().parse().ok())
+}
+
 /// The accuracy the model's config (`parameters: accuracy`) or a family of the
 /// repository (`variant.<model>: "accuracy=..."`) states.
 fn stated_accuracy(runtime: &Runtime, model: &str, config: &ModelConfig) -> Option<f64> {
-    if let Some(a) = config
-        .parameter("accuracy")
-        .and_then(|a| a.trim().parse().ok())
-    {
+    if let Some(a) = config_accuracy(config) {
         return Some(a);
     }
     let key = format!("variant.{model}");

@@ -121,15 +121,8 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         for model in &args.models {
             let profile = remote::measure(url, protocol, model, &settings)
                 .with_context(|| format!("profiling model '{model}' at {url}"))?;
-            let path = match &args.output {
-                Some(o) if o.is_dir() => o.join(format!("{model}.profile.json")),
-                Some(o) => o.clone(),
-                None => PathBuf::from(format!("{model}.profile.json")),
-            };
-            write(&path, &profile)?;
-            println!("{}", report::table(&profile));
-            println!("profile: {}", path.display());
-            profiles.push(profile);
+            let default = PathBuf::from(format!("{model}.profile.json"));
+            profiles.push(keep(profile, args.output.as_deref(), default)?);
         }
     } else if let (Some(repository), false) = (&args.model_repository, args.models.is_empty()) {
         let backends = crate::engines::backends(&args.engines, &args.default_backend)?;
@@ -137,15 +130,8 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         for model in &args.models {
             let profile = measure::measure(&runtime, model, &settings)
                 .with_context(|| format!("profiling model '{model}'"))?;
-            let path = match &args.output {
-                Some(o) if o.is_dir() => o.join(format!("{model}.profile.json")),
-                Some(o) => o.clone(),
-                None => repository.join(model).join("profile.json"),
-            };
-            write(&path, &profile)?;
-            println!("{}", report::table(&profile));
-            println!("profile: {}", path.display());
-            profiles.push(profile);
+            let default = repository.join(model).join("profile.json");
+            profiles.push(keep(profile, args.output.as_deref(), default)?);
         }
         runtime.shutdown();
     }
@@ -189,6 +175,20 @@ pub fn start(
         cache: sluice_runtime::CacheConfig::default(),
     };
     Runtime::start(config, backends).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Writes a measured profile where `--output` says (a folder: `<model>.profile.json`
+/// in it; a file: there; none: `default`) and prints its table.
+fn keep(profile: Profile, output: Option<&Path>, default: PathBuf) -> anyhow::Result<Profile> {
+    let path = match output {
+        Some(o) if o.is_dir() => o.join(format!("{}.profile.json", profile.model)),
+        Some(o) => o.to_path_buf(),
+        None => default,
+    };
+    write(&path, &profile)?;
+    println!("{}", report::table(&profile));
+    println!("profile: {}", path.display());
+    Ok(profile)
 }
 
 /// Writes the profile's JSON and, beside it, its plot (`.svg`).

@@ -15,7 +15,7 @@ use sluice_bench::{BenchArgs, Report};
 use sluice_client::{Client, ClientConfig, Protocol};
 use sluice_core::ModelConfig;
 
-use super::measure::{batch_sizes, Settings};
+use super::measure::{batch_sizes, config_accuracy, Settings};
 
 /// `sluice bench`'s flags, parsed as its command line would be.
 #[derive(Parser)]
@@ -136,9 +136,7 @@ async fn measure_async(
             .and_then(Value::as_u64),
         batches,
         service: ServiceModel::Lognormal,
-        accuracy: config
-            .parameter("accuracy")
-            .and_then(|a| a.trim().parse().ok()),
+        accuracy: config_accuracy(&config),
         instance_scaling: Vec::new(),
     })
 }
