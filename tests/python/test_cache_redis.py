@@ -337,9 +337,12 @@ def test_tls_to_redis_with_a_generated_ca_and_client_certificates(redis_factory,
     assert "TLS with Redis at 127.0.0.1:" in err or "refused the connection" in err, err
     c = start_server(root, *mutual.flag("tls_enabled=true", f"cacert={pki['ca']}", slow,
                                         f"cert={pki['client_cert']}", f"key={pki['client_key']}"))
-    infer(c, "http-binary", "mlp", inputs)
+    first = infer(c, "http-binary", "mlp", inputs)
     again = infer(c, "http-json", "mlp", inputs)
-    assert np.array_equal(again["probabilities"], miss["probabilities"])
+    # The hit is c's own answer exactly; c computed it itself (another Redis), and its
+    # tract may have picked another batch plan than a's (timed at load): close to a's.
+    assert np.array_equal(again["probabilities"], first["probabilities"])
+    assert_close(again["probabilities"], miss["probabilities"], what="c's answer against a's")
     assert stats(c, "mlp")["exec"] == 1 and stats(c, "mlp")["hit"] == 1
     # Files that are missing or not PEM: errors that name the key, at start.
     err = serve_fails(*mutual.flag("tls=true", f"cacert={tmp_path / 'nope.pem'}"))
