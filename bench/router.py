@@ -1,7 +1,7 @@
 """`sluice route` measurements (BENCHMARKS.md, "Router"): real replicas and a real router
 on loopback, loaded by `sluice bench` (overhead, tail) or a Python client (balance).
 
-    python bench/router.py overhead   # throughput and p50 at 8 clients: router vs direct
+    python bench/router.py overhead [--pin]  # throughput and p50 at 8 clients: router vs direct
     python bench/router.py tail       # one of three replicas stalls 100 ms 1 % of the time
     python bench/router.py balance    # Zipf popularity over 12 models on 3 replicas
     python bench/router.py instructions  # CPU instructions per request: router vs replica
@@ -56,9 +56,9 @@ def start_router(replicas, *extra, prefix=(), poll_ms=100):
     return proc, ports, base
 
 
-def bench(port, model, concurrency, duration):
+def bench(port, model, concurrency, duration, prefix=()):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([str(BIN), "bench", "-u", f"127.0.0.1:{port}", "-m", model, "--concurrency-range",
+        subprocess.run([*prefix, str(BIN), "bench", "-u", f"127.0.0.1:{port}", "-m", model, "--concurrency-range",
                         f"{concurrency}:{concurrency}", "--duration", str(duration), "--warmup", "1", "--report", f.name,
                         "--quiet"], check=True, stdout=subprocess.DEVNULL)
         report = json.load(open(f.name))
@@ -84,13 +84,17 @@ def stop(*procs):
 
 
 def overhead(args):
-    replica = serverproc.start(BIN, EXAMPLES, cpus="0,1")
-    router, rports, _ = start_router([replica], "--hedge", "off")
+    # --pin: the replica gets core 0 to itself; the router and the client share core 1
+    # (direct runs: the client alone there), so the router's CPU is not taken from the
+    # replica's, as with a router on its own node.
+    replica = serverproc.start(BIN, EXAMPLES, cpus="0" if args.pin else "0,1")
+    side = ("taskset", "-c", "1") if args.pin else ()
+    router, rports, _ = start_router([replica], "--hedge", "off", prefix=side)
     try:
         rows = []
         for _ in range(args.rounds):
-            rows.append(("direct", summary(bench(replica[1]["HTTP"], "mlp", 8, args.duration))))
-            rows.append(("router", summary(bench(rports["HTTP"], "mlp", 8, args.duration))))
+            rows.append(("direct", summary(bench(replica[1]["HTTP"], args.model, 8, args.duration, side))))
+            rows.append(("router", summary(bench(rports["HTTP"], args.model, 8, args.duration, side))))
         for name, s in rows:
             print(f"{name:7s} {s['rps']:9.0f} req/s  p50 {s['p50']:.3f} ms  p99 {s['p99']:.3f} ms  errors {s['errors']}")
         d = [s for n, s in rows if n == "direct"]
@@ -289,6 +293,9 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--router-only", action="store_true", help="instructions: the router's figure only")
     p.add_argument("--keep", help="instructions: copy the callgrind files here (for callgrind_annotate)")
+    p.add_argument("--pin", action="store_true",
+                   help="overhead: the replica on core 0, the router and the client on core 1")
+    p.add_argument("--model", default="mlp", help="overhead: the example model to load")
     args = p.parse_args()
     {"overhead": overhead, "tail": tail, "balance": balance, "instructions": instructions}[args.what](args)
 

@@ -26,14 +26,14 @@ BROKEN = ROOT / "tests" / "data" / "broken_models"
 class Server:
     """A running `sluice serve` process."""
 
-    def __init__(self, repository, *extra_args, grpc=None):
+    def __init__(self, repository, *extra_args, grpc=None, address="127.0.0.1", http_port=0, grpc_port=0):
         self.repository = Path(repository)
         args = [str(BIN), "serve", "--model-repository", str(repository),
-                "--http-address", "127.0.0.1", "--http-port", "0", "--log", "info"]
+                "--http-address", address, "--http-port", str(http_port), "--log", "info"]
         if grpc is None:
             grpc = _supports_grpc()
         if grpc:
-            args += ["--grpc-port", "0"]
+            args += ["--grpc-port", str(grpc_port)]
         if "--allow-metrics" not in extra_args:
             args += ["--metrics-port", "0"]
         self._ready_dir = tempfile.mkdtemp(prefix="sluice-ready-")
@@ -61,9 +61,10 @@ class Server:
         self.http_port = self.ports["HTTP"]
         self.grpc_port = self.ports.get("gRPC")
         self.metrics_port = self.ports.get("metrics")
-        self.http_url = f"127.0.0.1:{self.http_port}"
+        self.address = address
+        self.http_url = f"{address}:{self.http_port}"
         self.base = f"http://{self.http_url}"
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None
+        self.grpc_url = f"{address}:{self.grpc_port}" if self.grpc_port else None
 
     def _read(self):
         for line in self.proc.stderr:

@@ -6,10 +6,14 @@ by hoping something is slow)."""
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ import tritonclient.http as httpclient
 
 from conftest import BIN, EXAMPLES, GATED_WIDTH, Gate, Server, _STARTED, gated_body, make_gated_model, wait_until
 from models import MODELS, V2_DTYPE, assert_close, random_inputs, reference
+from test_security import pki  # noqa: F401  (the module's PKI fixture)
 
 LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
 
@@ -26,11 +31,11 @@ LISTEN = re.compile(r"(HTTP|gRPC) server listening on [^:\s]+:(\d+)")
 class Router:
     """A running `sluice route` in front of `replicas` (conftest `Server`s)."""
 
-    def __init__(self, replicas, *extra):
-        args = [str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+    def __init__(self, replicas, *extra, prefix=()):
+        args = [*prefix, str(BIN), "route", "--address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
                 "--poll-ms", "100", "--log", "info"]
         for r in replicas:
-            args += ["--replica", f"127.0.0.1:{r.http_port}/{r.grpc_port}"]
+            args += ["--replica", f"{r.address}:{r.http_port}/{r.grpc_port}"]
         args += list(extra)
         self.lines, self.ports = [], {}
         self._seen = threading.Event()
@@ -61,7 +66,7 @@ class Router:
     def replica(self, server):
         """The router's view of `server` (unknown and unusable before its first discovery)."""
         unknown = {"usable": False, "models": [], "sent": 0}
-        return next((r for r in self.state()["replicas"] if r["id"] == f"127.0.0.1:{server.http_port}"), unknown)
+        return next((r for r in self.state()["replicas"] if r["id"] == server.http_url), unknown)
 
     def holds(self, server, model):
         r = self.replica(server)
@@ -87,13 +92,13 @@ def cluster():
     """Starts replicas and routers; all are stopped at the end, pass or fail."""
     started = []
 
-    def replica(repository, *args):
-        s = Server(repository, *args)
+    def replica(repository, *args, **kwargs):
+        s = Server(repository, *args, **kwargs)
         started.append(s)
         return s
 
-    def router(replicas, *args):
-        r = Router(replicas, *args)
+    def router(replicas, *args, prefix=()):
+        r = Router(replicas, *args, prefix=prefix)
         started.append(r)
         return r
 
@@ -490,3 +495,137 @@ def test_statistics_through_the_router_add_up_over_the_replicas(cluster):
     unknown = requests.get(f"{r.base}/v2/models/nope/stats", timeout=10)
     direct = requests.get(f"{servers[0].base}/v2/models/nope/stats", timeout=10)
     assert unknown.status_code == direct.status_code >= 400 and unknown.json() == direct.json(), unknown.text
+
+
+def test_tls_to_the_replicas_with_mutual_tls_and_a_server_name(pki, cluster):
+    """Replicas that serve TLS only and require a client certificate (mutual TLS): a
+    router given the CA and a client certificate reaches them over HTTPS (polls,
+    forwarding, a placement load) and gRPC over TLS, with outputs equal to ONNX
+    Runtime's, and so does one that checks their certificates for a configured name; a
+    router without a client certificate, or checking for a name the certificates do not
+    carry, never finds them usable and logs why. Bad TLS flags are refused at start."""
+    replica, router = cluster
+    cert, key = pki["server"]
+    ccert, ckey = pki["client"]
+    ca = str(pki["ca"])
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", ca]
+    servers = [replica(EXAMPLES, *tls, *explicit("mlp", "digits")), replica(EXAMPLES, *tls, *explicit("mlp"))]
+    client = ["--replica-tls-ca", ca, "--replica-tls-cert", str(ccert), "--replica-tls-key", str(ckey)]
+    ok = router(servers, "--hedge", "off", *client)
+    named = router(servers, "--hedge", "off", *client, "--replica-tls-server-name", "localhost")
+    no_cert = router(servers, "--hedge", "off", "--replica-tls-ca", ca)
+    wrong = router(servers, "--hedge", "off", *client, "--replica-tls-server-name", "other.example")
+    for rt in (ok, named):
+        rt.wait_usable(servers)
+        assert wait_until(lambda: all(rt.holds(s, "mlp") for s in servers)), rt.state()
+    for seed in range(4):
+        http_infer(ok.http_url, "mlp", seed)
+        grpc_infer(ok.grpc_url, "mlp", seed + 10)
+    http_infer(named.http_url, "digits", 1)
+    grpc_infer(named.grpc_url, "mlp", 2)
+    # `cnn` is held by nobody: the router loads it on a replica over HTTPS first.
+    http_infer(ok.http_url, "cnn", 3)
+    assert ok.state()["loads"] == 1, ok.state()
+    assert sum(ok.replica(s)["sent"] for s in servers) >= 9, ok.state()
+
+    # Refused handshakes: each replica is marked down with the TLS reason, never used.
+    for rt, why in ((no_cert, "CertificateRequired"), (wrong, "not valid for name")):
+        for s in servers:
+            assert wait_until(lambda: any("replica down" in line and s.http_url in line and why in line
+                                          for line in rt.lines), timeout=30), rt.log()
+            assert not rt.replica(s)["usable"], rt.state()
+        r = requests.post(f"{rt.base}/v2/models/mlp/infer", json={"inputs": []}, timeout=30)
+        assert r.status_code == 503 and "mlp" in r.json()["error"], r.text
+
+    for args, why in [
+        (["--replica-tls-cert", str(ccert), "--replica-tls-key", str(ckey)], "--replica-tls-ca"),
+        (["--replica-tls-ca", ca, "--replica-tls-cert", str(ccert)], "--replica-tls-key"),
+        (["--replica-tls-ca", str(pki["dir"] / "missing.pem")], "missing.pem"),
+        (["--replica-tls-ca", ca, "--replica-tls-cert", str(ccert), "--replica-tls-key", str(key)], "usable pair"),
+        (["--replica-tls-server-name", "localhost"], "--replica-tls-ca"),
+        (["--hedge", "p100"], "percentile"),
+    ]:
+        p = subprocess.run([str(BIN), "route", "--replica", "127.0.0.1:1", "--http-port", "0", "--grpc-port", "0",
+                            *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and why in p.stderr, (args, p.returncode, p.stderr)
+
+
+def free_port_on(*hosts, avoid=()):
+    """A TCP port free on every one of `hosts` (loopback addresses) at this moment."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if port in avoid:
+            continue
+        try:
+            for h in hosts[1:]:
+                with socket.socket() as t:
+                    t.bind((h, port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError(f"no port free on all of {hosts}")
+
+
+def test_dns_discovery_follows_every_address_the_name_resolves_to(cluster):
+    """Discovery by DNS, as with a Kubernetes headless Service, through the system
+    resolver: the router runs in its own user and mount namespaces (`unshare`) where
+    /etc/hosts is the test's file, so `replicas.test` resolves to what the test writes
+    there. Three replicas listen on 127.0.0.2-4, all on the same ports. The router uses
+    every address the name has; when the file changes, replicas leave and join the view
+    at the next refresh and traffic follows; when the name stops resolving, the last set
+    is kept and still served."""
+    replica, router = cluster
+    addrs = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    http_port = free_port_on(*addrs)
+    grpc_port = free_port_on(*addrs, avoid=(http_port,))
+    servers = [replica(EXAMPLES, address=a, http_port=http_port, grpc_port=grpc_port) for a in addrs]
+    hosts = Path(tempfile.mkdtemp(prefix="sluice-hosts-")) / "hosts"
+
+    def resolve_to(*ips):
+        # Written in place: the bind mount shows this very file (a rename would not be seen).
+        with open(hosts, "w") as f:
+            f.write("127.0.0.1 localhost\n" + "".join(f"{ip} replicas.test\n" for ip in ips))
+
+    resolve_to("127.0.0.2", "127.0.0.3")
+    shim = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+    r = router([], "--replica-dns", "replicas.test", "--replica-http-port", str(http_port),
+               "--replica-grpc-port", str(grpc_port), "--dns-refresh-secs", "0.2", "--hedge", "off", prefix=shim)
+
+    def view():
+        return sorted((x["id"], x["usable"]) for x in r.state()["replicas"])
+
+    def expect(*ips):
+        want = sorted((f"{ip}:{http_port}", True) for ip in ips)
+        assert wait_until(lambda: view() == want, timeout=30), (view(), want, r.log())
+
+    def success(s):
+        return stats(s, "mlp")["inference_stats"]["success"]["count"]
+
+    try:
+        expect("127.0.0.2", "127.0.0.3")
+        for seed in range(4):
+            http_infer(r.http_url, "mlp", seed)
+            grpc_infer(r.grpc_url, "mlp", seed + 10)
+        assert success(servers[0]) + success(servers[1]) == 8 and success(servers[2]) == 0
+
+        resolve_to("127.0.0.3", "127.0.0.4")
+        expect("127.0.0.3", "127.0.0.4")
+        resolve_to("127.0.0.4")
+        expect("127.0.0.4")
+        before = [success(s) for s in servers]
+        for seed in range(5):
+            http_infer(r.http_url, "mlp", seed)
+            grpc_infer(r.grpc_url, "mlp", seed + 10)
+        assert [success(s) - b for s, b in zip(servers, before)] == [0, 0, 10]
+
+        # The name no longer resolves: the router keeps the set it has and says why.
+        resolve_to()
+        assert wait_until(lambda: any("replica discovery failed" in line for line in r.lines), timeout=30), r.log()
+        expect("127.0.0.4")
+        http_infer(r.http_url, "mlp", 99)
+        assert success(servers[2]) == before[2] + 11
+    finally:
+        shutil.rmtree(hosts.parent, ignore_errors=True)

@@ -38,11 +38,15 @@ impl Shared {
         if let Some(c) = clients.get(id) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{}", addr.grpc_authority()))
-            .map_err(|e| e.to_string())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let endpoint =
+            Endpoint::from_shared(format!("{}://{}", self.scheme, addr.grpc_authority()))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(2));
+        let channel = match &self.config.replica_tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(crate::connector(Some(tls), true)),
+            None => endpoint.connect_lazy(),
+        };
         let client = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(self.config.grpc_max_message_bytes)
             .max_encoding_message_size(self.config.grpc_max_message_bytes);

@@ -138,7 +138,7 @@ struct Outgoing {
 impl Outgoing {
     async fn send(&self, shared: &Shared, target: &Target) -> Result<Answer, String> {
         let mut parts = axum::http::uri::Parts::default();
-        parts.scheme = Some(axum::http::uri::Scheme::HTTP);
+        parts.scheme = Some(shared.scheme.clone());
         parts.authority = Some(target.http.clone());
         parts.path_and_query = Some(self.path.clone());
         let uri = axum::http::Uri::from_parts(parts).map_err(|e| e.to_string())?;
@@ -150,7 +150,7 @@ impl Outgoing {
             .http
             .request(request)
             .await
-            .map_err(|e| format!("{}: {e}", target.id))?;
+            .map_err(|e| format!("{}: {}", target.id, crate::with_causes(&e)))?;
         let (parts, body) = response.into_parts();
         Ok(Answer {
             status: parts.status,

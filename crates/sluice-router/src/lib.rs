@@ -34,12 +34,15 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::http::uri::Scheme;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 pub use config::{
-    parse_replica, Discovery, HedgeConfig, HedgeDelay, OutlierConfig, PlacementConfig, RouterConfig,
+    parse_replica, Discovery, HedgeConfig, HedgeDelay, OutlierConfig, PlacementConfig, ReplicaTls,
+    RouterConfig,
 };
 pub use view::ReplicaAddr;
 
@@ -68,7 +71,7 @@ pub struct Metrics {
     pub errors: Counter,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// One lock per (replica, model) pair, so one load of a model runs on a replica at a time.
 type LoadLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
 
@@ -78,6 +81,8 @@ pub struct Shared {
     pub view: Mutex<view::View>,
     pub metrics: Metrics,
     pub(crate) http: HttpClient,
+    /// `https` with TLS to the replicas, `http` without.
+    pub(crate) scheme: Scheme,
     pub(crate) rng: Mutex<fastrand::Rng>,
     pub(crate) loads: LoadLocks,
     grpc_clients: Mutex<HashMap<String, grpc::Client>>,
@@ -85,11 +90,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: RouterConfig) -> Arc<Shared> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
-            .build(connector);
+            .build(connector(config.replica_tls.as_ref(), false));
+        let scheme = if config.replica_tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let mut view = view::View::new(config.hedge.window);
         // A static list is known at once (health unknown until the first probe).
         if let Discovery::Static(list) = &config.discovery {
@@ -100,6 +108,7 @@ impl Shared {
             view: Mutex::new(view),
             metrics: Metrics::default(),
             http,
+            scheme,
             rng: Mutex::new(fastrand::Rng::new()),
             loads: Mutex::new(HashMap::new()),
             grpc_clients: Mutex::new(HashMap::new()),
@@ -112,6 +121,62 @@ impl Shared {
             .lock()
             .expect("view lock")
             .up_count(std::time::Instant::now())
+    }
+}
+
+/// An error with its causes (`client error (Connect): invalid peer certificate: ...`):
+/// hyper's own message alone does not say why a connection failed.
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The connector to the replicas: TCP with no delay, and TLS when configured (HTTP/1.1
+/// for forwarding and polls, or HTTP/2 for the gRPC channels, by ALPN). Without TLS it
+/// connects plain `http` URIs only; with TLS, `https` only, so nothing goes out in
+/// clear by mistake.
+pub(crate) fn connector(tls: Option<&ReplicaTls>, http2: bool) -> HttpsConnector<HttpConnector> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let builder = match tls {
+        Some(tls) => {
+            let b = HttpsConnectorBuilder::new()
+                .with_tls_config((*tls.client).clone())
+                .https_only();
+            match &tls.server_name {
+                Some(name) => {
+                    b.with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
+                }
+                None => b,
+            }
+        }
+        // No root is trusted: an `https` URI cannot even be built for a replica here.
+        None => HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http(),
+    };
+    if http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.enable_http1().wrap_connector(tcp)
     }
 }
 

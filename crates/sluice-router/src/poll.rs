@@ -199,7 +199,7 @@ async fn send(
         .http
         .request(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::with_causes(&e))?;
     let status = response.status();
     let body = response
         .into_body()
@@ -211,7 +211,7 @@ async fn send(
 }
 
 async fn get_json(shared: &Shared, addr: &ReplicaAddr, path: &str) -> Result<Value, String> {
-    let uri = format!("http://{}{path}", addr.id());
+    let uri = format!("{}://{}{path}", shared.scheme, addr.id());
     let request = hyper::Request::get(uri)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
@@ -306,7 +306,11 @@ pub async fn load(shared: &Arc<Shared>, replica: &str, model: &str) -> Result<()
     }
     shared.metrics.loads.inc();
     tracing::info!(model, replica, "loading model");
-    let uri = format!("http://{}/v2/repository/models/{model}/load", addr.id());
+    let uri = format!(
+        "{}://{}/v2/repository/models/{model}/load",
+        shared.scheme,
+        addr.id()
+    );
     let request = hyper::Request::post(uri)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(b"{}")))

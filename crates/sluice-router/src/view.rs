@@ -163,12 +163,13 @@ impl Replica {
     }
 }
 
-/// Per model: recent latencies (for the p95 hedge delay) and its request rate.
+/// Per model: recent latencies (for the percentile hedge delay) and its request rate.
 #[derive(Debug, Default)]
 pub struct ModelStats {
     window: VecDeque<Duration>,
-    p95: Option<Duration>,
-    since_p95: usize,
+    /// The window sorted, refreshed every 32 latencies (a percentile reads it).
+    sorted: Vec<Duration>,
+    since_sorted: usize,
     /// Sum of the replicas' success counters at the last poll round, and when.
     pub last_success: Option<(u64, Instant)>,
     /// Requests per minute, over all replicas (smoothed).
@@ -181,12 +182,12 @@ impl ModelStats {
             self.window.pop_front();
         }
         self.window.push_back(latency);
-        self.since_p95 += 1;
-        if self.p95.is_none() || self.since_p95 >= 32 {
-            let mut v: Vec<Duration> = self.window.iter().copied().collect();
-            v.sort_unstable();
-            self.p95 = Some(v[(v.len() * 95 / 100).min(v.len() - 1)]);
-            self.since_p95 = 0;
+        self.since_sorted += 1;
+        if self.sorted.is_empty() || self.since_sorted >= 32 {
+            self.sorted.clear();
+            self.sorted.extend(self.window.iter().copied());
+            self.sorted.sort_unstable();
+            self.since_sorted = 0;
         }
     }
 
@@ -194,8 +195,14 @@ impl ModelStats {
         self.window.len()
     }
 
+    /// The recent latency below which `tenths` per mille of them lie (nearest rank).
+    pub fn percentile(&self, tenths: u16) -> Option<Duration> {
+        let n = self.sorted.len();
+        (n > 0).then(|| self.sorted[(n * usize::from(tenths) / 1000).min(n - 1)])
+    }
+
     pub fn p95(&self) -> Option<Duration> {
-        self.p95
+        self.percentile(950)
     }
 }
 
@@ -393,12 +400,15 @@ impl View {
         match config.delay {
             HedgeDelay::Off => None,
             HedgeDelay::Fixed(d) => Some(d),
-            HedgeDelay::P95 => self
-                .models
-                .get(model)
-                .filter(|m| m.samples() >= config.min_samples)
-                .and_then(ModelStats::p95)
-                .map(|d| d.max(config.min_delay)),
+            HedgeDelay::Percentile(tenths) => {
+                // Enough latencies that at least one lies above the percentile.
+                let above = 1000 / usize::from(1000u16.saturating_sub(tenths).max(1));
+                self.models
+                    .get(model)
+                    .filter(|m| m.samples() >= config.min_samples.max(above))
+                    .and_then(|m| m.percentile(tenths))
+                    .map(|d| d.max(config.min_delay))
+            }
         }
     }
 
@@ -678,5 +688,54 @@ mod tests {
             d >= Duration::from_millis(90) && d <= Duration::from_millis(97),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn p99_delay_needs_a_hundred_samples_and_reads_the_p99() {
+        let config = HedgeConfig {
+            delay: HedgeDelay::Percentile(990),
+            max_ratio: 0.05,
+            burst: 2.0,
+            window: Duration::from_secs(10),
+            min_samples: 20,
+            min_delay: Duration::from_micros(100),
+        };
+        let mut v = View::default();
+        // 1..=99 ms: 99 samples, one short of a sample above the p99
+        for i in 1..=99u64 {
+            v.record_success("x", "m", Duration::from_millis(i));
+        }
+        assert_eq!(v.hedge_delay("m", &config), None);
+        // 1..=200 ms, read as last sorted (every 32 latencies: at 1, 33, ..., 193):
+        // the p99 of 1..=193 ms by nearest rank is index 191, 192 ms
+        for i in 100..=200u64 {
+            v.record_success("x", "m", Duration::from_millis(i));
+        }
+        let d = v.hedge_delay("m", &config).unwrap();
+        assert_eq!(d, Duration::from_millis(192));
+        // the p95 of the same window is lower
+        let p95 = HedgeConfig {
+            delay: HedgeDelay::P95,
+            ..config
+        };
+        assert_eq!(v.hedge_delay("m", &p95), Some(Duration::from_millis(184)));
+    }
+
+    #[test]
+    fn hedge_delays_parse() {
+        assert_eq!(HedgeDelay::parse("off"), Ok(HedgeDelay::Off));
+        assert_eq!(HedgeDelay::parse("p95"), Ok(HedgeDelay::P95));
+        assert_eq!(HedgeDelay::parse("p99"), Ok(HedgeDelay::Percentile(990)));
+        assert_eq!(HedgeDelay::parse("p99.5"), Ok(HedgeDelay::Percentile(995)));
+        assert_eq!(
+            HedgeDelay::parse("2.5"),
+            Ok(HedgeDelay::Fixed(Duration::from_micros(2500)))
+        );
+        for bad in [
+            "p", "p40", "p99.9", "p100", "p99.95", "px", "-1", "nan", "inf", "fast",
+        ] {
+            let e = HedgeDelay::parse(bad).unwrap_err();
+            assert!(e.contains("percentile") && e.contains(bad), "{bad}: {e}");
+        }
     }
 }

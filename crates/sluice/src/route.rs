@@ -3,12 +3,14 @@
 //! listeners, SIGINT/SIGTERM).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use sluice_router::{
-    parse_replica, Discovery, HedgeConfig, HedgeDelay, OutlierConfig, PlacementConfig, RouterConfig,
+    parse_replica, Discovery, HedgeConfig, HedgeDelay, OutlierConfig, PlacementConfig, ReplicaTls,
+    RouterConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -50,8 +52,9 @@ pub struct RouteArgs {
     #[arg(long, env = "SLUICE_ROUTE_EJECT_SECS", default_value_t = 5.0)]
     eject_secs: f64,
 
-    /// When to send a backup request: `off`, `p95` (the model's recent p95 through this
-    /// router, once 20 latencies are known) or a number of milliseconds.
+    /// When to send a backup request: `off`, a percentile of the model's recent
+    /// latencies through this router (`p95`, the default, once 20 are known; `p99` once
+    /// 100 are; any `pNN` or `pNN.N` from p50 to p99.5) or a number of milliseconds.
     #[arg(long, env = "SLUICE_ROUTE_HEDGE", default_value = "p95")]
     hedge: String,
 
@@ -81,6 +84,26 @@ pub struct RouteArgs {
     /// Seconds a request without a deadline waits for its model to load.
     #[arg(long, env = "SLUICE_ROUTE_LOAD_TIMEOUT_SECS", default_value_t = 60.0)]
     load_timeout_secs: f64,
+
+    /// TLS to the replicas: verify their certificates against this CA (PEM) and use
+    /// HTTPS and gRPC over TLS for every forwarded request, poll and load.
+    #[arg(long, env = "SLUICE_ROUTE_REPLICA_TLS_CA")]
+    replica_tls_ca: Option<PathBuf>,
+
+    /// A client certificate chain (PEM) for replicas that require mutual TLS
+    /// (`sluice serve --tls-client-ca`); with --replica-tls-key.
+    #[arg(long, env = "SLUICE_ROUTE_REPLICA_TLS_CERT")]
+    replica_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SLUICE_ROUTE_REPLICA_TLS_KEY")]
+    replica_tls_key: Option<PathBuf>,
+
+    /// The name the replicas' certificates must carry, instead of the address each is
+    /// reached at (replicas found by DNS are reached by IP; their certificates
+    /// usually name the Service).
+    #[arg(long, env = "SLUICE_ROUTE_REPLICA_TLS_SERVER_NAME")]
+    replica_tls_server_name: Option<String>,
 
     /// Address to listen on.
     #[arg(long, env = "SLUICE_ROUTE_ADDRESS", default_value = "0.0.0.0")]
@@ -134,19 +157,29 @@ impl RouteArgs {
                 Discovery::Static(list)
             }
         };
-        let delay = match self.hedge.as_str() {
-            "off" => HedgeDelay::Off,
-            "p95" => HedgeDelay::P95,
-            ms => {
-                let ms: f64 = ms
-                    .parse()
-                    .ok()
-                    .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-                    .with_context(|| {
-                        format!("--hedge must be off, p95 or a number of milliseconds, got '{ms}'")
-                    })?;
-                HedgeDelay::Fixed(Duration::from_secs_f64(ms / 1000.0))
+        let delay = HedgeDelay::parse(&self.hedge).map_err(|e| anyhow::anyhow!(e))?;
+        let replica_tls = match (&self.replica_tls_ca, &self.replica_tls_cert, &self.replica_tls_key) {
+            (None, None, None) => {
+                anyhow::ensure!(
+                    self.replica_tls_server_name.is_none(),
+                    "--replica-tls-server-name needs --replica-tls-ca"
+                );
+                None
             }
+            (Some(ca), cert, key) => {
+                let identity = match (cert, key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => anyhow::bail!("--replica-tls-cert and --replica-tls-key go together"),
+                };
+                Some(
+                    ReplicaTls::from_files(ca, identity, self.replica_tls_server_name.as_deref())
+                        .map_err(|e| anyhow::anyhow!("TLS to the replicas: {e}"))?,
+                )
+            }
+            (None, _, _) => anyhow::bail!(
+                "--replica-tls-cert and --replica-tls-key need --replica-tls-ca (the CA the replicas' certificates are checked against)"
+            ),
         };
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.hedge_max_ratio),
@@ -165,6 +198,7 @@ impl RouteArgs {
         let defaults = RouterConfig::default();
         Ok(RouterConfig {
             discovery,
+            replica_tls,
             poll_interval: Duration::from_millis(self.poll_ms),
             probe_timeout: Duration::from_millis(self.probe_timeout_ms.max(1)),
             outlier: OutlierConfig {
