@@ -27,6 +27,21 @@
 //!    minimum; cores left after the needs go to held counts (hysteresis only keeps
 //!    cores nobody else needs). The sum never exceeds the budget, except when the
 //!    minimums alone do (reported in every reason).
+//! 3. **An instance is kept only if it adds throughput.** Cores, not instances, are
+//!    the capacity: where the cores are already busy (other models, other
+//!    processes, a budget above the machine's cores), another instance thread only
+//!    splits the batches and makes each run slower, and the learned service time
+//!    grows with it, so the need rule alone would keep asking for more. So the
+//!    controller measures each count's *saturated* throughput (answers per second
+//!    over ticks that began and ended with at least a full batch queued, smoothed
+//!    over 5 s) and, once a raised count has run saturated for `trial_s`, compares
+//!    it with the count below: unless it answers at least `min_gain` more, the
+//!    model gets a *ceiling* at the lower count for `ceiling_s` (the extra instance
+//!    goes at once, without the down window) and may try again after it. When the
+//!    count below was never measured saturated (a load step raises the count before
+//!    the queue has stood), the model is held at it once until it has been (at most
+//!    `4 × trial_s`), then raised and judged again. A raised count whose queue
+//!    drains has proven itself and is never judged.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +76,8 @@ pub struct ModelObservation {
     pub target_utilization: f64,
     /// Seconds a lower need must hold before the count goes down.
     pub down_window_s: f64,
+    /// Requests answered (of any outcome) since the previous tick.
+    pub completed: u64,
 }
 
 /// What the controller sees at a tick.
@@ -80,6 +97,12 @@ pub struct BudgetConfig {
     pub v: f64,
     /// Extra pressure a claim needs to take a core another model holds.
     pub switch_margin: f64,
+    /// The share of throughput a raised count must add over the count below to stay.
+    pub min_gain: f64,
+    /// Saturated seconds a raised count runs before it is judged.
+    pub trial_s: f64,
+    /// How long a count that added nothing stays out of reach.
+    pub ceiling_s: f64,
 }
 
 impl Default for BudgetConfig {
@@ -87,9 +110,15 @@ impl Default for BudgetConfig {
         BudgetConfig {
             v: 0.5,
             switch_margin: 8.0,
+            min_gain: 0.1,
+            trial_s: 2.0,
+            ceiling_s: 30.0,
         }
     }
 }
+
+/// Seconds over which a count's saturated throughput is smoothed.
+const THROUGHPUT_TAU_S: f64 = 5.0;
 
 /// What the controller remembers between ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -102,12 +131,115 @@ struct Memory {
     /// The virtual queue of unmet demand, in instance-ticks.
     queue: f64,
     needs: Window,
+    /// Per instance count: smoothed answers per second while saturated, and the
+    /// saturated seconds it is made of.
+    throughput: BTreeMap<u32, (f64, f64)>,
+    /// The count at the previous tick, and its saturated seconds since it was set.
+    count: u32,
+    busy_s: f64,
+    queued: u64,
+    /// No more instances than a count for a while.
+    ceiling: Option<Ceiling>,
+    /// Counts already held down once to measure them.
+    probed: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ceiling {
+    count: u32,
+    until: f64,
+    /// Held down only to measure `count`'s throughput (ends once it is known).
+    probe: bool,
+}
+
+impl Memory {
+    fn known(&self, count: u32, config: &BudgetConfig) -> Option<f64> {
+        self.throughput
+            .get(&count)
+            .filter(|t| t.1 >= config.trial_s)
+            .map(|t| t.0)
+    }
+
+    /// Learns this tick's saturated throughput and judges a raised count once it has
+    /// run saturated for the trial: against the count below it, measured first (held
+    /// down to it once) when unknown. Returns the reason of a new ceiling.
+    fn observe(&mut self, m: &ModelObservation, now: f64, config: &BudgetConfig) -> Option<String> {
+        if m.current != self.count {
+            self.count = m.current;
+            self.busy_s = 0.0;
+        }
+        // Saturated: at least a full batch waited at both ends of the tick.
+        let full = u64::from(m.batch.max(1));
+        let saturated = m.elapsed > 0.0 && m.queued >= full && self.queued >= full;
+        self.queued = m.queued;
+        let before = self.busy_s;
+        if saturated {
+            let rate = m.completed as f64 / m.elapsed;
+            let e = self.throughput.entry(m.current).or_insert((rate, 0.0));
+            let alpha = 1.0 - (-m.elapsed / THROUGHPUT_TAU_S).exp();
+            e.0 += alpha * (rate - e.0);
+            e.1 += m.elapsed;
+            self.busy_s += m.elapsed;
+        }
+        if let Some(c) = self.ceiling {
+            let measured = c.probe && self.known(c.count, config).is_some();
+            if measured || now >= c.until {
+                self.ceiling = None;
+            }
+        }
+        // Judged once, when the trial's saturated time is complete.
+        if !saturated || before >= config.trial_s || self.busy_s < config.trial_s {
+            return None;
+        }
+        if m.current <= m.min.max(1) {
+            return None;
+        }
+        let lower = m.current - 1;
+        let now_rate = self.throughput.get(&m.current).map_or(0.0, |t| t.0);
+        let Some(base) = self.known(lower, config) else {
+            if self.probed.contains(&lower) {
+                return None; // measured once and never saturated there: it is enough
+            }
+            self.probed.push(lower);
+            self.ceiling = Some(Ceiling {
+                count: lower,
+                until: now + 4.0 * config.trial_s,
+                probe: true,
+            });
+            return Some(format!(
+                "{} instances answered {now_rate:.1} req/s saturated; {lower} never measured: \
+                 held at {lower} to measure it",
+                m.current
+            ));
+        };
+        if now_rate >= base * (1.0 + config.min_gain) {
+            return None;
+        }
+        self.ceiling = Some(Ceiling {
+            count: lower,
+            until: now + config.ceiling_s,
+            probe: false,
+        });
+        Some(format!(
+            "{} instances answered {now_rate:.1} req/s saturated against {base:.1} with {lower}: \
+             no more than {lower} for {:.0} s",
+            m.current, config.ceiling_s
+        ))
+    }
 }
 
 impl BudgetState {
     /// The virtual queue of a model (0 for one never seen).
     pub fn virtual_queue(&self, name: &str) -> f64 {
         self.models.get(name).map_or(0.0, |m| m.queue)
+    }
+
+    /// The smoothed saturated throughput a model showed at `count` instances.
+    pub fn saturated_throughput(&self, name: &str, count: u32) -> Option<f64> {
+        self.models
+            .get(name)
+            .and_then(|m| m.throughput.get(&count))
+            .map(|t| t.0)
     }
 }
 
@@ -180,15 +312,33 @@ pub fn decide(obs: &Observations, state: &mut BudgetState, config: &BudgetConfig
         .models
         .iter()
         .map(|m| {
+            let mem = state.models.entry(m.name.clone()).or_default();
+            let judged = mem.observe(m, obs.now, config);
             let max = m.max.max(m.min).max(1);
             let min = m.min.clamp(1, max);
-            let (raw, why) = need(m);
+            // A count that added no throughput is out of reach for a while.
+            let (max, capped) = match mem.ceiling {
+                Some(c) if c.count < max => (c.count.max(min), Some(c)),
+                _ => (max, None),
+            };
+            let (raw, mut why) = need(m);
+            if let Some(j) = judged {
+                why = format!("{why}; {j}");
+            } else if let Some(c) = capped {
+                why = if c.probe {
+                    format!("{why}; held at {max} to measure its throughput")
+                } else {
+                    format!(
+                        "{why}; capped at {max} (a higher count added no throughput) for {:.0} s more",
+                        c.until - obs.now
+                    )
+                };
+            }
             let need = raw.clamp(min, max);
-            let mem = state.models.entry(m.name.clone()).or_default();
             mem.needs.push(obs.now, f64::from(need), m.down_window_s);
             let peak = mem.needs.max(obs.now, m.down_window_s).unwrap_or(0.0) as u32;
-            // Hysteresis keeps what the model has, never more; what the need adds
-            // goes through the budget rule (V).
+            // Hysteresis keeps what the model has, never more (nor above a ceiling);
+            // what the need adds goes through the budget rule (V).
             let held = peak.min(m.current).clamp(min, max);
             Row {
                 min,
@@ -298,6 +448,7 @@ mod tests {
             deadline_s: None,
             target_utilization: 1.0,
             down_window_s: 2.0,
+            completed: (rate * 0.5).round() as u64,
         }
     }
 
@@ -498,6 +649,97 @@ mod tests {
         }
         // need 2: pressure 1 (tick 0), 2 (tick 1), 3 > 2.5 at tick 2
         assert_eq!(got, [1, 1, 2, 2]);
+    }
+
+    /// A saturated model (1..=2 instances): requests stay queued and `answered(count)`
+    /// req/s come out, over ticks of 0.5 s; the need (400 req/s) asks for 2.
+    fn saturated(current: u32, answered: f64) -> ModelObservation {
+        let mut m = model("a", current, 400.0, 50);
+        m.completed = (answered * 0.5).round() as u64;
+        m.max = 2;
+        m
+    }
+
+    /// `ticks` ticks of 0.5 s from 0, the instances granted fed back; the counts and
+    /// reasons.
+    fn run(ticks: usize, answered: impl Fn(u32) -> f64) -> Vec<(u32, String)> {
+        let mut s = BudgetState::default();
+        let mut cur = 1;
+        (0..ticks)
+            .map(|k| {
+                let obs = Observations {
+                    now: k as f64 * 0.5,
+                    budget: 8,
+                    models: vec![saturated(cur, answered(cur))],
+                };
+                let a = decide(&obs, &mut s, &BudgetConfig::default());
+                cur = a.grants[0].instances;
+                (cur, a.grants[0].reason.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_instance_that_adds_no_throughput_goes_and_stays_out_for_a_while() {
+        // Every count answers 100 req/s: the cores, not the instances, are the limit.
+        let ticks = run(80, |_| 100.0);
+        let c: Vec<u32> = ticks.iter().map(|x| x.0).collect();
+        // Up to 2 at once (queue and need); after 2 s saturated at 2 (t = 2 s), 1 was
+        // never measured: held at 1 until it has run 2 s saturated (t = 4 s), then 2
+        // again, judged at t = 6 s: no gain, so 1 for 30 s; then it tries again.
+        assert_eq!(c[..4], [2, 2, 2, 2], "{ticks:?}");
+        assert_eq!(c[4..8], [1, 1, 1, 1], "{ticks:?}");
+        assert!(
+            ticks[4].1.contains("held at 1 to measure it"),
+            "{}",
+            ticks[4].1
+        );
+        assert!(
+            ticks[6].1.contains("held at 1 to measure"),
+            "{}",
+            ticks[6].1
+        );
+        assert_eq!(c[8..12], [2, 2, 2, 2], "{ticks:?}");
+        assert_eq!(c[12], 1, "{ticks:?}");
+        assert!(
+            ticks[12].1.contains("2 instances answered 100.0 req/s saturated against 100.0 with 1: no more than 1 for 30 s"),
+            "{}",
+            ticks[12].1
+        );
+        assert!(c[12..72].iter().all(|&x| x == 1), "{ticks:?}");
+        assert!(ticks[40].1.contains("capped at 1"), "{}", ticks[40].1);
+        // the ceiling ends at t = 36 s: 2 again, judged at t = 38 s (1 is known now)
+        assert_eq!(c[72..76], [2, 2, 2, 2], "{ticks:?}");
+        assert_eq!(c[76], 1, "{ticks:?}");
+    }
+
+    #[test]
+    fn an_instance_that_adds_throughput_stays() {
+        // The second instance adds 90 req/s: after the measurement of 1, 2 stays.
+        let ticks = run(60, |c| 100.0 + 90.0 * f64::from(c - 1));
+        let c: Vec<u32> = ticks.iter().map(|x| x.0).collect();
+        assert_eq!(c[4..8], [1, 1, 1, 1], "{ticks:?}");
+        assert!(c[8..].iter().all(|&x| x == 2), "{ticks:?}");
+    }
+
+    #[test]
+    fn a_count_whose_queue_drains_is_never_judged() {
+        let mut s = BudgetState::default();
+        let mut cur = 1;
+        for k in 0..40 {
+            // 2 instances, 150 req/s arriving and answered, nothing queued: not saturated
+            let mut m = saturated(cur, 150.0);
+            m.queued = 0;
+            m.arrivals = 75;
+            let obs = Observations {
+                now: f64::from(k) * 0.5,
+                budget: 8,
+                models: vec![m],
+            };
+            let a = decide(&obs, &mut s, &BudgetConfig::default());
+            cur = a.grants[0].instances;
+            assert_eq!(cur, 2, "tick {k}: {}", a.grants[0].reason);
+        }
     }
 
     #[test]

@@ -352,6 +352,7 @@ pub struct AutoscaleConfig {
 /// Counters of one version at the previous tick.
 struct Seen {
     arrivals: u64,
+    answered: u64,
     misses: u64,
     at: Instant,
 }
@@ -413,25 +414,27 @@ impl Controller {
             .map(|u| {
                 let pool = &u.served.pool;
                 let stats = pool.stats();
-                let arrivals =
-                    Outcome::ALL.iter().map(|&o| stats.outcome(o)).sum::<u64>() + stats.in_flight();
+                let answered = Outcome::ALL.iter().map(|&o| stats.outcome(o)).sum::<u64>();
+                let arrivals = answered + stats.in_flight();
                 let misses =
                     stats.outcome(Outcome::Timeout) + stats.rejected_early.load(Ordering::Relaxed);
                 let prev = self.seen.insert(
                     u.key.clone(),
                     Seen {
                         arrivals,
+                        answered,
                         misses,
                         at,
                     },
                 );
-                let (d_arr, d_miss, elapsed) = match prev {
+                let (d_arr, d_done, d_miss, elapsed) = match prev {
                     Some(p) => (
                         arrivals.saturating_sub(p.arrivals),
+                        answered.saturating_sub(p.answered),
                         misses.saturating_sub(p.misses),
                         at.duration_since(p.at).as_secs_f64(),
                     ),
-                    None => (0, 0, 0.0),
+                    None => (0, 0, 0, 0.0),
                 };
                 let c = pool.instances();
                 let batch = pool.max_batch_size();
@@ -450,6 +453,7 @@ impl Controller {
                     deadline_s: pool.default_timeout().map(|d| d.as_secs_f64()),
                     target_utilization: u.settings.target_utilization,
                     down_window_s: u.settings.down_window_s,
+                    completed: d_done,
                 }
             })
             .collect();
