@@ -204,11 +204,36 @@ def _samples(text, name):
     return out
 
 
-def _slo_need(stats, slo_s, arrivals, tick, queued=0, headroom=0.85):
+def _tail_ratio(text, model):
+    """p99 / mean of the model's compute-time histogram in /metrics (every version),
+    the p99 interpolated inside its bucket as Prometheus' histogram_quantile does; 1
+    below 100 requests."""
+    cum, total, count = {}, 0.0, 0
+    for labels, v in _samples(text, "sluice_inference_compute_duration_seconds_bucket").items():
+        if f'model="{model}"' in labels:
+            le = re.search(r'le="([^"]+)"', labels).group(1)
+            cum[le] = cum.get(le, 0) + v
+    for labels, v in _samples(text, "sluice_inference_compute_duration_seconds_sum").items():
+        if f'model="{model}"' in labels:
+            total += v
+    count = cum.pop("+Inf")
+    if count < 100:
+        return 1.0
+    rank, below, lower = 0.99 * count, 0.0, 0.0
+    for le, c in sorted((float(k), c) for k, c in cum.items()):
+        if c >= rank:
+            p99 = lower + (le - lower) * ((rank - below) / (c - below) if c > below else 1.0)
+            break
+        below, lower = c, le
+    return max(p99 / (total / count), 1.0)
+
+
+def _slo_need(stats, slo_s, arrivals, tick, tail=1.0, queued=0, headroom=0.85):
     """The SLO policy (crates/sluice-autoscale/src/policy/slo.rs) written again from its
-    documentation: the profile is the mean run time per batch size; the best batch size
-    meeting the objective (2 x run time <= objective) of highest throughput gives the
-    capacity (x headroom) and the slack; the need before rounding up is the largest over
+    documentation: the profile is the mean run time per batch size, its p99 the mean
+    times the compute histogram's tail ratio; the best batch size meeting the objective
+    (2 x p99 <= objective) of highest throughput gives the capacity (x headroom, x the
+    instances serving) and the slack; the need before rounding up is the largest over
     the envelope's windows of A_w / (capacity x (max(w, tick) + slack)), or the queue's
     drain time within the slack."""
     best = None
@@ -218,9 +243,9 @@ def _slo_need(stats, slo_s, arrivals, tick, queued=0, headroom=0.85):
         if runs == 0 or ns == 0:
             continue
         run_s = ns / runs / 1e9
-        thr = b["batch_size"] / run_s
-        if 2 * run_s <= slo_s and (best is None or thr > best[1]):
-            best = (b["batch_size"], thr, run_s)
+        thr = b["batch_size"] / run_s * stats["instances"]
+        if 2 * run_s * tail <= slo_s and (best is None or thr > best[1]):
+            best = (b["batch_size"], thr, run_s * tail)
     size, thr, run_s = best
     capacity, slack = thr * headroom, slo_s - 2 * run_s
     need = max(a / (capacity * (max(w, tick) + max(slack, 0.0))) for w, a in arrivals.items())
@@ -229,10 +254,11 @@ def _slo_need(stats, slo_s, arrivals, tick, queued=0, headroom=0.85):
 
 
 def test_replicas_needed_gauge_is_the_slo_policy_on_live_measurements():
-    """`sluice serve --metrics-slo-ms 500`: after 20 requests to mlp, every scrape is one
+    """`sluice serve --metrics-slo-ms 500`: after 120 requests to mlp, every scrape is one
     tick of the SLO policy. The exported capacity, batch size and slack are what the
     policy derives from the model's own batch statistics (read from its statistics
-    endpoint), the envelope holds the 20 arrivals in every window, and
+    endpoint), its compute-time histogram's tail and its two instances, the envelope
+    holds the 120 arrivals in every window, and
     `sluice_replicas_needed` is the policy's need computed again in Python from those
     inputs; a second scrape with no new traffic keeps the envelope (the 600-s history).
     A model that never ran exports nothing, and without the flag there is no signal."""
@@ -243,26 +269,29 @@ def test_replicas_needed_gauge_is_the_slo_policy_on_live_measurements():
     s = Server(EXAMPLES, "--metrics-slo-ms", "500")
     plain = Server(EXAMPLES)
     try:
-        for _ in range(20):
+        for _ in range(120):
             assert requests.post(f"{s.base}/v2/models/mlp/infer", json=body, timeout=30).status_code == 200
         assert requests.post(f"{plain.base}/v2/models/mlp/infer", json=body, timeout=30).status_code == 200
         stats = requests.get(f"{s.base}/v2/models/mlp/stats", timeout=10).json()["model_stats"][0]
-        assert stats["inference_stats"]["success"]["count"] == 20
+        assert stats["inference_stats"]["success"]["count"] == 120
+        assert stats["instances"] == 2, stats  # the example's instance_group
         for scrape in range(2):
             text = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10).text
             needed = _samples(text, "sluice_replicas_needed")
             assert list(needed) == ['{model="mlp",slo_ms="500"}'], needed  # only the model that ran
             arrivals = {float(re.search(r'window="([^"]+)"', k).group(1)): v
                         for k, v in _samples(text, "sluice_replicas_needed_arrivals").items() if 'model="mlp"' in k}
-            assert arrivals == {1.0: 20, 5.0: 20, 30.0: 20, 60.0: 20}, (scrape, arrivals)
+            assert arrivals == {1.0: 120, 5.0: 120, 30.0: 120, 60.0: 120}, (scrape, arrivals)
             tick = _samples(text, "sluice_replicas_needed_tick_seconds")['{model="mlp",slo_ms="500"}']
-            need, capacity, size, slack = _slo_need(stats, 0.5, arrivals, tick)
+            tail = _tail_ratio(text, "mlp")
+            assert tail > 1.0  # 120 requests: the histogram's tail counts
+            need, capacity, size, slack = _slo_need(stats, 0.5, arrivals, tick, tail)
             got = lambda name: _samples(text, name)['{model="mlp",slo_ms="500"}']  # noqa: E731
             assert got("sluice_replicas_needed_capacity") == pytest.approx(capacity, rel=1e-9)
             assert got("sluice_replicas_needed_batch_size") == size
             assert got("sluice_replicas_needed_slack_seconds") == pytest.approx(slack, rel=1e-9)
             assert needed['{model="mlp",slo_ms="500"}'] == pytest.approx(need, rel=1e-9), (scrape, tick)
-            assert 0 < need < 1  # 20 requests need less than one replica
+            assert 0 < need < 1  # 120 requests need less than one replica
         plain_text = requests.get(f"http://127.0.0.1:{plain.metrics_port}/metrics", timeout=10).text
         assert "sluice_replicas_needed" not in plain_text
     finally:

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use sluice_core::Error;
 use sluice_repository::Repository;
 pub use sluice_repository::RepositoryOptions;
-pub use sluice_scheduler::{HistogramSnapshot, Outcome, PoolStats};
+pub use sluice_scheduler::{Histogram, HistogramSnapshot, Outcome, PoolStats};
 
 pub use backends::Backends;
 pub use cache::{CacheConfig, CacheStats, LocalCacheConfig, RedisCacheConfig, RedisTls, Secret};

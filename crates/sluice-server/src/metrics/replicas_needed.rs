@@ -14,6 +14,15 @@
 //! fleet's need. The cost term is left out (a replica knows no price). The inputs are
 //! exported beside it (capacity, batch size, slack, the envelope, the tick), so the
 //! number can be checked by hand.
+//!
+//! Two corrections to the mean run times: the policy sizes a batch by its p99
+//! (`2 × p99(b) ≤ slo`), which the per-batch-size totals cannot give, so each batch
+//! size's p99 is its mean times the ratio of the p99 to the mean of the model's
+//! compute-time histogram (interpolated within its bucket as Prometheus'
+//! `histogram_quantile` does; 1 until 100 requests have run); the ratio mixes batch
+//! sizes, so it errs towards a longer tail. And a replica runs its instances side by
+//! side: its capacity is the instances serving times one instance's (runs that
+//! share cores already take longer, which the measured means carry).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -22,7 +31,7 @@ use std::time::{Duration, Instant};
 use sluice_autoscale::policy::slo::{self, SloConfig, SloParams, SloState};
 use sluice_autoscale::policy::Observation;
 use sluice_autoscale::profile::{BatchProfile, LatencyMs, Profile, ServiceModel, PROFILE_FORMAT};
-use sluice_runtime::{Outcome, VersionStats};
+use sluice_runtime::{HistogramSnapshot, Outcome, VersionStats};
 
 use super::Writer;
 
@@ -51,12 +60,57 @@ pub struct Inputs {
     pub queued: u64,
     /// Batch size → (runs, total run time in ns).
     pub runs: BTreeMap<u64, (u64, u64)>,
+    /// Instances serving (the most of any version).
+    pub instances: u32,
+    /// The compute-time histogram's p99 over its mean (at least 1).
+    pub tail: f64,
+}
+
+/// Requests the compute-time histogram needs before its tail is trusted.
+const TAIL_MIN_REQUESTS: u64 = 100;
+
+/// The `q`-quantile of a histogram, interpolated linearly inside its bucket (as
+/// Prometheus' `histogram_quantile`; the highest finite bound if it falls beyond).
+pub fn histogram_quantile(h: &HistogramSnapshot, q: f64) -> Option<f64> {
+    if h.count == 0 {
+        return None;
+    }
+    let rank = q * h.count as f64;
+    let mut below = 0u64;
+    for (i, (&bound, &cum)) in h.bounds.iter().zip(&h.cumulative).enumerate() {
+        if cum as f64 >= rank {
+            let lower = if i == 0 { 0.0 } else { h.bounds[i - 1] };
+            let inside = (cum - below) as f64;
+            let frac = if inside > 0.0 {
+                (rank - below as f64) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (bound - lower) * frac);
+        }
+        below = cum;
+    }
+    h.bounds.last().copied()
 }
 
 impl Inputs {
     pub fn of(versions: &[&VersionStats]) -> Inputs {
         let mut i = Inputs::default();
+        let mut compute: Option<HistogramSnapshot> = None;
         for v in versions {
+            i.instances = i.instances.max(v.instances.count as u32);
+            let h = v.stats.compute_seconds.snapshot();
+            compute = Some(match compute {
+                None => h,
+                Some(mut all) => {
+                    for (a, b) in all.cumulative.iter_mut().zip(&h.cumulative) {
+                        *a += b;
+                    }
+                    all.count += h.count;
+                    all.sum_seconds += h.sum_seconds;
+                    all
+                }
+            });
             let s = &v.stats;
             let answered: u64 = Outcome::ALL.iter().map(|&o| s.outcome(o)).sum();
             i.arrived += answered + s.in_flight();
@@ -70,11 +124,13 @@ impl Inputs {
                 e.1 += input + infer + output;
             }
         }
+        i.tail = compute.map_or(1.0, |h| tail_ratio(&h));
         i
     }
 
     /// The measured profile: the mean run time per batch size (as a deterministic
-    /// service time); `None` before the first run.
+    /// service time), its p99 the mean times the compute histogram's tail ratio, and
+    /// the instances serving; `None` before the first run.
     pub fn profile(&self, model: &str) -> Option<Profile> {
         let batches: Vec<BatchProfile> = self
             .runs
@@ -85,7 +141,7 @@ impl Inputs {
                 latency_ms: LatencyMs {
                     p50: ns as f64 / runs as f64 / 1e6,
                     p90: None,
-                    p99: None,
+                    p99: Some(ns as f64 / runs as f64 / 1e6 * self.tail.max(1.0)),
                     mean: None,
                 },
                 throughput_per_s: None,
@@ -97,7 +153,7 @@ impl Inputs {
             version: String::new(),
             hardware_class: "this replica (measured)".to_string(),
             backend: String::new(),
-            instances: 1,
+            instances: self.instances.max(1),
             cost_per_hour: None,
             load_time_s: 0.0,
             memory_bytes: None,
@@ -109,13 +165,27 @@ impl Inputs {
     }
 }
 
-/// The policy's parameters for a measured profile and objective (no cost term).
+/// The compute histogram's p99 over its mean; 1 with too few requests to tell.
+fn tail_ratio(h: &HistogramSnapshot) -> f64 {
+    if h.count < TAIL_MIN_REQUESTS || h.sum_seconds <= 0.0 {
+        return 1.0;
+    }
+    let mean = h.sum_seconds / h.count as f64;
+    histogram_quantile(h, 0.99).map_or(1.0, |p99| (p99 / mean).max(1.0))
+}
+
+/// The policy's parameters for a measured profile and objective (no cost term): one
+/// instance's throughput at the best batch size, times the instances serving.
 pub fn params(profile: &Profile, slo: Duration) -> Option<SloParams> {
     let config = SloConfig {
         miss_penalty: 0.0,
         ..SloConfig::default()
     };
-    config.resolve(profile, slo.as_secs_f64()).ok()
+    let mut p = config.resolve(profile, slo.as_secs_f64()).ok()?;
+    let n = f64::from(profile.instances.max(1));
+    p.throughput *= n;
+    p.capacity *= n;
+    Some(p)
 }
 
 /// One tick of the policy: (need before rounding up, the tick's observation).
@@ -222,7 +292,59 @@ mod tests {
             arrived,
             queued: 0,
             runs: runs.iter().map(|&(b, n, ns)| (b, (n, ns))).collect(),
+            instances: 1,
+            tail: 1.0,
         }
+    }
+
+    fn histogram(values_ms: &[(f64, u64)]) -> HistogramSnapshot {
+        let h = sluice_runtime::Histogram::latency();
+        for &(ms, n) in values_ms {
+            h.observe_n((ms * 1e6) as u64, n);
+        }
+        h.snapshot()
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate_inside_the_bucket() {
+        // 100 requests in (5, 10] ms: the p50 halfway, the p99 at 99 %
+        let h = histogram(&[(7.0, 100)]);
+        assert!((histogram_quantile(&h, 0.5).unwrap() - 0.0075).abs() < 1e-12);
+        assert!((histogram_quantile(&h, 0.99).unwrap() - 0.00995).abs() < 1e-12);
+        // 90 at 1 ms, 10 at 40 ms: the p99 is 90 % into (25, 50] ms
+        let h = histogram(&[(1.0, 90), (40.0, 10)]);
+        assert!((histogram_quantile(&h, 0.99).unwrap() - 0.0475).abs() < 1e-12);
+        // beyond the last bound: that bound
+        let h = histogram(&[(120_000.0, 5)]);
+        assert_eq!(histogram_quantile(&h, 0.99), Some(60.0));
+        assert_eq!(histogram_quantile(&histogram(&[]), 0.99), None);
+    }
+
+    #[test]
+    fn the_tail_ratio_needs_enough_requests_and_is_at_least_one() {
+        assert_eq!(tail_ratio(&histogram(&[(7.0, 99)])), 1.0);
+        // mean 1 ms × 0.9 + 40 ms × 0.1 = 4.9 ms; p99 47.5 ms
+        let r = tail_ratio(&histogram(&[(1.0, 90), (40.0, 10)]));
+        assert!((r - 47.5 / 4.9).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn the_tail_and_the_instances_reach_the_policy() {
+        let mut i = inputs(0, &[(1, 100, 500_000_000), (8, 10, 200_000_000)]);
+        // a tail of 2: batch 8's p99 is 40 ms, 2 × 40 > 60 ms; batch 1 (2 × 10 ms) is chosen
+        i.tail = 2.0;
+        let p = params(&i.profile("m").unwrap(), Duration::from_millis(60)).unwrap();
+        assert_eq!(p.batch_size, 1);
+        assert!((p.slack_s - 0.04).abs() < 1e-12);
+        // without a tail, batch 8 (2 × 20 ms ≤ 60 ms)
+        i.tail = 1.0;
+        let one = params(&i.profile("m").unwrap(), Duration::from_millis(60)).unwrap();
+        assert_eq!(one.batch_size, 8);
+        // three instances: three times the capacity
+        i.instances = 3;
+        let three = params(&i.profile("m").unwrap(), Duration::from_millis(60)).unwrap();
+        assert!((three.capacity - 3.0 * one.capacity).abs() < 1e-9);
+        assert!((three.throughput - 1200.0).abs() < 1e-9);
     }
 
     #[test]
