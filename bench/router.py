@@ -122,7 +122,7 @@ def staller(proc, stop_event, seed, fraction=0.01, stall=0.1):
 def tail(args):
     replicas = [serverproc.start(BIN, EXAMPLES, "--metrics-port", "0", cpus="0,1") for _ in range(3)]
     try:
-        for mode, burst in [("off", "3"), ("p95", "3"), ("p95", "20")]:
+        for mode, burst in [("off", "3"), ("p95", "3"), ("p95", "20"), ("p99", "3")]:
             router, rports, base = start_router(replicas, "--hedge", mode, "--hedge-burst", burst)
             stop_event = threading.Event()
             t = threading.Thread(target=staller, args=(replicas[0][0], stop_event, 7))
