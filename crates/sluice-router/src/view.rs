@@ -665,16 +665,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn p95_delay_needs_enough_samples() {
-        let config = HedgeConfig {
-            delay: HedgeDelay::P95,
+    /// Hedging after `delay`, trusting a percentile from 20 latencies on.
+    fn hedge_after(delay: HedgeDelay) -> HedgeConfig {
+        HedgeConfig {
+            delay,
             max_ratio: 0.05,
             burst: 2.0,
             window: Duration::from_secs(10),
             min_samples: 20,
             min_delay: Duration::from_micros(100),
-        };
+        }
+    }
+
+    #[test]
+    fn p95_delay_needs_enough_samples() {
+        let config = hedge_after(HedgeDelay::P95);
         let mut v = View::default();
         for i in 1..=19u64 {
             v.record_success("x", "m", Duration::from_millis(i));
@@ -692,14 +697,7 @@ mod tests {
 
     #[test]
     fn p99_delay_needs_a_hundred_samples_and_reads_the_p99() {
-        let config = HedgeConfig {
-            delay: HedgeDelay::Percentile(990),
-            max_ratio: 0.05,
-            burst: 2.0,
-            window: Duration::from_secs(10),
-            min_samples: 20,
-            min_delay: Duration::from_micros(100),
-        };
+        let config = hedge_after(HedgeDelay::Percentile(990));
         let mut v = View::default();
         // 1..=99 ms: 99 samples, one short of a sample above the p99
         for i in 1..=99u64 {
@@ -714,10 +712,7 @@ mod tests {
         let d = v.hedge_delay("m", &config).unwrap();
         assert_eq!(d, Duration::from_millis(192));
         // the p95 of the same window is lower
-        let p95 = HedgeConfig {
-            delay: HedgeDelay::P95,
-            ..config
-        };
+        let p95 = hedge_after(HedgeDelay::P95);
         assert_eq!(v.hedge_delay("m", &p95), Some(Duration::from_millis(184)));
     }
 
