@@ -9,7 +9,11 @@ simulator's calibration against a real replica.
    B = 1, 2, 4, 8: p50/p99/mean per batch size -> `sluice-profile/1` JSON. The load
    time is the time from spawn to the model answering. `--paced-qps R` measures with
    Poisson arrivals at R/s instead (`sluice bench --scenario server`), so each request
-   meets an idle core and cold caches, as at a lightly loaded replica.
+   meets an idle core and cold caches, as at a lightly loaded replica; `--think-ms M`
+   measures one request at a time with exponential pauses of mean M ms between them
+   (`sluice bench --think-ms`): the same idle core and cold caches, and no request ever
+   queued behind another, so the profile holds run times only (the simulator adds the
+   queueing). `--models` limits the models profiled.
 2. Calibration (`--calibrate`): one `cpu1` replica of `wide` (dynamic batching, no
    queue delay, max batch 8) under an open-loop Poisson load from `sluice bench
    --scenario server`, and `sluice simulate` of the same rate and length with a fixed
@@ -77,7 +81,7 @@ def bench(port, model, out, *extra, cpus="1"):
     return json.loads(report.read_text())["runs"][0]
 
 
-def profile_class(out, cls, spec, seconds, paced_qps=None):
+def profile_class(out, cls, spec, seconds, paced_qps=None, think_ms=None, models=tuple(MODELS)):
     repo = repository(out, spec["threads"])
     t0 = time.monotonic()
     proc, ports = serverproc.start(BIN, repo, "--metrics-port", "0", cpus=spec["cpus"])
@@ -92,7 +96,7 @@ def profile_class(out, cls, spec, seconds, paced_qps=None):
                 time.sleep(0.05)
         load_time = time.monotonic() - t0
         profiles = {}
-        for model in MODELS:
+        for model in models:
             batches = []
             for b in BATCHES:
                 # Back to back (single-stream), or paced: Poisson arrivals at a low rate, so
@@ -101,6 +105,8 @@ def profile_class(out, cls, spec, seconds, paced_qps=None):
                 if paced_qps:
                     scenario = ["--scenario", "server", "--target-qps", str(paced_qps),
                                 "--latency-bound-ms", "60000", "--seed", str(b)]
+                elif think_ms:
+                    scenario = ["--scenario", "single-stream", "--think-ms", str(think_ms), "--seed", str(b)]
                 else:
                     scenario = ["--scenario", "single-stream"]
                 run = bench(port, model, out, *scenario, "--batch-size", str(b),
@@ -191,12 +197,16 @@ def main():
     ap.add_argument("--slo-ms", type=float, default=50.0, help="a bucket bound of the server histogram")
     ap.add_argument("--paced-qps", type=float, default=None,
                     help="profile with Poisson arrivals at this rate instead of back to back")
+    ap.add_argument("--think-ms", type=float, default=None,
+                    help="profile one request at a time with exponential pauses of this mean")
+    ap.add_argument("--models", default=",".join(MODELS), help="models to profile (comma-separated)")
     a = ap.parse_args()
     out = Path(a.out)
     (out / "profiles").mkdir(parents=True, exist_ok=True)
     for cls in a.classes.split(","):
         if cls:
-            profile_class(out, cls, CLASSES[cls], a.seconds, a.paced_qps)
+            profile_class(out, cls, CLASSES[cls], a.seconds, a.paced_qps, a.think_ms,
+                          [m for m in a.models.split(",") if m])
     if a.calibrate:
         prof = json.loads((out / "profiles" / "wide-cpu1.json").read_text())
         rate = a.rate or round(0.6 * 1e3 / prof["batches"][0]["latency_ms"]["mean"], 1)

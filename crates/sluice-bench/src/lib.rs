@@ -32,7 +32,7 @@ pub use inputs::{make_samples, InputPlan};
 pub use peak::PeakSearch;
 pub use report::{svg_plot, table, Report};
 pub use rng::Rng;
-pub use run::{closed_loop, open_loop, Outcome, Phase, Progress, Query, Target};
+pub use run::{closed_loop, closed_loop_paced, open_loop, Outcome, Phase, Progress, Query, Target};
 pub use scenario::{Headline, RunResult, Scenario, Settings};
 pub use schedule::poisson;
 pub use stats::{Latency, Recorder, Summary};
@@ -115,6 +115,13 @@ pub struct BenchArgs {
     /// else N batch-1 requests at once).
     #[arg(long, default_value_t = 8)]
     pub samples_per_query: usize,
+
+    /// Closed-loop scenarios (single-stream, concurrency): each client pauses after
+    /// every answer for an exponentially distributed time of this mean, so requests
+    /// meet an idle server and never queue behind each other (latency as a lightly
+    /// loaded replica serves it; throughput then counts the pauses).
+    #[arg(long)]
+    pub think_ms: Option<f64>,
 
     /// Server: Poisson arrival rate (queries/s); with `--find-peak`, where the search starts.
     #[arg(long)]
@@ -415,6 +422,16 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
         max_in_flight: args.max_in_flight,
         min_queries: args.min_queries,
         progress: !args.quiet,
+        think: args
+            .think_ms
+            .map(|ms| {
+                anyhow::ensure!(
+                    ms.is_finite() && (0.0..=3_600_000.0).contains(&ms),
+                    "--think-ms must be a number of milliseconds in 0..=3600000"
+                );
+                Ok(std::time::Duration::from_secs_f64(ms / 1e3))
+            })
+            .transpose()?,
     };
     let (runs, result) = scenario::run(scenario, &target, &settings).await?;
     Ok(Report {

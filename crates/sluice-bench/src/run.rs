@@ -133,6 +133,20 @@ pub async fn closed_loop(
     phase: Phase,
     progress: &Progress,
 ) -> anyhow::Result<Outcome> {
+    closed_loop_paced(target, workers, phase, None, progress).await
+}
+
+/// [`closed_loop`] whose clients pause after each answer for an exponentially
+/// distributed time of mean `think` (seeded per client): each client has one query
+/// in flight at most and none queued behind it, at a rate far below what the server
+/// takes, as a lightly loaded replica sees its requests (cold caches, an idle core).
+pub async fn closed_loop_paced(
+    target: &Target,
+    workers: usize,
+    phase: Phase,
+    think: Option<(Duration, u64)>,
+    progress: &Progress,
+) -> anyhow::Result<Outcome> {
     let mut clients = Vec::with_capacity(workers);
     for _ in 0..workers {
         clients.push(Client::connect(&target.client).await?);
@@ -144,6 +158,7 @@ pub async fn closed_loop(
     for (w, client) in clients.into_iter().enumerate() {
         let queries = target.queries.clone();
         let answered = progress.answered.clone();
+        let mut pause = think.map(|(mean, seed)| (mean, crate::Rng::new(seed ^ w as u64)));
         tasks.spawn(async move {
             let mut r = Recorder::default();
             let mut last = measure_from;
@@ -161,6 +176,10 @@ pub async fn closed_loop(
                 if sent >= measure_from {
                     record(&mut r, result, done - sent, q.samples);
                     last = last.max(done);
+                }
+                if let Some((mean, rng)) = pause.as_mut() {
+                    let gap = rng.exponential(1.0 / mean.as_secs_f64().max(1e-9));
+                    tokio::time::sleep(Duration::from_secs_f64(gap.min(3600.0))).await;
                 }
             }
             (r, last)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::peak::PeakSearch;
-use crate::run::{closed_loop, open_loop, Outcome, Phase, Progress, Target};
+use crate::run::{closed_loop_paced, open_loop, Outcome, Phase, Progress, Target};
 use crate::schedule::poisson;
 use crate::stats::Summary;
 
@@ -69,6 +69,8 @@ pub struct Settings {
     /// Open loop: the measured span grows until at least this many queries are due.
     pub min_queries: u64,
     pub progress: bool,
+    /// Closed loop: each client's mean pause after an answer (exponential, seeded).
+    pub think: Option<Duration>,
 }
 
 /// One run of a scenario.
@@ -117,7 +119,8 @@ async fn closed(
     label: String,
 ) -> anyhow::Result<RunResult> {
     let progress = Progress::new(s.progress, &label, s.phase.warmup + s.phase.duration);
-    let o = closed_loop(target, workers, s.phase, &progress).await?;
+    let think = s.think.map(|mean| (mean, s.seed));
+    let o = closed_loop_paced(target, workers, s.phase, think, &progress).await?;
     let mut r = result(label, &o);
     r.concurrency = Some(workers);
     Ok(r)

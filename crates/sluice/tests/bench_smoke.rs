@@ -177,6 +177,31 @@ fn every_scenario_runs_against_a_local_sluice() {
 }
 
 #[test]
+fn think_time_paces_a_single_stream() {
+    let s = server();
+    // 20 ms pauses (mean) over 0.5 s measured: a few dozen requests at most, whatever
+    // the machine's speed (200 exponential pauses summing under 0.6 s is beyond
+    // chance); without pauses the same run sends a request as soon as one is answered.
+    let (r, _) = bench(
+        &s.http,
+        &["--model", "mlp", "--think-ms", "20", "--duration", "0.5"],
+    );
+    check_runs(&r);
+    let n = runs(&r)[0]["requests"].as_u64().unwrap();
+    assert!((1..200).contains(&n), "{n} requests");
+    let out = Command::new(SLUICE)
+        .args(["bench", "--url", &s.http, "--model", "mlp", "--think-ms=-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--think-ms"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn sweeps_peak_search_npy_inputs_and_errors() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
