@@ -32,16 +32,16 @@
 //!    processes, a budget above the machine's cores), another instance thread only
 //!    splits the batches and makes each run slower, and the learned service time
 //!    grows with it, so the need rule alone would keep asking for more. So the
-//!    controller measures each count's *saturated* throughput (answers per second
-//!    over ticks that began and ended with at least a full batch queued, smoothed
-//!    over 5 s) and, once a raised count has run saturated for `trial_s`, compares
-//!    it with the count below: unless it answers at least `min_gain` more, the
-//!    model gets a *ceiling* at the lower count for `ceiling_s` (the extra instance
-//!    goes at once, without the down window) and may try again after it. When the
-//!    count below was never measured saturated (a load step raises the count before
-//!    the queue has stood), the model is held at it once until it has been (at most
-//!    `4 × trial_s`), then raised and judged again. A raised count whose queue
-//!    drains has proven itself and is never judged.
+//!    controller measures each count's *saturated* throughput (successful answers
+//!    per second over ticks that began and ended with at least a full batch queued,
+//!    smoothed over 5 s) and, once a raised count has run saturated for `trial_s`,
+//!    compares it with the count below: unless it answers at least `min_gain` more,
+//!    the model gets a *ceiling* at the lower count for `ceiling_s` (the extra
+//!    instance goes at once, without the down window) and may try again after it.
+//!    When the count below was never measured saturated (a load step raises the
+//!    count before the queue has stood), the model is held at it once until it has
+//!    been (at most `4 × trial_s`), then raised and judged again. A raised count
+//!    whose queue drains has proven itself and is never judged.
 
 use std::collections::BTreeMap;
 
@@ -76,7 +76,8 @@ pub struct ModelObservation {
     pub target_utilization: f64,
     /// Seconds a lower need must hold before the count goes down.
     pub down_window_s: f64,
-    /// Requests answered (of any outcome) since the previous tick.
+    /// Requests answered successfully since the previous tick (refusals, timeouts and
+    /// failures are not throughput).
     pub completed: u64,
 }
 

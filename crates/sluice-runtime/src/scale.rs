@@ -414,8 +414,10 @@ impl Controller {
             .map(|u| {
                 let pool = &u.served.pool;
                 let stats = pool.stats();
-                let answered = Outcome::ALL.iter().map(|&o| stats.outcome(o)).sum::<u64>();
-                let arrivals = answered + stats.in_flight();
+                let arrivals =
+                    Outcome::ALL.iter().map(|&o| stats.outcome(o)).sum::<u64>() + stats.in_flight();
+                // Throughput counts the work done: a quick refusal is not an answer.
+                let answered = stats.outcome(Outcome::Success);
                 let misses =
                     stats.outcome(Outcome::Timeout) + stats.rejected_early.load(Ordering::Relaxed);
                 let prev = self.seen.insert(
