@@ -234,14 +234,6 @@ impl BudgetState {
     pub fn virtual_queue(&self, name: &str) -> f64 {
         self.models.get(name).map_or(0.0, |m| m.queue)
     }
-
-    /// The smoothed saturated throughput a model showed at `count` instances.
-    pub fn saturated_throughput(&self, name: &str, count: u32) -> Option<f64> {
-        self.models
-            .get(name)
-            .and_then(|m| m.throughput.get(&count))
-            .map(|t| t.0)
-    }
 }
 
 /// One model's answer.

@@ -431,7 +431,8 @@ pub async fn bench(args: &BenchArgs, scenario: &Scenario) -> anyhow::Result<Repo
                 );
                 Ok(std::time::Duration::from_secs_f64(ms / 1e3))
             })
-            .transpose()?,
+            .transpose()?
+            .filter(|d| !d.is_zero()),
     };
     let (runs, result) = scenario::run(scenario, &target, &settings).await?;
     Ok(Report {

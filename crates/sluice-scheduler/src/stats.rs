@@ -104,6 +104,43 @@ pub struct HistogramSnapshot {
     pub sum_seconds: f64,
 }
 
+impl HistogramSnapshot {
+    /// Adds another reading of a histogram with the same bounds (another version's).
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.cumulative.iter_mut().zip(&other.cumulative) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+
+    /// The `q`-quantile in seconds, interpolated linearly inside its bucket (as
+    /// Prometheus' `histogram_quantile`; the highest finite bound if it falls beyond
+    /// it); `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut below = 0u64;
+        for (i, (&bound, &cum)) in self.bounds.iter().zip(&self.cumulative).enumerate() {
+            if cum as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let inside = (cum - below) as f64;
+                let frac = if inside > 0.0 {
+                    (rank - below as f64) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (bound - lower) * frac);
+            }
+            below = cum;
+        }
+        self.bounds.last().copied()
+    }
+}
+
 impl Histogram {
     /// A histogram with the given upper bounds in seconds (ascending).
     pub fn new(bounds_seconds: &[f64]) -> Self {

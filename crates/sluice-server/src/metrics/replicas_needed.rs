@@ -69,30 +69,6 @@ pub struct Inputs {
 /// Requests the compute-time histogram needs before its tail is trusted.
 const TAIL_MIN_REQUESTS: u64 = 100;
 
-/// The `q`-quantile of a histogram, interpolated linearly inside its bucket (as
-/// Prometheus' `histogram_quantile`; the highest finite bound if it falls beyond).
-pub fn histogram_quantile(h: &HistogramSnapshot, q: f64) -> Option<f64> {
-    if h.count == 0 {
-        return None;
-    }
-    let rank = q * h.count as f64;
-    let mut below = 0u64;
-    for (i, (&bound, &cum)) in h.bounds.iter().zip(&h.cumulative).enumerate() {
-        if cum as f64 >= rank {
-            let lower = if i == 0 { 0.0 } else { h.bounds[i - 1] };
-            let inside = (cum - below) as f64;
-            let frac = if inside > 0.0 {
-                (rank - below as f64) / inside
-            } else {
-                1.0
-            };
-            return Some(lower + (bound - lower) * frac);
-        }
-        below = cum;
-    }
-    h.bounds.last().copied()
-}
-
 impl Inputs {
     pub fn of(versions: &[&VersionStats]) -> Inputs {
         let mut i = Inputs::default();
@@ -100,17 +76,10 @@ impl Inputs {
         for v in versions {
             i.instances = i.instances.max(v.instances.count as u32);
             let h = v.stats.compute_seconds.snapshot();
-            compute = Some(match compute {
-                None => h,
-                Some(mut all) => {
-                    for (a, b) in all.cumulative.iter_mut().zip(&h.cumulative) {
-                        *a += b;
-                    }
-                    all.count += h.count;
-                    all.sum_seconds += h.sum_seconds;
-                    all
-                }
-            });
+            match compute.as_mut() {
+                None => compute = Some(h),
+                Some(all) => all.merge(&h),
+            }
             let s = &v.stats;
             let answered: u64 = Outcome::ALL.iter().map(|&o| s.outcome(o)).sum();
             i.arrived += answered + s.in_flight();
@@ -171,7 +140,7 @@ fn tail_ratio(h: &HistogramSnapshot) -> f64 {
         return 1.0;
     }
     let mean = h.sum_seconds / h.count as f64;
-    histogram_quantile(h, 0.99).map_or(1.0, |p99| (p99 / mean).max(1.0))
+    h.quantile(0.99).map_or(1.0, |p99| (p99 / mean).max(1.0))
 }
 
 /// The policy's parameters for a measured profile and objective (no cost term): one
@@ -309,15 +278,15 @@ mod tests {
     fn histogram_quantiles_interpolate_inside_the_bucket() {
         // 100 requests in (5, 10] ms: the p50 halfway, the p99 at 99 %
         let h = histogram(&[(7.0, 100)]);
-        assert!((histogram_quantile(&h, 0.5).unwrap() - 0.0075).abs() < 1e-12);
-        assert!((histogram_quantile(&h, 0.99).unwrap() - 0.00995).abs() < 1e-12);
+        assert!((h.quantile(0.5).unwrap() - 0.0075).abs() < 1e-12);
+        assert!((h.quantile(0.99).unwrap() - 0.00995).abs() < 1e-12);
         // 90 at 1 ms, 10 at 40 ms: the p99 is 90 % into (25, 50] ms
         let h = histogram(&[(1.0, 90), (40.0, 10)]);
-        assert!((histogram_quantile(&h, 0.99).unwrap() - 0.0475).abs() < 1e-12);
+        assert!((h.quantile(0.99).unwrap() - 0.0475).abs() < 1e-12);
         // beyond the last bound: that bound
         let h = histogram(&[(120_000.0, 5)]);
-        assert_eq!(histogram_quantile(&h, 0.99), Some(60.0));
-        assert_eq!(histogram_quantile(&histogram(&[]), 0.99), None);
+        assert_eq!(h.quantile(0.99), Some(60.0));
+        assert_eq!(histogram(&[]).quantile(0.99), None);
     }
 
     #[test]
