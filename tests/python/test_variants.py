@@ -447,7 +447,7 @@ def test_profile_over_the_wire_measures_a_running_server(tmp_path):
         out = tmp_path / "m.json"
         run = subprocess.run(
             [str(BIN), "profile", "--url", s.base, "--model", "m", "--seconds-per-point", "0.2",
-             "--output", str(out)], capture_output=True, text=True, timeout=300)
+             "--instances", "2,1", "--output", str(out)], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         p = measured_profile(out, "m", [1, 2, 4])
         # From the server's config and repository index.
@@ -455,9 +455,23 @@ def test_profile_over_the_wire_measures_a_running_server(tmp_path):
         assert p["load_time_s"] > 0 and p["memory_bytes"] > 0
         assert "p50 ms" in run.stdout and (tmp_path / "m.svg").exists()
         # Two points per batch size (one client, then two), each at least one request of
-        # that many rows, all answered by the server.
+        # that many rows, then one point of the largest batch per instance count, all
+        # answered by the server.
         after = counts()
-        assert after[0] - before[0] >= 6 and after[1] - before[1] >= 2 * (1 + 2 + 4), (before, after)
+        assert after[0] - before[0] >= 8 and after[1] - before[1] >= 2 * (1 + 2 + 4) + 2 * 4, (before, after)
+        # Each instance count set in place on the server (no reload), measured at the
+        # largest batch, and the count it ran put back.
+        scaling = p["instance_scaling"]
+        assert [i["instances"] for i in scaling] == [1, 2], scaling
+        assert all(i["batch_size"] == 4 and i["throughput_per_s"] > 0 for i in scaling), scaling
+        live = requests.get(f"{s.base}/v2/models/m/instances", timeout=10).json()
+        assert [v["count"] for v in live["versions"]] == [1], live
+        log = s.log()
+        assert log.count("instances changed in place") >= 3 and "from_instances=2" in log, log[-3000:]
+        # Not reloaded: the repository index still gives the load of before the profile.
+        index = requests.post(f"{s.base}/v2/repository/index", json={}, timeout=10).json()
+        row = next(r for r in index if r["name"] == "m" and r["state"] == "READY")
+        assert abs(row["load_duration_ms"] / 1e3 - p["load_time_s"]) < 1e-9, (row, p["load_time_s"])
         # A model the server does not have: the reason, and nothing written.
         bad = subprocess.run([str(BIN), "profile", "--url", s.base, "--model", "nope",
                               "--output", str(tmp_path / "nope.json")],

@@ -37,7 +37,7 @@ pub struct ProfileArgs {
     model_repository: Option<PathBuf>,
     /// Measure a running server over HTTP instead (`host:port` or `http://host:port`):
     /// Sluice, Triton or any KServe v2 server with Triton's config extension.
-    #[arg(long, conflicts_with_all = ["model_repository", "instances", "shape"])]
+    #[arg(long, conflicts_with_all = ["model_repository", "shape"])]
     url: Option<String>,
     /// How requests travel with `--url`.
     #[arg(long, value_enum, default_value_t = RemoteProtocol::HttpBinary, requires = "url")]
@@ -52,7 +52,9 @@ pub struct ProfileArgs {
     #[arg(long, value_delimiter = ',')]
     batch_sizes: Vec<usize>,
     /// Instance counts to measure the throughput at (the largest batch size); the
-    /// model is reloaded with each. Default: only the configured count.
+    /// model is reloaded with each (with `--url`: set in place through Sluice's
+    /// `POST v2/models/{m}/instances`, and the count it ran put back after). Default:
+    /// only the configured count.
     #[arg(long, value_delimiter = ',')]
     instances: Vec<u32>,
     /// Most requests per measured point.

@@ -6,11 +6,16 @@
 //! repository index where it gives them (Sluice does, Triton does not: then 0 and
 //! none). The figures include the network and the server's HTTP path, which the
 //! in-process profile leaves out, so they are what a client of that server sees.
+//! `--instances` sets each count in place through Sluice's `POST
+//! v2/models/{m}/instances` (no reload; Triton has no such endpoint) and puts the
+//! count the model ran before back afterwards, whether the points succeeded or not.
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::{json, Value};
-use sluice_autoscale::profile::{BatchProfile, LatencyMs, Profile, ServiceModel, PROFILE_FORMAT};
+use sluice_autoscale::profile::{
+    BatchProfile, InstanceProfile, LatencyMs, Profile, ServiceModel, PROFILE_FORMAT,
+};
 use sluice_bench::{BenchArgs, Report};
 use sluice_client::{Client, ClientConfig, Protocol};
 use sluice_core::ModelConfig;
@@ -71,38 +76,38 @@ async fn measure_async(
     let instances = u32::try_from(config.instance_count()).unwrap_or(1).max(1);
     let protocol_name = protocol.name();
     let seconds = settings.seconds_per_point.to_string();
+    let run = |rows: usize, extra: &[&str]| -> anyhow::Result<Bench> {
+        let rows = rows.to_string();
+        let mut argv = vec![
+            "profile",
+            "--url",
+            url,
+            "--model",
+            model,
+            "--protocol",
+            protocol_name,
+            "--batch-size",
+            &rows,
+            "--duration",
+            &seconds,
+            "--warmup",
+            "0.5",
+            "--quiet",
+        ];
+        argv.extend_from_slice(extra);
+        Bench::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let busy_point = |rows: usize, instances: u32| {
+        let clients = (2 * instances).to_string();
+        run(
+            rows,
+            &["--scenario", "offline", "--concurrency", clients.as_str()],
+        )
+    };
     let mut batches = Vec::with_capacity(sizes.len());
     for &b in &sizes {
-        let rows = b.to_string();
-        let run = |extra: &[&str]| -> anyhow::Result<Bench> {
-            let mut argv = vec![
-                "profile",
-                "--url",
-                url,
-                "--model",
-                model,
-                "--protocol",
-                protocol_name,
-                "--batch-size",
-                &rows,
-                "--duration",
-                &seconds,
-                "--warmup",
-                "0.5",
-                "--quiet",
-            ];
-            argv.extend_from_slice(extra);
-            Bench::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))
-        };
-        let one = point(run(&["--scenario", "single-stream"])?).await?;
-        let busy_clients = (2 * instances).to_string();
-        let busy = point(run(&[
-            "--scenario",
-            "offline",
-            "--concurrency",
-            &busy_clients,
-        ])?)
-        .await?;
+        let one = point(run(b, &["--scenario", "single-stream"])?).await?;
+        let busy = point(busy_point(b, instances)?).await?;
         let l = &one.summary.latency_ms;
         batches.push(BatchProfile {
             batch_size: b as u32,
@@ -114,6 +119,39 @@ async fn measure_async(
             },
             throughput_per_s: Some(busy.summary.samples_per_s),
         });
+    }
+    let mut instance_scaling = Vec::new();
+    if !settings.instances.is_empty() {
+        let largest = *sizes.last().unwrap_or(&1);
+        let mut counts = settings.instances.clone();
+        counts.sort_unstable();
+        counts.dedup();
+        if counts.contains(&0) {
+            bail!("--instances counts must be at least 1");
+        }
+        let running = live_count(&client, url, model).await?;
+        let measured = async {
+            for &k in &counts {
+                set_count(&client, url, model, k).await?;
+                let busy = point(busy_point(largest, k)?).await?;
+                instance_scaling.push(InstanceProfile {
+                    instances: k,
+                    batch_size: largest as u32,
+                    throughput_per_s: busy.summary.samples_per_s,
+                    latency_ms: LatencyMs {
+                        p50: busy.summary.latency_ms.p50,
+                        p90: Some(busy.summary.latency_ms.p90),
+                        p99: Some(busy.summary.latency_ms.p99),
+                        mean: Some(busy.summary.latency_ms.mean),
+                    },
+                });
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let restored = set_count(&client, url, model, running).await;
+        measured?;
+        restored.context("putting the model's instance count back")?;
     }
     Ok(Profile {
         format: PROFILE_FORMAT.to_owned(),
@@ -137,8 +175,54 @@ async fn measure_async(
         batches,
         service: ServiceModel::Lognormal,
         accuracy: config_accuracy(&config),
-        instance_scaling: Vec::new(),
+        instance_scaling,
     })
+}
+
+/// The path of Sluice's instances endpoint for `model`.
+fn instances_path(model: &str) -> String {
+    format!("v2/models/{model}/instances")
+}
+
+/// The instance count `model` runs now (its newest version's), from `GET
+/// v2/models/{m}/instances`.
+async fn live_count(client: &Client, url: &str, model: &str) -> anyhow::Result<u32> {
+    let path = instances_path(model);
+    let answer = client.json(&path, None).await.with_context(|| {
+        format!("--instances needs a Sluice server (GET {path} on {url}, to read the count)")
+    })?;
+    counts(&answer)
+        .last()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("GET {path} on {url} lists no version: {answer}"))
+}
+
+/// Sets `model`'s instance count to `count` in place and checks that every ready
+/// version runs it.
+async fn set_count(client: &Client, url: &str, model: &str, count: u32) -> anyhow::Result<()> {
+    let path = instances_path(model);
+    let answer = client
+        .json(&path, Some(&json!({ "count": count })))
+        .await
+        .with_context(|| format!("setting {count} instances (POST {path} on {url})"))?;
+    let now = counts(&answer);
+    anyhow::ensure!(
+        !now.is_empty() && now.iter().all(|&c| c == count),
+        "POST {path} on {url} asked for {count} instances, the model runs {now:?}"
+    );
+    Ok(())
+}
+
+/// The `count` of each version in an instances answer, in its order.
+fn counts(answer: &Value) -> Vec<u32> {
+    answer
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("count").and_then(Value::as_u64))
+        .map(|c| u32::try_from(c).unwrap_or(u32::MAX))
+        .collect()
 }
 
 /// The repository index's row of the newest ready version of `model`, if the server
@@ -193,5 +277,15 @@ mod tests {
         assert_eq!(row["version"], "2");
         assert!(ready_row(&index, "none").is_none());
         assert!(ready_row(&json!({"not": "a list"}), "m").is_none());
+    }
+
+    #[test]
+    fn the_counts_of_an_instances_answer_are_read_per_version() {
+        let answer = json!({"name": "m", "versions": [
+            {"version": "1", "count": 2, "intra_op_thread_count": 1},
+            {"version": "2", "count": 3},
+        ]});
+        assert_eq!(counts(&answer), vec![2, 3]);
+        assert!(counts(&json!({"error": "no"})).is_empty());
     }
 }
