@@ -68,6 +68,15 @@ input [ { name: "x", data_type: TYPE_FP32, dims: [ 10 ] } ]
 output [ { name: "p", data_type: TYPE_FP32, dims: [ 10 ] } ]
 parameters { key: "kind" value: { string_value: "softmax" } }
 """,
+    # The same softmax, told to queue every run for its instance.
+    "pp_softmax_queued": """
+backend: "sluice_postprocess"
+max_batch_size: 8
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 10 ] } ]
+output [ { name: "p", data_type: TYPE_FP32, dims: [ 10 ] } ]
+parameters { key: "kind" value: { string_value: "softmax" } }
+parameters { key: "inline" value: { string_value: "false" } }
+""",
     "pp_argmax": """
 backend: "sluice_postprocess"
 max_batch_size: 8
@@ -402,6 +411,39 @@ def test_postprocess_equals_numpy(http, grpc_client):
     m = mask[..., None]
     pooled = (h * m).sum(1) / m.sum(1)
     assert np.allclose(emb, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_postprocess_runs_inline_unless_told_to_queue_and_counts_the_same(server, http, grpc_client):
+    """A post-processing run is made on the request's own thread (no queue: its queue time is
+    exactly zero) unless `inline: false`; both answer alike and count every run."""
+    def inference_stats(model):
+        r = requests.get(f"{server.base}/v2/models/{model}/stats", timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["model_stats"][0]
+
+    before = {m: inference_stats(m) for m in ("pp_softmax", "pp_softmax_queued")}
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 10)).astype(np.float32)
+    for client, module in [(http, httpclient), (grpc_client, grpcclient)] * 3:
+        a = client.infer("pp_softmax", [array_input(module, "x", x, "FP32")]).as_numpy("p")
+        b = client.infer("pp_softmax_queued", [array_input(module, "x", x, "FP32")]).as_numpy("p")
+        assert np.array_equal(a, b)
+    after = {m: inference_stats(m) for m in ("pp_softmax", "pp_softmax_queued")}
+    for m in after:
+        s0, s1 = before[m], after[m]
+        assert s1["inference_count"] - s0["inference_count"] == 18, (m, s1)
+        assert s1["execution_count"] - s0["execution_count"] == 6, (m, s1)
+        done = s1["inference_stats"]["success"]["count"] - s0["inference_stats"]["success"]["count"]
+        assert done == 6, (m, s1)
+        runs = s1["inference_stats"]["compute_infer"]["count"] - s0["inference_stats"]["compute_infer"]["count"]
+        assert runs == 6, (m, s1)
+        queued = s1["inference_stats"]["queue"]
+        assert queued["count"] - s0["inference_stats"]["queue"]["count"] == 6, (m, s1)
+    inline_queue = after["pp_softmax"]["inference_stats"]["queue"]["ns"] - before["pp_softmax"]["inference_stats"]["queue"]["ns"]
+    queued_queue = after["pp_softmax_queued"]["inference_stats"]["queue"]["ns"] - \
+        before["pp_softmax_queued"]["inference_stats"]["queue"]["ns"]
+    assert inline_queue == 0, "an inline run never waits in a queue"
+    assert queued_queue > 0, "a queued run is handed to its instance thread"
 
 
 # --- bad input ------------------------------------------------------------------------------

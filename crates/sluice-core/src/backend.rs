@@ -52,6 +52,19 @@ impl LoadSpec<'_> {
 /// optimized plans); each instance owns its mutable run state.
 pub trait LoadedModel: Send + Sync {
     fn instance(&self, options: &InstanceOptions) -> Result<Box<dyn Instance>>;
+
+    /// A way to run this model on the caller's thread, for models whose runs are so
+    /// cheap (microseconds, no engine state) that a hand-over to an instance thread
+    /// would cost more than the run; `None` (the default) for every engine.
+    fn inline(&self) -> Option<Arc<dyn InlineRun>> {
+        None
+    }
+}
+
+/// A run with no state of its own, safe to call from any thread at once (see
+/// [`LoadedModel::inline`]). Same contract as [`Instance::run`].
+pub trait InlineRun: Send + Sync {
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
 }
 
 /// Per-instance settings.

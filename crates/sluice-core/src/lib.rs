@@ -22,7 +22,8 @@ mod signature;
 mod tensor;
 
 pub use backend::{
-    catch_panics, panic_message, Backend, Instance, InstanceOptions, LoadSpec, LoadedModel,
+    catch_panics, panic_message, Backend, InlineRun, Instance, InstanceOptions, LoadSpec,
+    LoadedModel,
 };
 pub use config::{
     limits, DynamicBatching, InstanceGroup, ModelConfig, ModelParameter, QueuePolicy, Reshape,

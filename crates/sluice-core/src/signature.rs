@@ -69,6 +69,11 @@ impl ValidRequest {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// The input tensors, owned (see [`ValidRequest::inputs`]).
+    pub fn into_inputs(self) -> Vec<Tensor> {
+        self.inputs
+    }
 }
 
 impl ModelSignature {

@@ -157,6 +157,11 @@ pub(crate) fn pick_backend(
     Ok((Arc::clone(backend), config, platform))
 }
 
+/// Requests of a model that runs inline (see `LoadedModel::inline`) with more input
+/// bytes than this are queued for its instances: 1 MiB, a softmax over 262,144
+/// floats, well under a millisecond, so an async worker is never held for long.
+pub(crate) const INLINE_MAX_BYTES: usize = 1 << 20;
+
 /// Loads one version: engine, instances, pool, warmup. Ready only when all succeeded.
 pub(crate) fn load_version(
     cx: &BuildContext<'_>,
@@ -197,6 +202,13 @@ pub(crate) fn load_version(
     let signature =
         Arc::new(ModelSignature::from_config(config).with_bytes_content(backend.bytes_content()));
     let pool = InstancePool::start_with_threads(scheduler, instances, intra_op_threads)?;
+    let pool = match factory.inline() {
+        Some(run) => {
+            tracing::debug!(model = %source.name, "small requests run inline");
+            pool.with_inline(run, INLINE_MAX_BYTES)
+        }
+        None => pool,
+    };
     crate::seed::from_profile(&pool, model_dir, &source.name, version.version);
     run_warmup(config, &signature, &pool, model_dir)?;
     let rss_after = crate::process::resident_bytes(None);

@@ -19,16 +19,18 @@ use std::path::Path;
 
 use sluice_core::{Error, Instance, Result, Tensor};
 
+/// Whether `dir` holds a named pipe named `model`: the model's runs are gated.
+pub(crate) fn exists(dir: &Path, model: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(dir.join(model)).is_ok_and(|m| m.file_type().is_fifo())
+}
+
 /// Opens the gate of `model` in `dir`, if the folder holds a named pipe of that name.
 pub(crate) fn open(dir: &Path, model: &str) -> Result<Option<File>> {
-    use std::os::unix::fs::FileTypeExt;
-    let path = dir.join(model);
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return Ok(None);
-    };
-    if !meta.file_type().is_fifo() {
+    if !exists(dir, model) {
         return Ok(None);
     }
+    let path = dir.join(model);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

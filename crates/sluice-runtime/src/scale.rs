@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use sluice_autoscale::budget::{self, BudgetConfig, BudgetState, ModelObservation, Observations};
 use sluice_core::{
-    limits, Error, Instance, InstanceOptions, LoadedModel, ModelConfig, ReshapePlan, Result,
+    limits, Error, InlineRun, Instance, InstanceOptions, LoadedModel, ModelConfig, ReshapePlan,
+    Result,
 };
 
 use crate::build::{Served, VersionSlot};
@@ -83,6 +84,23 @@ impl Factory {
                 None => instance,
             },
         })
+    }
+}
+
+impl Factory {
+    /// The model's run on the caller's thread, when its engine offers one and nothing
+    /// wraps its instances (a reshape, or a test's execution gate, which must hold
+    /// every run).
+    pub(crate) fn inline(&self) -> Option<Arc<dyn InlineRun>> {
+        if self.reshape.is_some() {
+            return None;
+        }
+        if let Some((dir, name)) = &self.gate {
+            if crate::gate::exists(dir, name) {
+                return None;
+            }
+        }
+        self.model.inline()
     }
 }
 

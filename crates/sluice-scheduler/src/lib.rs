@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sluice_core::{Error, ErrorKind, Instance, Result, Tensor, ValidRequest};
+use sluice_core::{Error, ErrorKind, InlineRun, Instance, Result, Tensor, ValidRequest};
 use tokio::sync::oneshot;
 
 pub use config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
@@ -149,6 +149,15 @@ pub struct InstanceCounts {
 pub struct InstancePool {
     shared: Arc<Shared>,
     workers: Mutex<Workers>,
+    inline: Option<Inline>,
+}
+
+/// Runs of a model cheap enough to make on the caller's thread (see
+/// [`InstancePool::with_inline`]).
+struct Inline {
+    run: Arc<dyn InlineRun>,
+    /// Requests of more input bytes than this are queued as usual.
+    max_bytes: usize,
 }
 
 impl InstancePool {
@@ -183,9 +192,27 @@ impl InstancePool {
         let pool = InstancePool {
             shared,
             workers: Mutex::new(Workers::default()),
+            inline: None,
         };
         pool.add(instances, threads)?;
         Ok(pool)
+    }
+
+    /// Runs requests of at most `max_bytes` input bytes with `run` on the caller's
+    /// thread instead of queueing them for an instance: no queue, no batch, no
+    /// hand-over between threads (two wake-ups that cost more than a run of a
+    /// microsecond step such as a softmax). Such a run is counted in the statistics
+    /// as a batch of one that waited no time; larger requests still queue, so a big
+    /// tensor never holds the caller's (async) thread for long.
+    #[must_use]
+    pub fn with_inline(mut self, run: Arc<dyn InlineRun>, max_bytes: usize) -> InstancePool {
+        self.inline = Some(Inline { run, max_bytes });
+        self
+    }
+
+    /// Whether requests of `bytes` input bytes run on the caller's thread.
+    pub fn runs_inline(&self, bytes: usize) -> bool {
+        self.inline.as_ref().is_some_and(|i| bytes <= i.max_bytes)
     }
 
     fn workers(&self) -> MutexGuard<'_, Workers> {
@@ -309,16 +336,42 @@ impl InstancePool {
     /// deadline that cannot be met is answered at once.
     pub async fn infer(&self, request: ValidRequest, options: JobOptions) -> Result<Vec<Tensor>> {
         let tracker = Tracker::start(&self.shared.stats);
-        let result = self.queue_and_wait(request, options).await;
-        tracker.finish(match &result {
-            Ok(_) => Outcome::Success,
-            Err(e) => match e.kind() {
-                ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
-                ErrorKind::DeadlineExceeded => Outcome::Timeout,
-                ErrorKind::InvalidArgument => Outcome::Invalid,
-                _ => Outcome::Backend,
-            },
-        });
+        let bytes: usize = request.inputs().iter().map(|t| t.data.len()).sum();
+        let result = match &self.inline {
+            Some(inline) if bytes <= inline.max_bytes => self.run_inline(&*inline.run, request),
+            _ => self.queue_and_wait(request, options).await,
+        };
+        tracker.finish(outcome_of(&result));
+        result
+    }
+
+    /// One run on the caller's thread (see [`InstancePool::with_inline`]).
+    fn run_inline(&self, run: &dyn InlineRun, request: ValidRequest) -> Result<Vec<Tensor>> {
+        if self.shared.lock().is_closing() {
+            return Err(Error::unavailable(format!(
+                "model {} is shutting down",
+                self.shared.label
+            )));
+        }
+        let rows = request.rows();
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| run.run(request.into_inputs())))
+            .unwrap_or_else(|_| {
+                Err(Error::internal(
+                    "the engine panicked while running this request",
+                ))
+            });
+        let took = started.elapsed();
+        // Learned like a queued run's, for predictions and `latency_estimate`.
+        self.shared.lock().record(rows, took);
+        self.shared.stats.record_run(
+            rows,
+            &[Duration::ZERO],
+            [Duration::ZERO, took, Duration::ZERO],
+        );
+        if let Err(error) = &result {
+            tracing::warn!(model = %self.shared.label, %error, "inline run failed");
+        }
         result
     }
 
@@ -505,6 +558,19 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>, stop: &Atomic
                 }
             }
         }
+    }
+}
+
+/// The statistics' outcome of a request's result.
+fn outcome_of(result: &Result<Vec<Tensor>>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => match e.kind() {
+            ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
+            ErrorKind::DeadlineExceeded => Outcome::Timeout,
+            ErrorKind::InvalidArgument => Outcome::Invalid,
+            _ => Outcome::Backend,
+        },
     }
 }
 

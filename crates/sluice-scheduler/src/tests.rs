@@ -33,27 +33,32 @@ impl Instance for Doubler {
         } else {
             std::thread::sleep(self.sleep);
         }
-        let values: Vec<f32> = x
-            .data
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
         self.runs.lock().unwrap().push(x.rows());
-        assert!(!values.iter().any(|v| v.is_nan()), "NaN input");
-        if values.iter().any(|v| *v < 0.0) {
-            return Err(Error::internal("negative input"));
-        }
-        let data: Vec<u8> = values
-            .iter()
-            .flat_map(|v| (v * 2.0).to_le_bytes())
-            .collect();
-        Ok(vec![Tensor::new(
-            "y",
-            DataType::F32,
-            x.shape.clone(),
-            Bytes::from(data),
-        )?])
+        double(x)
     }
+}
+
+/// The doubling of [`Doubler`]: fails on a negative value, panics on NaN.
+fn double(x: &Tensor) -> Result<Vec<Tensor>> {
+    let values: Vec<f32> = x
+        .data
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(!values.iter().any(|v| v.is_nan()), "NaN input");
+    if values.iter().any(|v| *v < 0.0) {
+        return Err(Error::internal("negative input"));
+    }
+    let data: Vec<u8> = values
+        .iter()
+        .flat_map(|v| (v * 2.0).to_le_bytes())
+        .collect();
+    Ok(vec![Tensor::new(
+        "y",
+        DataType::F32,
+        x.shape.clone(),
+        Bytes::from(data),
+    )?])
 }
 
 /// A request of `values.len()` rows for the echo model (`x` → `y`, one f32 per row),
@@ -364,6 +369,7 @@ async fn shutdown_runs_what_is_queued() {
     let pool_ref: &'static InstancePool = Box::leak(Box::new(InstancePool {
         shared: Arc::clone(&pool.shared),
         workers: Mutex::default(),
+        inline: None,
     }));
     let pending = tokio::spawn(pool_ref.infer(request(&[5.0]), NO_OPTIONS));
     wait_for(|| pool.queue_len() == 1).await;
@@ -446,4 +452,76 @@ async fn instances_join_and_retire_without_dropping_requests() {
     // The one left serves on.
     assert!(pool.infer(request(&[4.0]), NO_OPTIONS).await.is_ok());
     assert_eq!(pool.retire(1, None), 0);
+}
+
+/// [`double`] as an inline run that notes the thread of each call.
+#[derive(Default)]
+struct InlineDoubler {
+    threads: Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl sluice_core::InlineRun for InlineDoubler {
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        double(&inputs[0])
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn small_requests_run_inline_on_the_callers_thread_and_large_ones_queue() {
+    // The only instance is held by the gate: a request that queued would not be
+    // answered until the test opens it.
+    let (open, gate) = std::sync::mpsc::channel();
+    let (pool, probe) = pool(8, Some(gate));
+    let inline = Arc::new(InlineDoubler::default());
+    // Two f32s (8 bytes) run inline; three (12 bytes) do not.
+    let pool = pool.with_inline(Arc::clone(&inline) as Arc<dyn sluice_core::InlineRun>, 8);
+    assert!(pool.runs_inline(8) && !pool.runs_inline(9));
+    let out = pool.infer(request(&[1.0, 2.5]), NO_OPTIONS).await.unwrap();
+    assert_eq!(values(&out[0]), vec![2.0, 5.0]);
+    assert_eq!(
+        *inline.threads.lock().unwrap(),
+        vec![std::thread::current().id()]
+    );
+    // Errors and panics of an inline run are errors, counted as the queued ones are.
+    let err = pool.infer(request(&[-1.0]), NO_OPTIONS).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    let err = pool
+        .infer(request(&[f32::NAN]), NO_OPTIONS)
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("panicked"), "{err}");
+    assert_eq!(probe.entered.load(Ordering::SeqCst), 0, "no instance ran");
+    let stats = pool.stats();
+    assert_eq!(stats.outcome(Outcome::Success), 1);
+    assert_eq!(stats.outcome(Outcome::Backend), 2);
+    assert_eq!(stats.executions.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.inferences.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        stats.queue.get(),
+        (3, 0),
+        "a batch of one that waited no time"
+    );
+    assert!(
+        pool.latency_estimate(2).is_some(),
+        "learned as a queued run is"
+    );
+    assert_eq!(stats.in_flight(), 0);
+    // A larger request goes to the instance, and waits for it.
+    let large = pool.infer(request(&[1.0, 2.0, 3.0]), NO_OPTIONS);
+    tokio::pin!(large);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut large)
+            .await
+            .is_err(),
+        "a queued request is not answered while its instance is held"
+    );
+    open.send(()).unwrap();
+    let out = large.await.unwrap();
+    assert_eq!(values(&out[0]), vec![2.0, 4.0, 6.0]);
+    assert_eq!(probe.entered.load(Ordering::SeqCst), 1);
+    assert_eq!(inline.threads.lock().unwrap().len(), 3);
 }
