@@ -85,9 +85,7 @@ impl Factory {
             },
         })
     }
-}
 
-impl Factory {
     /// The model's run on the caller's thread, when its engine offers one and nothing
     /// wraps its instances (a reshape, or a test's execution gate, which must hold
     /// every run).

@@ -336,9 +336,9 @@ impl InstancePool {
     /// deadline that cannot be met is answered at once.
     pub async fn infer(&self, request: ValidRequest, options: JobOptions) -> Result<Vec<Tensor>> {
         let tracker = Tracker::start(&self.shared.stats);
-        let bytes: usize = request.inputs().iter().map(|t| t.data.len()).sum();
+        let bytes = || request.inputs().iter().map(|t| t.data.len()).sum::<usize>();
         let result = match &self.inline {
-            Some(inline) if bytes <= inline.max_bytes => self.run_inline(&*inline.run, request),
+            Some(inline) if bytes() <= inline.max_bytes => self.run_inline(&*inline.run, request),
             _ => self.queue_and_wait(request, options).await,
         };
         tracker.finish(outcome_of(&result));

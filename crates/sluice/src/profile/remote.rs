@@ -108,15 +108,9 @@ async fn measure_async(
     for &b in &sizes {
         let one = point(run(b, &["--scenario", "single-stream"])?).await?;
         let busy = point(busy_point(b, instances)?).await?;
-        let l = &one.summary.latency_ms;
         batches.push(BatchProfile {
             batch_size: b as u32,
-            latency_ms: LatencyMs {
-                p50: l.p50,
-                p90: Some(l.p90),
-                p99: Some(l.p99),
-                mean: Some(l.mean),
-            },
+            latency_ms: latency(&one),
             throughput_per_s: Some(busy.summary.samples_per_s),
         });
     }
@@ -138,12 +132,7 @@ async fn measure_async(
                     instances: k,
                     batch_size: largest as u32,
                     throughput_per_s: busy.summary.samples_per_s,
-                    latency_ms: LatencyMs {
-                        p50: busy.summary.latency_ms.p50,
-                        p90: Some(busy.summary.latency_ms.p90),
-                        p99: Some(busy.summary.latency_ms.p99),
-                        mean: Some(busy.summary.latency_ms.mean),
-                    },
+                    latency_ms: latency(&busy),
                 });
             }
             anyhow::Ok(())
@@ -179,13 +168,24 @@ async fn measure_async(
     })
 }
 
+/// A run's request latency as a profile's quantiles.
+fn latency(run: &sluice_bench::RunResult) -> LatencyMs {
+    let l = &run.summary.latency_ms;
+    LatencyMs {
+        p50: l.p50,
+        p90: Some(l.p90),
+        p99: Some(l.p99),
+        mean: Some(l.mean),
+    }
+}
+
 /// The path of Sluice's instances endpoint for `model`.
 fn instances_path(model: &str) -> String {
     format!("v2/models/{model}/instances")
 }
 
-/// The instance count `model` runs now (its newest version's), from `GET
-/// v2/models/{m}/instances`.
+/// The instance count `model` runs now (of the last version the answer lists), from
+/// `GET v2/models/{m}/instances`.
 async fn live_count(client: &Client, url: &str, model: &str) -> anyhow::Result<u32> {
     let path = instances_path(model);
     let answer = client.json(&path, None).await.with_context(|| {
