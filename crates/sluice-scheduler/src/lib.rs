@@ -341,7 +341,7 @@ impl InstancePool {
             Some(inline) if bytes() <= inline.max_bytes => self.run_inline(&*inline.run, request),
             _ => self.queue_and_wait(request, options).await,
         };
-        tracker.finish(outcome_of(&result));
+        tracker.finish(Outcome::of(&result));
         result
     }
 
@@ -558,19 +558,6 @@ fn instance_loop(shared: &Shared, mut instance: Box<dyn Instance>, stop: &Atomic
                 }
             }
         }
-    }
-}
-
-/// The statistics' outcome of a request's result.
-fn outcome_of(result: &Result<Vec<Tensor>>) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Success,
-        Err(e) => match e.kind() {
-            ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
-            ErrorKind::DeadlineExceeded => Outcome::Timeout,
-            ErrorKind::InvalidArgument => Outcome::Invalid,
-            _ => Outcome::Backend,
-        },
     }
 }
 

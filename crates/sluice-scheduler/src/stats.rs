@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sluice_core::ErrorKind;
+
 /// Upper bounds, in seconds, of the latency histograms' buckets (the last bucket,
 /// `+Inf`, is implicit): 50 µs to 60 s, about 2.5× apart.
 pub const LATENCY_BUCKETS: [f64; 19] = [
@@ -34,6 +36,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a request that ended with `result` (an error by its kind).
+    pub fn of<T>(result: &sluice_core::Result<T>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(e) => match e.kind() {
+                ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
+                ErrorKind::DeadlineExceeded => Outcome::Timeout,
+                ErrorKind::InvalidArgument => Outcome::Invalid,
+                _ => Outcome::Backend,
+            },
+        }
+    }
+
     pub const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Rejected,

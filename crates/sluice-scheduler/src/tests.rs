@@ -135,6 +135,17 @@ const NO_OPTIONS: JobOptions = JobOptions {
     timeout: None,
 };
 
+/// A negative value fails the engine and a NaN panics it: both are errors to the caller.
+async fn assert_failures_are_errors(pool: &InstancePool) {
+    let err = pool.infer(request(&[-1.0]), NO_OPTIONS).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    let err = pool
+        .infer(request(&[f32::NAN]), NO_OPTIONS)
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("panicked"), "{err}");
+}
+
 #[tokio::test]
 async fn answers_each_request_with_its_outputs() {
     let (pool, _) = pool(4, None);
@@ -146,13 +157,7 @@ async fn answers_each_request_with_its_outputs() {
 #[tokio::test]
 async fn engine_errors_and_panics_become_errors_and_the_pool_keeps_serving() {
     let (pool, _) = pool(4, None);
-    let err = pool.infer(request(&[-1.0]), NO_OPTIONS).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Internal);
-    let err = pool
-        .infer(request(&[f32::NAN]), NO_OPTIONS)
-        .await
-        .unwrap_err();
-    assert!(err.message().contains("panicked"), "{err}");
+    assert_failures_are_errors(&pool).await;
     assert!(pool.infer(request(&[3.0]), NO_OPTIONS).await.is_ok());
     let stats = pool.stats();
     assert_eq!(stats.outcome(Outcome::Backend), 2);
@@ -487,13 +492,7 @@ async fn small_requests_run_inline_on_the_callers_thread_and_large_ones_queue() 
         vec![std::thread::current().id()]
     );
     // Errors and panics of an inline run are errors, counted as the queued ones are.
-    let err = pool.infer(request(&[-1.0]), NO_OPTIONS).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Internal);
-    let err = pool
-        .infer(request(&[f32::NAN]), NO_OPTIONS)
-        .await
-        .unwrap_err();
-    assert!(err.message().contains("panicked"), "{err}");
+    assert_failures_are_errors(&pool).await;
     assert_eq!(probe.entered.load(Ordering::SeqCst), 0, "no instance ran");
     let stats = pool.stats();
     assert_eq!(stats.outcome(Outcome::Success), 1);

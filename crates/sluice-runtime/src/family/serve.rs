@@ -138,7 +138,7 @@ impl Runtime {
                 .unwrap_or_else(PoisonError::into_inner)
                 .observe(predicted, took, Instant::now());
         }
-        in_flight.finish(outcome(&result));
+        in_flight.finish(Outcome::of(&result));
         let mut response = result?;
         family.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
         response.answered_by = Some(AnsweredBy {
@@ -146,18 +146,6 @@ impl Runtime {
             version: std::mem::replace(&mut response.model_version, VERSION),
         });
         Ok(response)
-    }
-}
-
-fn outcome<T>(result: &Result<T>) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Success,
-        Err(e) => match e.kind() {
-            ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
-            ErrorKind::DeadlineExceeded => Outcome::Timeout,
-            ErrorKind::InvalidArgument => Outcome::Invalid,
-            _ => Outcome::Backend,
-        },
     }
 }
 
