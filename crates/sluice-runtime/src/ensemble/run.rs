@@ -206,16 +206,28 @@ impl Ensemble {
     ) -> Result<Vec<Tensor>> {
         let mut tracker = self.graph.tracker();
         let mut running = FuturesUnordered::new();
-        for step in tracker.initial() {
-            running.push(self.step(runtime, step, self.request(step, &tensors, job)?));
-        }
-        while let Some((step, result)) = running.next().await {
+        let mut ready = tracker.initial();
+        loop {
+            let (step, result) = match (ready.len(), running.is_empty()) {
+                (0, true) => break,
+                // The only step that can run (a chain's usual case): awaited here, with
+                // no task of its own in the set of running steps.
+                (1, true) => {
+                    let step = ready.pop().expect("one ready step");
+                    self.step(runtime, step, self.request(step, &tensors, job)?)
+                        .await
+                }
+                _ => {
+                    for step in ready.drain(..) {
+                        running.push(self.step(runtime, step, self.request(step, &tensors, job)?));
+                    }
+                    running.next().await.expect("a step is running")
+                }
+            };
             for (name, tensor) in result? {
                 tensors.insert(name, tensor);
             }
-            for next in tracker.complete(step) {
-                running.push(self.step(runtime, next, self.request(next, &tensors, job)?));
-            }
+            ready.extend(tracker.complete(step));
         }
         self.outputs
             .iter()
