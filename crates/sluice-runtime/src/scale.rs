@@ -430,8 +430,7 @@ impl Controller {
             .map(|u| {
                 let pool = &u.served.pool;
                 let stats = pool.stats();
-                let arrivals =
-                    Outcome::ALL.iter().map(|&o| stats.outcome(o)).sum::<u64>() + stats.in_flight();
+                let arrivals = stats.ended() + stats.in_flight();
                 // Throughput counts the work done: a quick refusal is not an answer.
                 let answered = stats.outcome(Outcome::Success);
                 let misses =

@@ -311,6 +311,11 @@ impl PoolStats {
         self.outcomes[outcome.index()].load(Ordering::Relaxed)
     }
 
+    /// Requests that ended, of every outcome.
+    pub fn ended(&self) -> u64 {
+        Outcome::ALL.iter().map(|&o| self.outcome(o)).sum()
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }

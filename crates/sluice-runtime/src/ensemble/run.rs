@@ -99,18 +99,13 @@ impl<'a> Counted<'a> {
 
     fn finish(mut self, result: &Result<Vec<Tensor>>, rows: usize) {
         self.done = true;
+        if result.is_ok() {
+            self.stats.record_forwarded_run(rows);
+        }
+        // A step's `Cancelled` (its client left) is the ensemble's too.
         let outcome = match result {
-            Ok(_) => {
-                self.stats.record_forwarded_run(rows);
-                Outcome::Success
-            }
-            Err(e) => match e.kind() {
-                ErrorKind::ResourceExhausted | ErrorKind::Unavailable => Outcome::Rejected,
-                ErrorKind::DeadlineExceeded => Outcome::Timeout,
-                ErrorKind::InvalidArgument => Outcome::Invalid,
-                ErrorKind::Cancelled => Outcome::Cancelled,
-                _ => Outcome::Backend,
-            },
+            Err(e) if e.kind() == ErrorKind::Cancelled => Outcome::Cancelled,
+            _ => Outcome::of(result),
         };
         self.stats.finish(outcome, self.arrived.elapsed());
     }

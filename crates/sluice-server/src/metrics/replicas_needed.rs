@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use sluice_autoscale::policy::slo::{self, SloConfig, SloParams, SloState};
 use sluice_autoscale::policy::Observation;
 use sluice_autoscale::profile::{BatchProfile, LatencyMs, Profile, ServiceModel, PROFILE_FORMAT};
-use sluice_runtime::{HistogramSnapshot, Outcome, VersionStats};
+use sluice_runtime::{HistogramSnapshot, VersionStats};
 
 use super::Writer;
 
@@ -81,8 +81,7 @@ impl Inputs {
                 Some(all) => all.merge(&h),
             }
             let s = &v.stats;
-            let answered: u64 = Outcome::ALL.iter().map(|&o| s.outcome(o)).sum();
-            i.arrived += answered + s.in_flight();
+            i.arrived += s.ended() + s.in_flight();
             i.queued += v.queue_len as u64;
             for (rows, b) in s.batch_stats() {
                 let (runs, infer) = b.compute_infer.get();
