@@ -9,12 +9,13 @@ import threading
 LISTEN = re.compile(r"(HTTP|gRPC|metrics) server listening on [^:\s]+:(\d+)")
 
 
-def start(binary, repository, *extra, cpus="0", prefix=()):
+def start(binary, repository, *extra, cpus="0", prefix=(), ort="off"):
     """Starts `binary serve` on `repository`; returns (process, {"HTTP": port, ...}) once
     the HTTP port is known (gRPC and metrics, when on, are logged before it). `prefix`:
-    a command that execs the server (e.g. `chrt -f 10`), so the process is still it."""
+    a command that execs the server (e.g. `chrt -f 10`), so the process is still it.
+    `ort`: the server's `--ort-library` (off: every model on tract)."""
     args = [*prefix, "taskset", "-c", cpus, str(binary), "serve", "--model-repository", str(repository),
-            "--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--ort-library", "off",
+            "--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--ort-library", ort,
             "--log", "warn,sluice=info", *extra]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ports = {}

@@ -3,6 +3,7 @@
 //! throughput per instance count (the model reloaded with each count).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +25,27 @@ pub struct Settings {
     pub seconds_per_point: f64,
     /// Dims (without the batch dimension) for inputs with variable dimensions.
     pub shapes: HashMap<String, Vec<usize>>,
+    /// Inputs whose values come from `.npy` files instead of random data.
+    pub files: HashMap<String, PathBuf>,
     pub hardware_class: String,
 }
 
 /// Fewest requests per measured point, whatever the time.
 const MIN_REQUESTS: usize = 5;
+
+/// Parses `NAME=FILE` flags.
+pub fn parse_files(flags: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
+    flags
+        .iter()
+        .map(|f| {
+            let (name, path) = f
+                .split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .with_context(|| format!("--input {f}: expected NAME=FILE.npy"))?;
+            Ok((name.to_owned(), PathBuf::from(path)))
+        })
+        .collect()
+}
 
 /// Parses `NAME=D1,D2` flags.
 pub fn parse_shapes(flags: &[String]) -> anyhow::Result<HashMap<String, Vec<usize>>> {
@@ -91,7 +108,7 @@ pub fn measure(runtime: &Runtime, model: &str, settings: &Settings) -> anyhow::R
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let template = Template::new(&config, &settings.shapes)?;
+    let template = Template::new(&config, &settings.shapes, &settings.files)?;
     let mut batches = Vec::with_capacity(sizes.len());
     for &b in &sizes {
         let request = template.request(b)?;
@@ -216,18 +233,43 @@ fn stated_accuracy(runtime: &Runtime, model: &str, config: &ModelConfig) -> Opti
     })
 }
 
-/// Inputs of the model with random data, for any batch size.
+/// Inputs of the model, for any batch size: random data, or the rows of a file.
 struct Template {
     batching: bool,
     inputs: Vec<(String, sluice_core::DataType, Vec<usize>)>,
+    /// The rows (batching) or the whole tensor (not batching) of the inputs given as
+    /// files, by input name.
+    files: HashMap<String, Vec<bytes::Bytes>>,
 }
 
 impl Template {
-    fn new(config: &ModelConfig, shapes: &HashMap<String, Vec<usize>>) -> anyhow::Result<Template> {
+    fn new(
+        config: &ModelConfig,
+        shapes: &HashMap<String, Vec<usize>>,
+        files: &HashMap<String, PathBuf>,
+    ) -> anyhow::Result<Template> {
+        let batching = config.max_batch_size > 0;
+        if let Some(name) = files
+            .keys()
+            .chain(shapes.keys())
+            .find(|n| !config.input.iter().any(|t| &t.name == *n))
+        {
+            let names: Vec<&str> = config.input.iter().map(|t| t.name.as_str()).collect();
+            bail!(
+                "the model has no input '{name}' (inputs: {})",
+                names.join(", ")
+            );
+        }
+        let mut rows = HashMap::new();
         let inputs = config
             .input
             .iter()
             .map(|t| {
+                if let Some(path) = files.get(&t.name) {
+                    let (dims, data) = file_rows(&t.name, t.data_type, &t.dims, batching, path)?;
+                    rows.insert(t.name.clone(), data);
+                    return Ok((t.name.clone(), t.data_type, dims));
+                }
                 let dims = match shapes.get(&t.name) {
                     Some(d) => d.clone(),
                     None => t
@@ -236,9 +278,10 @@ impl Template {
                         .map(|&d| {
                             usize::try_from(d).map_err(|_| {
                                 anyhow::anyhow!(
-                                    "input {} has a variable dimension ({:?}): give --shape {}=D1,D2,...",
+                                    "input {} has a variable dimension ({:?}): give --shape {}=D1,D2,... or --input {}=FILE.npy",
                                     t.name,
                                     t.dims,
+                                    t.name,
                                     t.name
                                 )
                             })
@@ -249,8 +292,9 @@ impl Template {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Template {
-            batching: config.max_batch_size > 0,
+            batching,
             inputs,
+            files: rows,
         })
     }
 
@@ -265,10 +309,19 @@ impl Template {
                 } else {
                     dims.clone()
                 };
-                let count = shape.iter().product();
-                let data = random_data(*dt, count, &mut rng)?;
-                Tensor::new(name.clone(), *dt, shape, data.into())
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+                let data: bytes::Bytes = match self.files.get(name) {
+                    // A batch of `rows` takes the file's rows in turn.
+                    Some(file) if self.batching => {
+                        let mut out = Vec::with_capacity(rows * file[0].len());
+                        for row in file.iter().cycle().take(rows) {
+                            out.extend_from_slice(row);
+                        }
+                        out.into()
+                    }
+                    Some(file) => file[0].clone(),
+                    None => random_data(*dt, shape.iter().product(), &mut rng)?.into(),
+                };
+                Tensor::new(name.clone(), *dt, shape, data).map_err(|e| anyhow::anyhow!("{e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(InferRequest {
@@ -276,6 +329,59 @@ impl Template {
             ..InferRequest::default()
         })
     }
+}
+
+/// The dims (without the batch dimension when `batching`) and the rows of the `.npy`
+/// file given for the input `name` (one "row", the whole tensor, when not batching),
+/// checked against the input's config: its datatype, and every fixed dimension.
+fn file_rows(
+    name: &str,
+    datatype: sluice_core::DataType,
+    config_dims: &[i64],
+    batching: bool,
+    path: &std::path::Path,
+) -> anyhow::Result<(Vec<usize>, Vec<bytes::Bytes>)> {
+    let (dt, shape, data) = sluice_client::read_npy(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if dt != datatype {
+        bail!(
+            "--input {name}: {} holds {} values, the input is {}",
+            path.display(),
+            dt.v2_name(),
+            datatype.v2_name()
+        );
+    }
+    let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let (count, dims) = match (batching, shape.split_first()) {
+        (true, Some((&n, rest))) => (n, rest.to_vec()),
+        (true, None) => bail!(
+            "--input {name}: {} is a scalar; the model batches, so its first dimension must be the rows",
+            path.display()
+        ),
+        (false, _) => (1, shape),
+    };
+    let fits = dims.len() == config_dims.len()
+        && dims
+            .iter()
+            .zip(config_dims)
+            .all(|(&d, &c)| c < 0 || d as i64 == c);
+    if !fits || count == 0 {
+        bail!(
+            "--input {name}: {} has shape {:?}; the input takes {}{:?} (-1: any)",
+            path.display(),
+            if batching {
+                std::iter::once(count).chain(dims).collect()
+            } else {
+                dims
+            },
+            if batching { "rows of " } else { "" },
+            config_dims
+        );
+    }
+    let row = data.len() / count;
+    let rows = (0..count)
+        .map(|i| data.slice(i * row..(i + 1) * row))
+        .collect();
+    Ok((dims, rows))
 }
 
 /// `count` random elements: floats uniform in [0, 1) (half floats: zeros), integers

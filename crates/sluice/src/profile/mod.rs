@@ -37,7 +37,7 @@ pub struct ProfileArgs {
     model_repository: Option<PathBuf>,
     /// Measure a running server over HTTP instead (`host:port` or `http://host:port`):
     /// Sluice, Triton or any KServe v2 server with Triton's config extension.
-    #[arg(long, conflicts_with_all = ["model_repository", "shape"])]
+    #[arg(long, conflicts_with_all = ["model_repository", "shape", "input"])]
     url: Option<String>,
     /// How requests travel with `--url`.
     #[arg(long, value_enum, default_value_t = RemoteProtocol::HttpBinary, requires = "url")]
@@ -66,6 +66,12 @@ pub struct ProfileArgs {
     /// A variable input dimension: `NAME=D1,D2` (excluding the batch dimension).
     #[arg(long)]
     shape: Vec<String>,
+    /// An input's values from a `.npy` file: `NAME=FILE` (repeatable). For a model
+    /// that batches, the file's first dimension is its rows and a request of B rows
+    /// takes them in turn; the other dimensions fix the input's shape. For inputs
+    /// that random values would make invalid: token ids, type ids, indices.
+    #[arg(long)]
+    input: Vec<String>,
     /// Where to write the profile: a file (one model) or a folder (several). Default:
     /// `profile.json` in each model's folder, where the server reads it (with `--url`:
     /// `<model>.profile.json` in the current folder).
@@ -112,6 +118,7 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         max_requests: args.requests,
         seconds_per_point: args.seconds_per_point,
         shapes: measure::parse_shapes(&args.shape)?,
+        files: measure::parse_files(&args.input)?,
         hardware_class: args.hardware_class.clone(),
     };
     let mut profiles = Vec::new();

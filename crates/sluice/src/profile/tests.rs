@@ -48,7 +48,83 @@ impl Instance for SleepyInstance {
     }
 }
 
+/// Refuses any `ids` value but 0 and 1 (as a model with a vocabulary of 2, e.g. a
+/// transformer's token type ids, refuses the random values the profiler sends
+/// otherwise); keeps the rows of the last run it saw.
+struct Picky;
+
+static PICKY_ROWS: std::sync::Mutex<Vec<Vec<i64>>> = std::sync::Mutex::new(Vec::new());
+
+impl Backend for Picky {
+    fn name(&self) -> &'static str {
+        "picky"
+    }
+    fn load(&self, _spec: &LoadSpec<'_>) -> CoreResult<Arc<dyn LoadedModel>> {
+        Ok(Arc::new(Picky))
+    }
+}
+
+impl LoadedModel for Picky {
+    fn instance(&self, _options: &InstanceOptions) -> CoreResult<Box<dyn Instance>> {
+        Ok(Box::new(Picky))
+    }
+}
+
+impl Instance for Picky {
+    fn run(&mut self, inputs: Vec<Tensor>) -> CoreResult<Vec<Tensor>> {
+        let t = &inputs[0];
+        let values: Vec<i64> = t
+            .data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        if let Some(v) = values.iter().find(|v| !matches!(v, 0 | 1)) {
+            return Err(sluice_core::Error::invalid(format!(
+                "ids: {v} is out of range"
+            )));
+        }
+        *PICKY_ROWS.lock().unwrap() = values.chunks(t.shape[1]).map(<[i64]>::to_vec).collect();
+        Ok(vec![Tensor {
+            name: "y".into(),
+            ..t.clone()
+        }])
+    }
+}
+
+/// A version 1.0 `.npy` file of little-endian int64 values.
+fn write_npy_i64(path: &Path, shape: &[usize], values: &[i64]) {
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
+    let mut header = format!(
+        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(" ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
 fn repository(dir: &Path) {
+    let picky = dir.join("picky");
+    std::fs::create_dir_all(picky.join("1")).unwrap();
+    std::fs::write(picky.join("1").join("model.onnx"), b"not read").unwrap();
+    std::fs::write(
+        picky.join("config.pbtxt"),
+        r#"name: "picky"
+backend: "picky"
+max_batch_size: 4
+input [{ name: "ids" data_type: TYPE_INT64 dims: [-1] }]
+output [{ name: "y" data_type: TYPE_INT64 dims: [-1] }]
+"#,
+    )
+    .unwrap();
     let model = dir.join("sleepy");
     std::fs::create_dir_all(model.join("1")).unwrap();
     std::fs::write(model.join("1").join("model.onnx"), b"not read").unwrap();
@@ -83,7 +159,9 @@ fn runtime(dir: &Path) -> sluice_runtime::Runtime {
     };
     sluice_runtime::Runtime::start(
         config,
-        sluice_runtime::Backends::new().with(Arc::new(Sleepy)),
+        sluice_runtime::Backends::new()
+            .with(Arc::new(Sleepy))
+            .with(Arc::new(Picky)),
     )
     .unwrap()
 }
@@ -110,6 +188,7 @@ fn a_model_of_known_latency_is_profiled_within_tolerance_and_round_trips() {
         max_requests: 12,
         seconds_per_point: 0.05,
         shapes: Default::default(),
+        files: Default::default(),
         hardware_class: "test".into(),
     };
     let p = measure(&rt, "sleepy", &settings).unwrap();
@@ -167,4 +246,76 @@ fn a_model_of_known_latency_is_profiled_within_tolerance_and_round_trips() {
         table.contains("rows/s") && table.contains("instances"),
         "{table}"
     );
+}
+
+#[test]
+fn inputs_from_files_are_sent_row_by_row_in_turn_and_checked_against_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    repository(dir.path());
+    let rt = runtime(dir.path());
+    let npy = dir.path().join("ids.npy");
+    write_npy_i64(&npy, &[3, 2], &[0, 1, 1, 0, 1, 1]);
+    let settings = |files: &[(&str, &Path)], shapes: &[(&str, usize)]| Settings {
+        batch_sizes: vec![1, 4],
+        instances: Vec::new(),
+        max_requests: 6,
+        seconds_per_point: 0.02,
+        shapes: shapes
+            .iter()
+            .map(|(n, d)| (n.to_string(), vec![*d]))
+            .collect(),
+        files: files
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+            .collect(),
+        hardware_class: "test".into(),
+    };
+    // The flag: NAME=FILE, both parts required.
+    let parsed = super::measure::parse_files(&[format!("ids={}", npy.display())]).unwrap();
+    assert_eq!(parsed["ids"], npy);
+    for bad in ["ids", "=x.npy", "ids="] {
+        let e = super::measure::parse_files(&[bad.to_owned()]).unwrap_err();
+        assert!(e.to_string().contains("expected NAME=FILE.npy"), "{bad}: {e}");
+    }
+    // Random ids (0..16) are refused by the model: the profile says why.
+    let e = measure(&rt, "picky", &settings(&[], &[("ids", 2)])).unwrap_err();
+    assert!(format!("{e:#}").contains("out of range"), "{e:#}");
+    // From the file: every point is measured; a batch of 4 takes rows 0, 1, 2, 0.
+    let p = measure(&rt, "picky", &settings(&[("ids", &npy)], &[])).unwrap();
+    assert_eq!(
+        p.batches.iter().map(|b| b.batch_size).collect::<Vec<_>>(),
+        [1, 4]
+    );
+    assert_eq!(
+        *PICKY_ROWS.lock().unwrap(),
+        [vec![0, 1], vec![1, 0], vec![1, 1], vec![0, 1]]
+    );
+    // Files that do not fit the input are refused, naming the flag and the reason.
+    let floats = dir.path().join("floats.npy");
+    let mut f = std::fs::read(&npy).unwrap();
+    let at = f.windows(3).position(|w| w == b"<i8").unwrap();
+    f[at..at + 3].copy_from_slice(b"<f8");
+    std::fs::write(&floats, f).unwrap();
+    let scalar = dir.path().join("scalar.npy");
+    write_npy_i64(&scalar, &[], &[1]);
+    let wide = dir.path().join("wide.npy");
+    write_npy_i64(&wide, &[1, 2, 2], &[0, 1, 1, 0]);
+    for (name, path, why) in [
+        (
+            "ids",
+            floats.as_path(),
+            "holds FP64 values, the input is INT64",
+        ),
+        ("ids", scalar.as_path(), "is a scalar"),
+        ("ids", wide.as_path(), "the input takes rows of [-1]"),
+        (
+            "nope",
+            npy.as_path(),
+            "the model has no input 'nope' (inputs: ids)",
+        ),
+    ] {
+        let e = measure(&rt, "picky", &settings(&[(name, path)], &[])).unwrap_err();
+        assert!(format!("{e:#}").contains(why), "{name}: {e:#}");
+    }
+    rt.shutdown();
 }
