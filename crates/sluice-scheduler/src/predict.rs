@@ -20,6 +20,11 @@ impl InstancePool {
         self.shared.lock().idle()
     }
 
+    /// Batches running on its instances now.
+    pub fn running_batches(&self) -> usize {
+        self.shared.lock().running_batches()
+    }
+
     /// Rows waiting ahead of a new request at the default priority level.
     pub fn rows_ahead(&self) -> usize {
         self.shared.lock().rows_ahead()

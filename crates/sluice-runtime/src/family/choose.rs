@@ -115,6 +115,25 @@ pub(crate) fn choose(candidates: &[Candidate], ask: Ask) -> Choice {
     }
 }
 
+/// Variants of one server share its cores: while the others run `running[j]`
+/// batches, a run of this one gets a core only part of the time. Each prediction
+/// (the wait and the run) is stretched as processor sharing would: by the threads
+/// runnable with it, this run and the others' runs, over the `cores` the server may
+/// use (no stretch while they fit). Each variant's learned latency alone would
+/// predict its runs as if it had the machine to itself; two variants of similar cost
+/// on one core would then each miss their objective whenever the other runs.
+pub(crate) fn share_cores(candidates: &mut [Candidate], running: &[usize], cores: usize) {
+    let total: usize = running.iter().sum();
+    for (c, &own) in candidates.iter_mut().zip(running) {
+        let runnable = 1 + total - own;
+        let stretch = (runnable as f64 / cores.max(1) as f64).max(1.0);
+        if let Some(p) = c.predicted.as_mut() {
+            p.wait = p.wait.mul_f64(stretch);
+            p.run = p.run.mul_f64(stretch);
+        }
+    }
+}
+
 /// The candidate with the least expected answer time (the first of equals).
 fn fastest(candidates: &[Candidate], pool: &[usize]) -> usize {
     pool.iter()
@@ -468,5 +487,51 @@ mod tests {
         assert_eq!(choose(&set, ask(Some(130), None)), Choice::Run(0));
         set[0].probe = true;
         assert_eq!(choose(&set, ask(Some(100), None)), Choice::Run(0));
+    }
+
+    #[test]
+    fn predictions_stretch_while_the_other_variants_run_on_shared_cores() {
+        let p = |ms| sluice_scheduler::Prediction {
+            wait: Duration::from_millis(ms),
+            run: Duration::from_millis(10),
+        };
+        let c = |ms| Candidate {
+            accuracy: 0.9,
+            ready: true,
+            predicted: Some(p(ms)),
+            slowdown: 1.0,
+            probe: false,
+            margin: 1.0,
+        };
+        let at = |cs: &[Candidate]| -> Vec<u128> {
+            cs.iter()
+                .map(|c| c.predicted.unwrap().total().as_millis())
+                .collect()
+        };
+        // One core, the first variant running one batch: the second's wait and run
+        // take twice as long; the first's own running batch is in its wait already.
+        let mut cs = [c(4), c(0)];
+        share_cores(&mut cs, &[1, 0], 1);
+        assert_eq!(at(&cs), [14, 20]);
+        // Two cores: both fit, nothing stretches. Three batches running on two
+        // cores: a variant running none of them stretches by (1 + 3) / 2, one
+        // running one by (1 + 2) / 2, one running two by (1 + 1) / 2 = 1.
+        let mut cs = [c(4), c(0)];
+        share_cores(&mut cs, &[1, 0], 2);
+        assert_eq!(at(&cs), [14, 10]);
+        let mut cs = [c(4), c(0), c(0)];
+        share_cores(&mut cs, &[1, 2, 0], 2);
+        assert_eq!(at(&cs), [21, 10, 20]);
+        // Nothing running, or a variant without a prediction: unchanged.
+        let mut cs = [
+            c(4),
+            Candidate {
+                predicted: None,
+                ..c(0)
+            },
+        ];
+        share_cores(&mut cs, &[0, 0], 1);
+        assert_eq!(cs[0].predicted, Some(p(4)));
+        assert_eq!(cs[1].predicted, None);
     }
 }

@@ -48,12 +48,14 @@ impl Runtime {
             1
         };
         let now = Instant::now();
+        let mut running = vec![0; family.spec.variants.len()];
         let mut candidates: Vec<Candidate> = family
             .spec
             .variants
             .iter()
             .zip(&family.health)
-            .map(|(v, health)| {
+            .zip(&mut running)
+            .map(|((v, health), running)| {
                 let (slowdown, probe_due, margin) = {
                     let mut health = health.lock().unwrap_or_else(PoisonError::into_inner);
                     (
@@ -65,6 +67,7 @@ impl Runtime {
                 match self.lookup(&v.model, v.version) {
                     Lookup::Ready(served, _) => {
                         let predicted = served.pool.predicted_answer(rows);
+                        *running = served.pool.running_batches();
                         Candidate {
                             accuracy: v.accuracy,
                             ready: true,
@@ -86,6 +89,7 @@ impl Runtime {
                 }
             })
             .collect();
+        choose::share_cores(&mut candidates, &running, crate::cores());
         let mut choice = choose::choose(&candidates, ask);
         if let Choice::Run(i) = choice {
             // A probe goes to one request: another may have taken it since.

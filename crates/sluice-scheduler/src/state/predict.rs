@@ -97,6 +97,11 @@ impl<T: Pending> State<T> {
         self.running.len() < self.instances && self.queues.len() == 0
     }
 
+    /// Batches running on the instances now.
+    pub fn running_batches(&self) -> usize {
+        self.running.len()
+    }
+
     /// Rows queued at the default priority level and above.
     pub fn rows_ahead(&self) -> usize {
         let ix = self.config.default_level.saturating_sub(1);

@@ -275,7 +275,10 @@ fn inputs_from_files_are_sent_row_by_row_in_turn_and_checked_against_the_config(
     assert_eq!(parsed["ids"], npy);
     for bad in ["ids", "=x.npy", "ids="] {
         let e = super::measure::parse_files(&[bad.to_owned()]).unwrap_err();
-        assert!(e.to_string().contains("expected NAME=FILE.npy"), "{bad}: {e}");
+        assert!(
+            e.to_string().contains("expected NAME=FILE.npy"),
+            "{bad}: {e}"
+        );
     }
     // Random ids (0..16) are refused by the model: the profile says why.
     let e = measure(&rt, "picky", &settings(&[], &[("ids", 2)])).unwrap_err();
