@@ -142,10 +142,6 @@ impl Runtime {
     }
 }
 
-// The texts of the lookup errors follow Triton's ("Request for unknown model: ..."),
-// whose clients and example scripts match on that prefix; Sluice adds the reason.
-
-/// A model the repository does not have (404).
 /// The cores this process may run on (its CPU affinity and cgroup quota: `taskset`,
 /// a container's cpuset or limit), read once.
 pub(crate) fn cores() -> usize {
@@ -153,6 +149,10 @@ pub(crate) fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+// The texts of the lookup errors follow Triton's ("Request for unknown model: ..."),
+// whose clients and example scripts match on that prefix; Sluice adds the reason.
+
+/// A model the repository does not have (404).
 pub(crate) fn unknown_model(name: &str) -> Error {
     Error::not_found(format!("Request for unknown model: '{name}' is not found"))
 }
