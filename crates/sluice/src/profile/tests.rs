@@ -2,6 +2,7 @@
 //! run sleeps `FIXED + PER_ROW × rows`, so every figure has a floor it cannot beat
 //! on any machine, and a ceiling it stays under with a wide margin.
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,23 +16,37 @@ use super::measure::{batch_sizes, measure, Settings};
 const FIXED: Duration = Duration::from_millis(4);
 const PER_ROW: Duration = Duration::from_millis(1);
 
-struct Sleepy;
+/// A backend called `name` whose models' instances are each a new `I`.
+struct TestBackend<I> {
+    name: &'static str,
+    instance: PhantomData<fn() -> I>,
+}
 
-impl Backend for Sleepy {
+fn backend<I: Instance + Default + 'static>(name: &'static str) -> Arc<TestBackend<I>> {
+    Arc::new(TestBackend {
+        name,
+        instance: PhantomData,
+    })
+}
+
+impl<I: Instance + Default + 'static> Backend for TestBackend<I> {
     fn name(&self) -> &'static str {
-        "sleepy"
+        self.name
     }
     fn load(&self, _spec: &LoadSpec<'_>) -> CoreResult<Arc<dyn LoadedModel>> {
-        Ok(Arc::new(Sleepy))
+        Ok(Arc::new(TestModel::<I>(PhantomData)))
     }
 }
 
-impl LoadedModel for Sleepy {
+struct TestModel<I>(PhantomData<fn() -> I>);
+
+impl<I: Instance + Default + 'static> LoadedModel for TestModel<I> {
     fn instance(&self, _options: &InstanceOptions) -> CoreResult<Box<dyn Instance>> {
-        Ok(Box::new(SleepyInstance))
+        Ok(Box::<I>::default())
     }
 }
 
+#[derive(Default)]
 struct SleepyInstance;
 
 impl Instance for SleepyInstance {
@@ -51,24 +66,10 @@ impl Instance for SleepyInstance {
 /// Refuses any `ids` value but 0 and 1 (as a model with a vocabulary of 2, e.g. a
 /// transformer's token type ids, refuses the random values the profiler sends
 /// otherwise); keeps the rows of the last run it saw.
+#[derive(Default)]
 struct Picky;
 
 static PICKY_ROWS: std::sync::Mutex<Vec<Vec<i64>>> = std::sync::Mutex::new(Vec::new());
-
-impl Backend for Picky {
-    fn name(&self) -> &'static str {
-        "picky"
-    }
-    fn load(&self, _spec: &LoadSpec<'_>) -> CoreResult<Arc<dyn LoadedModel>> {
-        Ok(Arc::new(Picky))
-    }
-}
-
-impl LoadedModel for Picky {
-    fn instance(&self, _options: &InstanceOptions) -> CoreResult<Box<dyn Instance>> {
-        Ok(Box::new(Picky))
-    }
-}
 
 impl Instance for Picky {
     fn run(&mut self, inputs: Vec<Tensor>) -> CoreResult<Vec<Tensor>> {
@@ -111,25 +112,28 @@ fn write_npy_i64(path: &Path, shape: &[usize], values: &[i64]) {
     std::fs::write(path, out).unwrap();
 }
 
+/// A model folder `name` with a version whose file the test backends never read.
+fn model(dir: &Path, name: &str, config: &str) {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(folder.join("1")).unwrap();
+    std::fs::write(folder.join("1").join("model.onnx"), b"not read").unwrap();
+    std::fs::write(folder.join("config.pbtxt"), config).unwrap();
+}
+
 fn repository(dir: &Path) {
-    let picky = dir.join("picky");
-    std::fs::create_dir_all(picky.join("1")).unwrap();
-    std::fs::write(picky.join("1").join("model.onnx"), b"not read").unwrap();
-    std::fs::write(
-        picky.join("config.pbtxt"),
+    model(
+        dir,
+        "picky",
         r#"name: "picky"
 backend: "picky"
 max_batch_size: 4
 input [{ name: "ids" data_type: TYPE_INT64 dims: [-1] }]
 output [{ name: "y" data_type: TYPE_INT64 dims: [-1] }]
 "#,
-    )
-    .unwrap();
-    let model = dir.join("sleepy");
-    std::fs::create_dir_all(model.join("1")).unwrap();
-    std::fs::write(model.join("1").join("model.onnx"), b"not read").unwrap();
-    std::fs::write(
-        model.join("config.pbtxt"),
+    );
+    model(
+        dir,
+        "sleepy",
         r#"name: "sleepy"
 backend: "sleepy"
 max_batch_size: 4
@@ -138,8 +142,7 @@ output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]
 instance_group [{ count: 1 }]
 parameters: { key: "accuracy" value: { string_value: "0.5" } }
 "#,
-    )
-    .unwrap();
+    );
 }
 
 fn runtime(dir: &Path) -> sluice_runtime::Runtime {
@@ -160,8 +163,8 @@ fn runtime(dir: &Path) -> sluice_runtime::Runtime {
     sluice_runtime::Runtime::start(
         config,
         sluice_runtime::Backends::new()
-            .with(Arc::new(Sleepy))
-            .with(Arc::new(Picky)),
+            .with(backend::<SleepyInstance>("sleepy"))
+            .with(backend::<Picky>("picky")),
     )
     .unwrap()
 }
