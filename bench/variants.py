@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import random
 import re
@@ -176,7 +177,6 @@ class MiniLmSet:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(fp32)
         ort.InferenceSession(str(packaged), so, providers=["CPUExecutionProvider"])
-        import logging
         logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 

@@ -199,8 +199,12 @@ fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {
     Ok((name.to_owned(), dims))
 }
 
-fn parse_file(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = s.split_once('=').ok_or("expected NAME=FILE.npy")?;
+/// Parses a `NAME=FILE` flag (`sluice bench --input`, `sluice profile --input`).
+pub fn parse_file(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("{s}: expected NAME=FILE.npy"))?;
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 

@@ -29,6 +29,7 @@ use sluice_core::{Error, ErrorKind, InlineRun, Instance, Result, Tensor, ValidRe
 use tokio::sync::oneshot;
 
 pub use config::{Batching, Delay, DynamicBatching, LevelPolicy, SchedulerConfig, TimeoutAction};
+pub use predict::Outlook;
 use state::{Entry, Pending, State};
 pub use state::{JobOptions, Prediction};
 pub use stats::{Histogram, HistogramSnapshot, Outcome, PoolStats};

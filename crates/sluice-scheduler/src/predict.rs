@@ -7,22 +7,31 @@ use std::time::{Duration, Instant};
 use crate::state::Prediction;
 use crate::InstancePool;
 
-impl InstancePool {
-    /// How long a request of `rows` rows sent now would likely take to be answered,
-    /// from the queue ahead of it, the learned latency and the instances; `None`
-    /// before anything is known of the engine's latency.
-    pub fn predicted_answer(&self, rows: usize) -> Option<Prediction> {
-        self.shared.lock().predicted_answer(rows, Instant::now())
-    }
+/// See [`InstancePool::outlook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlook {
+    /// When the request would likely be answered, from the queue ahead of it, the
+    /// learned latency and the instances; `None` before anything is known of the
+    /// engine's latency.
+    pub predicted: Option<Prediction>,
+    /// Batches running on its instances now.
+    pub running: usize,
+}
 
+impl InstancePool {
     /// An instance is free and nothing is queued: a request sent now would run at once.
     pub fn idle(&self) -> bool {
         self.shared.lock().idle()
     }
 
-    /// Batches running on its instances now.
-    pub fn running_batches(&self) -> usize {
-        self.shared.lock().running_batches()
+    /// What a variant family reads of the pool for one request, under one lock: the
+    /// prediction for `rows` rows and the batches running now.
+    pub fn outlook(&self, rows: usize) -> Outlook {
+        let state = self.shared.lock();
+        Outlook {
+            predicted: state.predicted_answer(rows, Instant::now()),
+            running: state.running_batches(),
+        }
     }
 
     /// Rows waiting ahead of a new request at the default priority level.

@@ -66,12 +66,12 @@ impl Runtime {
                 };
                 match self.lookup(&v.model, v.version) {
                     Lookup::Ready(served, _) => {
-                        let predicted = served.pool.predicted_answer(rows);
-                        *running = served.pool.running_batches();
+                        let outlook = served.pool.outlook(rows);
+                        *running = outlook.running;
                         Candidate {
                             accuracy: v.accuracy,
                             ready: true,
-                            predicted,
+                            predicted: outlook.predicted,
                             slowdown,
                             // Probed only when idle, so a probe's answer is its run.
                             probe: probe_due && served.pool.idle(),

@@ -33,20 +33,6 @@ pub struct Settings {
 /// Fewest requests per measured point, whatever the time.
 const MIN_REQUESTS: usize = 5;
 
-/// Parses `NAME=FILE` flags.
-pub fn parse_files(flags: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
-    flags
-        .iter()
-        .map(|f| {
-            let (name, path) = f
-                .split_once('=')
-                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-                .with_context(|| format!("--input {f}: expected NAME=FILE.npy"))?;
-            Ok((name.to_owned(), PathBuf::from(path)))
-        })
-        .collect()
-}
-
 /// Parses `NAME=D1,D2` flags.
 pub fn parse_shapes(flags: &[String]) -> anyhow::Result<HashMap<String, Vec<usize>>> {
     flags
@@ -236,10 +222,16 @@ fn stated_accuracy(runtime: &Runtime, model: &str, config: &ModelConfig) -> Opti
 /// Inputs of the model, for any batch size: random data, or the rows of a file.
 struct Template {
     batching: bool,
-    inputs: Vec<(String, sluice_core::DataType, Vec<usize>)>,
-    /// The rows (batching) or the whole tensor (not batching) of the inputs given as
-    /// files, by input name.
-    files: HashMap<String, Vec<bytes::Bytes>>,
+    inputs: Vec<TemplateInput>,
+}
+
+struct TemplateInput {
+    name: String,
+    datatype: sluice_core::DataType,
+    /// Without the batch dimension when the model batches.
+    dims: Vec<usize>,
+    /// Given as a file: its rows (batching) or the whole tensor (not batching).
+    rows: Option<Vec<bytes::Bytes>>,
 }
 
 impl Template {
@@ -260,42 +252,45 @@ impl Template {
                 names.join(", ")
             );
         }
-        let mut rows = HashMap::new();
         let inputs = config
             .input
             .iter()
             .map(|t| {
-                if let Some(path) = files.get(&t.name) {
-                    let (dims, data) = file_rows(&t.name, t.data_type, &t.dims, batching, path)?;
-                    rows.insert(t.name.clone(), data);
-                    return Ok((t.name.clone(), t.data_type, dims));
-                }
-                let dims = match shapes.get(&t.name) {
-                    Some(d) => d.clone(),
-                    None => t
-                        .dims
-                        .iter()
-                        .map(|&d| {
-                            usize::try_from(d).map_err(|_| {
-                                anyhow::anyhow!(
-                                    "input {} has a variable dimension ({:?}): give --shape {}=D1,D2,... or --input {}=FILE.npy",
-                                    t.name,
-                                    t.dims,
-                                    t.name,
-                                    t.name
-                                )
+                let (dims, rows) = match (files.get(&t.name), shapes.get(&t.name)) {
+                    (Some(path), _) => {
+                        let (dims, rows) =
+                            file_rows(&t.name, t.data_type, &t.dims, batching, path)?;
+                        (dims, Some(rows))
+                    }
+                    (None, Some(d)) => (d.clone(), None),
+                    (None, None) => {
+                        let dims = t
+                            .dims
+                            .iter()
+                            .map(|&d| {
+                                usize::try_from(d).map_err(|_| {
+                                    anyhow::anyhow!(
+                                        "input {} has a variable dimension ({:?}): give --shape {}=D1,D2,... or --input {}=FILE.npy",
+                                        t.name,
+                                        t.dims,
+                                        t.name,
+                                        t.name
+                                    )
+                                })
                             })
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?,
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        (dims, None)
+                    }
                 };
-                Ok((t.name.clone(), t.data_type, dims))
+                Ok(TemplateInput {
+                    name: t.name.clone(),
+                    datatype: t.data_type,
+                    dims,
+                    rows,
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Template {
-            batching,
-            inputs,
-            files: rows,
-        })
+        Ok(Template { batching, inputs })
     }
 
     fn request(&self, rows: usize) -> anyhow::Result<InferRequest> {
@@ -303,13 +298,15 @@ impl Template {
         let inputs = self
             .inputs
             .iter()
-            .map(|(name, dt, dims)| {
+            .map(|input| {
                 let shape: Vec<usize> = if self.batching {
-                    std::iter::once(rows).chain(dims.iter().copied()).collect()
+                    std::iter::once(rows)
+                        .chain(input.dims.iter().copied())
+                        .collect()
                 } else {
-                    dims.clone()
+                    input.dims.clone()
                 };
-                let data: bytes::Bytes = match self.files.get(name) {
+                let data: bytes::Bytes = match &input.rows {
                     // A batch of `rows` takes the file's rows in turn.
                     Some(file) if self.batching => {
                         let mut out = Vec::with_capacity(rows * file[0].len());
@@ -319,9 +316,10 @@ impl Template {
                         out.into()
                     }
                     Some(file) => file[0].clone(),
-                    None => random_data(*dt, shape.iter().product(), &mut rng)?.into(),
+                    None => random_data(input.datatype, shape.iter().product(), &mut rng)?.into(),
                 };
-                Tensor::new(name.clone(), *dt, shape, data).map_err(|e| anyhow::anyhow!("{e}"))
+                Tensor::new(input.name.clone(), input.datatype, shape, data)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(InferRequest {

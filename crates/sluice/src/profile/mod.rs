@@ -70,8 +70,8 @@ pub struct ProfileArgs {
     /// that batches, the file's first dimension is its rows and a request of B rows
     /// takes them in turn; the other dimensions fix the input's shape. For inputs
     /// that random values would make invalid: token ids, type ids, indices.
-    #[arg(long)]
-    input: Vec<String>,
+    #[arg(long, value_parser = sluice_bench::parse_file)]
+    input: Vec<(String, PathBuf)>,
     /// Where to write the profile: a file (one model) or a folder (several). Default:
     /// `profile.json` in each model's folder, where the server reads it (with `--url`:
     /// `<model>.profile.json` in the current folder).
@@ -118,7 +118,7 @@ pub fn main(args: ProfileArgs) -> anyhow::Result<()> {
         max_requests: args.requests,
         seconds_per_point: args.seconds_per_point,
         shapes: measure::parse_shapes(&args.shape)?,
-        files: measure::parse_files(&args.input)?,
+        files: args.input.iter().cloned().collect(),
         hardware_class: args.hardware_class.clone(),
     };
     let mut profiles = Vec::new();

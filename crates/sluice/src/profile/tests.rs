@@ -274,14 +274,11 @@ fn inputs_from_files_are_sent_row_by_row_in_turn_and_checked_against_the_config(
         hardware_class: "test".into(),
     };
     // The flag: NAME=FILE, both parts required.
-    let parsed = super::measure::parse_files(&[format!("ids={}", npy.display())]).unwrap();
-    assert_eq!(parsed["ids"], npy);
+    let parsed = sluice_bench::parse_file(&format!("ids={}", npy.display())).unwrap();
+    assert_eq!(parsed, ("ids".to_owned(), npy.clone()));
     for bad in ["ids", "=x.npy", "ids="] {
-        let e = super::measure::parse_files(&[bad.to_owned()]).unwrap_err();
-        assert!(
-            e.to_string().contains("expected NAME=FILE.npy"),
-            "{bad}: {e}"
-        );
+        let e = sluice_bench::parse_file(bad).unwrap_err();
+        assert!(e.contains("expected NAME=FILE.npy"), "{bad}: {e}");
     }
     // Random ids (0..16) are refused by the model: the profile says why.
     let e = measure(&rt, "picky", &settings(&[], &[("ids", 2)])).unwrap_err();
